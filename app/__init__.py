@@ -1,0 +1,1 @@
+"""What people use: the CLI, the local cluster, the TUI and the web view."""

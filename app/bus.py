@@ -1,0 +1,151 @@
+"""Fan-out from the state to every viewer (the TUI, each websocket, a recorder).
+
+Flushing is a leading-edge throttle: the first change after a quiet spell is
+flushed at once; under load flushes happen at most every ``interval_s``
+(20 ms), each carrying at most one event per entity (the latest wins) plus
+the log lines.
+
+Every viewer has a bounded queue of such batches. A viewer that falls
+behind by ``max_batches`` loses its queue and gets one fresh snapshot
+instead on its next read: a slow browser gets coalesced snapshots and never
+blocks the collectors or the other viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from collectors.events import Event, Logged, Removed, Snapshot, Upserted
+from collectors.observatory import Observatory
+from collectors.state import State
+
+Delivery = Snapshot | list[Event]
+
+
+class Viewer:
+    def __init__(self, bus: Bus, max_batches: int) -> None:
+        self._bus = bus
+        self._queue: deque[list[Event]] = deque()
+        self._max = max_batches
+        self._needs_snapshot = True
+        self._ready = asyncio.Event()
+        self._after_seq = 0
+        self.snapshots = 0
+        """How many snapshots this viewer was sent (1 + the times it fell behind)."""
+
+    def _push(self, batch: list[Event]) -> None:
+        if self._needs_snapshot:
+            return
+        if len(self._queue) >= self._max:
+            self._queue.clear()
+            self._needs_snapshot = True
+        else:
+            self._queue.append(batch)
+        self._ready.set()
+
+    def resync(self) -> None:
+        """Ask for a fresh snapshot on the next read (e.g. after a pause)."""
+        self._queue.clear()
+        self._needs_snapshot = True
+        self._ready.set()
+
+    async def get(self) -> Delivery:
+        """The next snapshot or batch of events; waits while there is none."""
+        while True:
+            if self._needs_snapshot:
+                self._needs_snapshot = False
+                self._queue.clear()
+                snapshot = self._bus.snapshot()
+                self._after_seq = snapshot.seq
+                self.snapshots += 1
+                return snapshot
+            while self._queue:
+                batch = [e for e in self._queue.popleft() if e.seq > self._after_seq]
+                if batch:
+                    return batch
+            self._ready.clear()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class Bus:
+    def __init__(self, observatory: Observatory, interval_s: float = 0.02, max_batches: int = 256) -> None:
+        self.observatory = observatory
+        self.state: State = observatory.state
+        self._interval = interval_s
+        self._max_batches = max_batches
+        self._viewers: set[Viewer] = set()
+        self._scheduled = False
+        self._last_flush = 0.0
+        self.flushes = 0
+        observatory.set_on_change(self.wake)
+
+    def subscribe(self, max_batches: int | None = None) -> Viewer:
+        viewer = Viewer(self, max_batches or self._max_batches)
+        self._viewers.add(viewer)
+        return viewer
+
+    def unsubscribe(self, viewer: Viewer) -> None:
+        self._viewers.discard(viewer)
+
+    def snapshot(self) -> Snapshot:
+        self.flush()
+        return self.state.snapshot()
+
+    def wake(self) -> None:
+        """A collector put something new in the state: flush now, or soon."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        loop = asyncio.get_running_loop()
+        delay = self._last_flush + self._interval - loop.time()
+        if delay <= 0:
+            loop.call_soon(self.flush)
+        else:
+            loop.call_later(delay, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._last_flush = asyncio.get_running_loop().time()
+        self.state.refresh_counts()
+        events = self.state.drain()
+        if not events:
+            return
+        self.flushes += 1
+        latest: dict[tuple[str, str], Event] = {}
+        logs: list[Event] = []
+        for event in events:
+            if isinstance(event, Logged):
+                logs.append(event)
+                continue
+            key = (
+                (event.entity.KIND, event.entity.id)
+                if isinstance(event, Upserted)
+                else (event.kind, event.id)
+                if isinstance(event, Removed)
+                else ("", "")
+            )
+            latest.pop(key, None)
+            latest[key] = event
+        batch = sorted(latest.values(), key=lambda e: e.seq) + logs
+        for viewer in list(self._viewers):
+            viewer._push(batch)
+
+    async def wait_for(self, predicate: Callable[[State], bool], timeout: float) -> bool:
+        """Wait until the state satisfies ``predicate`` (checked after every flush)."""
+        if predicate(self.state):
+            return True
+        viewer = self.subscribe()
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self.state):
+                    await viewer.get()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            viewer.close()

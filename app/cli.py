@@ -1,0 +1,469 @@
+"""``coordscope``: the command line.
+
+Exit status: 0 on success (for ``run``: the invariant held), 1 when a run's
+invariant was violated, 2 on any error — always with one line saying what
+was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app import config
+from app.cluster import ClusterError, LocalCluster
+from app.config import ConfigError, Settings
+from collectors.events import Run, Snapshot, Upserted, from_json, state_json, to_json
+from collectors.runs import Op
+from collectors.targets import TargetError
+from scenarios.catalogue import ScenarioError, parse_assignments
+from scenarios.runner import catalogue
+
+EXIT_OK, EXIT_VIOLATED, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in how coordscope was called."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("where to look")
+    g.add_argument(
+        "--state",
+        metavar="DIR",
+        help="state folder of the local cluster (default $COORDSCOPE_STATE or ~/.local/state/coordscope)",
+    )
+    g.add_argument("--config", metavar="FILE", help="config file (TOML)")
+    g.add_argument(
+        "--redis",
+        metavar="URL",
+        action="append",
+        help="watch this Redis node instead of the local cluster (repeatable)",
+    )
+    g.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the --redis URLs are seeds of a Redis Cluster: watch every node",
+    )
+    g.add_argument("--zk", metavar="HOSTS", help="watch this ZooKeeper ensemble (host:port,...)")
+    g.add_argument(
+        "--enable-notifications",
+        action="store_true",
+        help="allow CONFIG SET notify-keyspace-events where it is off",
+    )
+    g.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="allow scenarios to run on a cluster coordscope did not start",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="coordscope",
+        description="A live observatory for distributed coordination in Redis and ZooKeeper.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start the local cluster")
+    up.add_argument("--masters", type=int, default=None, help="independent Redis masters (3)")
+    sub.add_parser("down", parents=[common], help="stop the local cluster")
+    sub.add_parser("status", parents=[common], help="show the local cluster")
+    sub.add_parser("tui", parents=[common], help="the terminal dashboard")
+    web = sub.add_parser("web", parents=[common], help="serve the web view")
+    web.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    web.add_argument("--token", help="token for changes when not on loopback (default: random)")
+    demo = sub.add_parser("demo", parents=[common], help="local cluster + web view + TUI")
+    demo.add_argument("--port", type=int, default=None, help="web port (default 8765, or free)")
+    sc = sub.add_parser("scenarios", parents=[common], help="list scenarios, variants, faults")
+    sc.add_argument("--json", action="store_true")
+    st = sub.add_parser("state", parents=[common], help="print one snapshot")
+    st.add_argument("--json", action="store_true", help="as JSON (the body of GET /api/state)")
+    st.add_argument("--timeout", type=float, default=5.0)
+    rec = sub.add_parser("record", parents=[common], help="record the event stream to a file")
+    rec.add_argument("file", help="JSON lines: a snapshot, then one event per line")
+    rec.add_argument("--seconds", type=float, default=60.0)
+    rep = sub.add_parser("replay", parents=[common], help="print a recording's events in order")
+    rep.add_argument("file")
+    rep.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="replay at this speed (1 = real time; 0 = as fast as possible)",
+    )
+    run = sub.add_parser("run", parents=[common], help="run a scenario and judge it")
+    run.add_argument("scenario")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter or variant, e.g. --set fencing=off (repeatable)",
+    )
+    run.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a fault to inject, e.g. --fault pause-holder (repeatable)",
+    )
+    run.add_argument("--quiet", action="store_true", help="print only the verdict")
+    run.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_logs(args)
+    try:
+        return int(_dispatch(args) or 0)
+    except (ConfigError, ClusterError, ScenarioError, TargetError, UsageError) as exc:
+        print(f"coordscope: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("coordscope: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `coordscope state --json | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open
+        return EXIT_OK
+
+
+def _quiet_logs(args: argparse.Namespace) -> None:
+    """Library logs (kazoo's reconnect chatter) go to a file, never over the screen."""
+    state = Path(args.state) if args.state else config.default_state_dir()
+    with contextlib.suppress(OSError):
+        state.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(
+            filename=state / "coordscope.log",
+            level=logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        return
+    logging.basicConfig(handlers=[logging.NullHandler()])
+
+
+def _settings(args: argparse.Namespace, need_cluster: bool = True) -> Settings:
+    return config.load(
+        redis_urls=args.redis,
+        zk_hosts=args.zk,
+        state_dir=args.state,
+        config_file=args.config,
+        enable_notifications=args.enable_notifications,
+        allow_writes=args.allow_writes,
+        redis_cluster=True if args.redis_cluster else None,
+        need_cluster=need_cluster,
+    )
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command in ("up", "down", "status"):
+        state = Path(args.state) if args.state else config.default_state_dir()
+        return {"up": _up, "down": _down, "status": _status}[command](LocalCluster(state), args)
+    if command == "scenarios":
+        return _scenarios(args)
+    if command == "replay":
+        return _replay(args)
+    if command == "demo":
+        return _demo(args)
+    settings = _settings(args)
+    if command == "run":
+        return asyncio.run(_run(settings, args))
+    if command == "state":
+        return asyncio.run(_state(settings, args))
+    if command == "record":
+        return asyncio.run(_record(settings, args))
+    if command == "web":
+        return _web(settings, args)
+    if command == "tui":
+        return _tui(settings)
+    raise UsageError(f"unknown command {command!r}")
+
+
+# ---------------------------------------------------------------------- cluster
+
+
+def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    info, started = cluster.up(args.masters)
+    print("started the local cluster:" if started else "the local cluster is already running:")
+    for line in info.describe():
+        print("  " + line)
+    print(f"state folder: {cluster.state_dir}   (coordscope down stops it)")
+    return EXIT_OK
+
+
+def _down(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    stopped = cluster.down()
+    print(f"stopped {', '.join(stopped)}" if stopped else "no local cluster was running")
+    return EXIT_OK
+
+
+def _status(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    info = cluster.load()
+    if info is None:
+        print(f"no local cluster in {cluster.state_dir}")
+        return EXIT_ERROR
+    from app.cluster import alive
+
+    for m, line in zip(info.members, info.describe(), strict=True):
+        print(f"  {line}  {'running' if alive(m) else 'NOT RUNNING'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- scenarios and runs
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    specs = catalogue()
+    if args.json:
+        print(json.dumps([s.to_json() for s in specs], indent=2))
+        return EXIT_OK
+    for s in specs:
+        print(f"{s.name} — {s.title}")
+        print(f"  {s.summary}")
+        print(f"  invariant: {s.invariant}")
+        for p in s.all_params():
+            values = "|".join(p.choices) if p.choices else f"{p.minimum}..{p.maximum}"
+            print(f"  --set {p.name}={p.default:<6} ({values})  {p.help}")
+        for f in s.faults:
+            print(f"  --fault {f.name:<14} {f.help}")
+        print()
+    return EXIT_OK
+
+
+def _print_op(op: Op) -> None:
+    fence = f" fence={op.fence}" if op.fence is not None else ""
+    value = f" value={op.value}" if op.value and op.f in ("read", "write") else ""
+    note = f"  {op.note}" if op.note else ""
+    print(f"{op.t_ms:>7} ms  {op.actor:<10} {op.kind:<6} {op.f:<8}{fence}{value}{note}", flush=True)
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from app.core import Core
+
+    params = parse_assignments(args.set)
+    core = Core(settings)
+    run = await core.runner.start(
+        args.scenario, params, args.fault, echo=None if (args.quiet or args.json) else _print_op
+    )
+    if not (args.quiet or args.json):
+        shown = " ".join(f"{k}={v}" for k, v in run.context.params.items())
+        print(
+            f"run {run.id}: {shown}"
+            + (f"; faults: {', '.join(run.context.faults)}" if run.context.faults else ""),
+            flush=True,
+        )
+    try:
+        await core.runner.wait(run.id)
+    except asyncio.CancelledError:
+        await core.runner.close()
+        raise
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": run.id,
+                    "scenario": run.spec.name,
+                    "status": run.status,
+                    "params": {k: str(v) for k, v in run.context.params.items()},
+                    "faults": run.context.faults,
+                    "error": run.error,
+                    "verdict": dataclasses.asdict(run.verdict) if run.verdict else None,
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_verdict(run.status, run.verdict, run.error)
+    if run.status == "held":
+        return EXIT_OK
+    return EXIT_VIOLATED if run.status == "violated" else EXIT_ERROR
+
+
+def _print_verdict(status: str, verdict: Any, error: str) -> None:
+    if error:
+        print(f"run {status}: {error}")
+    if verdict is None:
+        return
+    print(("HELD" if verdict.holds else "VIOLATED") + f" — {verdict.invariant}")
+    print(f"  {verdict.summary}")
+    if verdict.actors:
+        print(f"  actors: {', '.join(verdict.actors)}")
+    for finding in verdict.findings:
+        print(f"  finding: {finding}")
+
+
+# ---------------------------------------------------------------------- state, record, replay
+
+
+async def _state(settings: Settings, args: argparse.Namespace) -> int:
+    from app.core import Core
+
+    core = Core(settings)
+    await core.start()
+    try:
+        missing = await core.observatory.wait_synced(args.timeout)
+        snapshot = core.bus.snapshot()
+    finally:
+        await core.stop()
+    if args.json:
+        print(json.dumps(state_json(snapshot), indent=2))
+    else:
+        _print_state(snapshot)
+    if missing:
+        print(f"coordscope: warning: no complete read from {', '.join(missing)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_state(snapshot: Snapshot) -> None:
+    for kind, title in (
+        ("node", "nodes"),
+        ("lock", "locks"),
+        ("session", "sessions"),
+        ("mark", "marks"),
+        ("transaction", "transactions"),
+        ("run", "runs"),
+    ):
+        entities = snapshot.of(kind)
+        print(f"{title} ({len(entities)})")
+        for e in entities:
+            body = dataclasses.asdict(e)
+            summary = {
+                k: body[k]
+                for k in ("holder", "layout", "ttl_ms", "status", "state", "user", "scenario")
+                if k in body
+            }
+            print(f"  {e.id!r}  {json.dumps(summary, ensure_ascii=True)}")
+
+
+async def _record(settings: Settings, args: argparse.Namespace) -> int:
+    from app.core import Core
+
+    core = Core(settings)
+    await core.start()
+    viewer = core.bus.subscribe()
+    count = 0
+    deadline = time.monotonic() + args.seconds
+    try:
+        with open(args.file, "w", encoding="utf-8") as out:  # noqa: ASYNC230 - one small file
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    delivery = await asyncio.wait_for(viewer.get(), timeout=left)
+                except TimeoutError:
+                    break
+                items = [delivery] if isinstance(delivery, Snapshot) else delivery
+                for item in items:
+                    record = to_json(item)
+                    record["recorded_ms"] = int(time.time() * 1000)
+                    out.write(json.dumps(record) + "\n")
+                    count += 1
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc}") from None
+    finally:
+        viewer.close()
+        await core.stop()
+    print(f"recorded {count} events to {args.file}")
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc}") from None
+    previous: int | None = None
+    for number, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+            event = from_json(data)
+        except ValueError as exc:
+            raise UsageError(f"{args.file}:{number}: not a coordscope event ({exc})") from None
+        at = data.get("recorded_ms")
+        if args.speed > 0 and previous is not None and isinstance(at, int):
+            time.sleep(max(0.0, (at - previous) / 1000 / args.speed))
+        previous = at if isinstance(at, int) else previous
+        if isinstance(event, Snapshot):
+            print(f"snapshot: {sum(len(v) for v in event.entities.values())} entities")
+        elif isinstance(event, Upserted) and isinstance(event.entity, Run):
+            print(f"{event.type} {event.entity.id} {event.entity.status}")
+        else:
+            print(json.dumps(to_json(event), ensure_ascii=False))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- screens
+
+
+def _web(settings: Settings, args: argparse.Namespace) -> int:
+    from app.core import Core
+    from app.web import create_app, server, token_for
+
+    host = args.host or settings.web_host
+    port = args.port or settings.web_port
+    token = token_for(host, args.token)
+    app = create_app(Core(settings), token=token)
+    print(f"coordscope web view on http://{host}:{port}/", flush=True)
+    if token:
+        print(f"changes need the token: Authorization: Bearer {token}", flush=True)
+    server(app, host, port).run()
+    return EXIT_OK
+
+
+def _tui(settings: Settings) -> int:
+    from app.core import Core
+    from app.tui.app import CoordscopeApp
+
+    CoordscopeApp(Core(settings)).run()
+    return EXIT_OK
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.cluster import free_port
+    from app.core import Core
+    from app.tui.app import CoordscopeApp
+    from app.web import create_app, server
+
+    state = Path(args.state) if args.state else config.default_state_dir()
+    cluster = LocalCluster(state)
+    _, started = cluster.up()
+    print("started the local cluster" if started else "using the running local cluster", flush=True)
+    try:
+        settings = _settings(args)
+        port = args.port or settings.web_port
+        if not _port_free(port):
+            port = free_port()
+        core = Core(settings)
+        web = server(create_app(core, own_core=False), "127.0.0.1", port, embedded=True)
+        url = f"http://127.0.0.1:{port}/"
+        CoordscopeApp(core, web_url=url, background=[web.serve]).run()
+    finally:
+        if started:
+            cluster.down()
+            print("stopped the local cluster this demo started")
+        else:
+            print("the local cluster is still running (coordscope down stops it)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

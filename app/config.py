@@ -1,0 +1,264 @@
+"""Where coordscope looks: flags, then environment, then the config file, then the local cluster.
+
+Environment
+    ``COORDSCOPE_STATE``   the state folder (default ``$XDG_STATE_HOME/coordscope``)
+    ``COORDSCOPE_CONFIG``  the config file (default ``./coordscope.toml``, then
+                           ``$XDG_CONFIG_HOME/coordscope/config.toml``)
+    ``COORDSCOPE_REDIS``   comma-separated Redis URLs to watch
+    ``COORDSCOPE_ZK``      a ZooKeeper connect string
+
+Config file (TOML)::
+
+    [redis]
+    urls = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379"]
+    cluster = false              # true: each URL is a seed of a Redis Cluster; watch every primary
+    enable_notifications = false # may we CONFIG SET notify-keyspace-events when it is off?
+    scan_interval_s = 2.0        # the fallback when notifications are off
+
+    [zookeeper]
+    hosts = "10.0.0.7:2181,10.0.0.8:2181"
+    roots = ["/"]
+    budget = 5000
+
+    [layouts]
+    lock_patterns = ["*lock*", "mutex:*"]
+    session_patterns = ["sess:*", "myapp:session:*"]
+    zk_lock_patterns = ['^worker-(?P<seq>\\d{10})$']
+    token_heuristics = true
+
+    [web]
+    host = "127.0.0.1"
+    port = 8765
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.cluster import ClusterError, ClusterInfo, LocalCluster
+from collectors.layouts import LayoutConfig
+from collectors.targets import RedisTarget, TargetError, ZkTarget
+
+
+class ConfigError(ValueError):
+    """A flag, variable or config entry that cannot be used (one line, names the culprit)."""
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("COORDSCOPE_STATE"):
+        return Path(os.environ["COORDSCOPE_STATE"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "coordscope"
+
+
+def _config_path(explicit: str | None) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if os.environ.get("COORDSCOPE_CONFIG"):
+        path = Path(os.environ["COORDSCOPE_CONFIG"])
+        if not path.exists():
+            raise ConfigError(f"COORDSCOPE_CONFIG names {path}, which does not exist")
+        return path
+    for candidate in (
+        Path("coordscope.toml"),
+        Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "coordscope" / "config.toml",
+    ):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    redis: tuple[RedisTarget, ...]
+    zookeeper: tuple[ZkTarget, ...]
+    layouts: LayoutConfig = field(default_factory=LayoutConfig)
+    local: ClusterInfo | None = None
+    """The embedded cluster, when that is what we watch."""
+    allow_writes: bool = False
+    scan_interval_s: float = 2.0
+    web_host: str = "127.0.0.1"
+    web_port: int = 8765
+
+    @property
+    def writable(self) -> bool:
+        return self.local is not None or self.allow_writes
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        if self.local is not None:
+            return tuple(m.name for m in self.local.masters)
+        return tuple(t.id for t in self.redis)
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] in the config file must be a table")
+    return value
+
+
+def _strings(section: dict[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+    if key not in section:
+        return None
+    value = section[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of strings")
+    return tuple(value)
+
+
+def load(
+    *,
+    redis_urls: list[str] | None = None,
+    zk_hosts: str | None = None,
+    state_dir: str | None = None,
+    config_file: str | None = None,
+    enable_notifications: bool = False,
+    allow_writes: bool = False,
+    redis_cluster: bool | None = None,
+    need_cluster: bool = True,
+) -> Settings:
+    """Resolve what to watch. ``need_cluster``: fail when nothing is configured and no
+    local cluster runs (commands that only manage the cluster pass False)."""
+    path = _config_path(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    redis_cfg = _section(data, "redis")
+    zk_cfg = _section(data, "zookeeper")
+    layouts_cfg = _section(data, "layouts")
+    web_cfg = _section(data, "web")
+    state = Path(state_dir) if state_dir else default_state_dir()
+
+    urls: tuple[str, ...] | None = tuple(redis_urls) if redis_urls else None
+    if urls is None and os.environ.get("COORDSCOPE_REDIS"):
+        urls = tuple(u.strip() for u in os.environ["COORDSCOPE_REDIS"].split(",") if u.strip())
+    if urls is None:
+        urls = _strings(redis_cfg, "urls", "redis")
+    zk = zk_hosts or os.environ.get("COORDSCOPE_ZK") or zk_cfg.get("hosts")
+    notify = enable_notifications or bool(redis_cfg.get("enable_notifications", False))
+    cluster_mode = redis_cluster if redis_cluster is not None else bool(redis_cfg.get("cluster"))
+    roots = _strings(zk_cfg, "roots", "zookeeper") or ("/",)
+    budget = zk_cfg.get("budget", 5000)
+    if not isinstance(budget, int) or budget < 1:
+        raise ConfigError("zookeeper.budget must be a positive whole number")
+
+    layouts = _layouts(layouts_cfg)
+    common: dict[str, Any] = dict(
+        state_dir=state,
+        layouts=layouts,
+        allow_writes=allow_writes,
+        scan_interval_s=float(redis_cfg.get("scan_interval_s", 2.0)),
+        web_host=str(web_cfg.get("host", "127.0.0.1")),
+        web_port=int(web_cfg.get("port", 8765)),
+    )
+    try:
+        if urls or zk:
+            redis_targets = _redis_targets(urls or (), notify, cluster_mode)
+            zk_targets: tuple[ZkTarget, ...] = (
+                (ZkTarget(id="zookeeper", hosts=str(zk), roots=roots, budget=budget),) if zk else ()
+            )
+            return Settings(redis=redis_targets, zookeeper=zk_targets, **common)
+    except TargetError as exc:
+        raise ConfigError(str(exc)) from None
+
+    try:
+        info = LocalCluster(state).running()
+    except ClusterError as exc:
+        raise ConfigError(str(exc)) from None
+    if info is None:
+        if need_cluster:
+            raise ConfigError(
+                f"nothing to watch: no local cluster runs in {state} (start one "
+                "with `coordscope up`) and no --redis/--zk, COORDSCOPE_REDIS/"
+                "COORDSCOPE_ZK or config file names a server"
+            )
+        return Settings(redis=(), zookeeper=(), **common)
+    zk_targets = tuple(
+        ZkTarget(id=t.id, hosts=t.hosts, roots=roots, budget=budget) for t in info.zk_targets()
+    )
+    return Settings(redis=tuple(info.redis_targets()), zookeeper=zk_targets, local=info, **common)
+
+
+def _layouts(cfg: dict[str, Any]) -> LayoutConfig:
+    defaults = LayoutConfig()
+    zk_patterns = _strings(cfg, "zk_lock_patterns", "layouts") or ()
+    for pattern in zk_patterns:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"layouts.zk_lock_patterns: {pattern!r} is not a regex ({exc})") from None
+        if "seq" not in compiled.groupindex:
+            raise ConfigError(f"layouts.zk_lock_patterns: {pattern!r} needs a (?P<seq>...) group")
+    return LayoutConfig(
+        lock_patterns=_strings(cfg, "lock_patterns", "layouts") or defaults.lock_patterns,
+        token_heuristics=bool(cfg.get("token_heuristics", True)),
+        session_patterns=_strings(cfg, "session_patterns", "layouts") or defaults.session_patterns,
+        zk_lock_patterns=zk_patterns,
+    )
+
+
+def _redis_targets(urls: tuple[str, ...], notify: bool, cluster: bool) -> tuple[RedisTarget, ...]:
+    targets = [RedisTarget.from_url(u, allow_config=notify) for u in urls]
+    if cluster:
+        targets = discover_cluster(targets)
+    ids = [t.id for t in targets]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("the same Redis node is named twice")
+    return tuple(targets)
+
+
+def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:
+    """Every primary and replica of a Redis Cluster, from ``CLUSTER NODES`` of a seed."""
+    import redis
+
+    last: Exception | None = None
+    for seed in seeds:
+        try:
+            client = redis.Redis(
+                host=seed.host,
+                port=seed.port,
+                username=seed.username,
+                password=seed.password,
+                ssl=seed.tls,
+                socket_timeout=3.0,
+                decode_responses=True,
+            )
+            nodes = client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
+            client.close()
+        except redis.RedisError as exc:
+            last = exc
+            continue
+        found = []
+        text = nodes if isinstance(nodes, str) else "\n".join(nodes)
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) < 3 or "fail" in parts[2]:
+                continue
+            address = parts[1].split("@")[0]
+            host, _, port = address.rpartition(":")
+            found.append(
+                RedisTarget(
+                    id=address,
+                    host=host or seed.host,
+                    port=int(port),
+                    username=seed.username,
+                    password=seed.password,
+                    tls=seed.tls,
+                    allow_config=seed.allow_config,
+                )
+            )
+        return found
+    raise ConfigError(f"cannot read the Redis Cluster topology from {seeds[0].address}: {last}")

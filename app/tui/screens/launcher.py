@@ -1,0 +1,133 @@
+"""The scenario launcher: pick a scenario, set its variants and parameters, tick faults, run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from app.tui.text import safe
+from scenarios.catalogue import ScenarioSpec
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    scenario: str
+    params: dict[str, str]
+    faults: list[str]
+
+
+class LauncherScreen(ModalScreen[LaunchRequest | None]):
+    BINDINGS = [("escape", "dismiss_none", "Close")]
+    DEFAULT_CSS = """
+    LauncherScreen { align: center middle; }
+    #launcher { width: 110; height: auto; max-height: 90%; border: thick $primary;
+                background: $surface; padding: 1 2; }
+    #scenario-buttons { height: auto; }
+    #scenario-buttons Button { margin: 0 1 0 0; }
+    #form { height: auto; max-height: 30; }
+    .param { height: 3; }
+    .param Label { width: 16; padding: 1 1 0 0; }
+    .param Select, .param Input { width: 24; }
+    .param .help { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
+    #faults { height: auto; }
+    #launch-error { color: $error; height: auto; }
+    #actions { height: 3; align: right middle; }
+    #summary { color: $text-muted; height: auto; margin-bottom: 1; }
+    """
+
+    def __init__(
+        self,
+        specs: list[ScenarioSpec],
+        selected: str | None = None,
+        faults: list[str] | None = None,
+        check: Callable[[LaunchRequest], str | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.check = check
+        self.specs = {s.name: s for s in specs}
+        self.selected = selected if selected in self.specs else next(iter(self.specs))
+        self.initial_faults = set(faults or [])
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="launcher"):
+            yield Static("Run a scenario", classes="title")
+            with Horizontal(id="scenario-buttons"):
+                for name in self.specs:
+                    yield Button(
+                        name, id=f"pick-{name}", variant="primary" if name == self.selected else "default"
+                    )
+            yield Static(id="summary")
+            yield VerticalScroll(id="form")
+            yield Static(id="launch-error")
+            with Horizontal(id="actions"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Run", id="run", variant="success")
+
+    def on_mount(self) -> None:
+        self._show(self.selected)
+
+    def _show(self, name: str) -> None:
+        self.selected = name
+        spec = self.specs[name]
+        for button in self.query("#scenario-buttons Button").results(Button):
+            button.variant = "primary" if button.id == f"pick-{name}" else "default"
+        self.query_one("#summary", Static).update(
+            safe(f"{spec.title}: {spec.summary}\ninvariant: {spec.invariant}")
+        )
+        form = self.query_one("#form", VerticalScroll)
+        form.remove_children()
+        rows = []
+        for p in spec.all_params():
+            widget: Select[str] | Input
+            if p.choices:
+                widget = Select(
+                    [(c, c) for c in p.choices], value=p.default, allow_blank=False, id=f"param-{p.name}"
+                )
+            else:
+                widget = Input(value=p.default, type="integer", id=f"param-{p.name}")
+            rows.append(
+                Horizontal(Label(p.name), widget, Static(safe(p.help), classes="help"), classes="param")
+            )
+        faults = [Static("faults at start (or inject them live from the run view):")]
+        faults += [
+            Checkbox(f"{f.name} — {f.help}", value=f.name in self.initial_faults, id=f"fault-{f.name}")
+            for f in spec.faults
+        ]
+        form.mount_all([*rows, Vertical(*faults, id="faults")])
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        button_id = event.button.id or ""
+        if button_id.startswith("pick-"):
+            self._show(button_id.removeprefix("pick-"))
+        elif button_id == "cancel":
+            self.dismiss(None)
+        elif button_id == "run":
+            self._launch()
+
+    def _launch(self) -> None:
+        spec = self.specs[self.selected]
+        params: dict[str, str] = {}
+        for p in spec.all_params():
+            widget = self.query_one(f"#param-{p.name}")
+            value = widget.value if isinstance(widget, (Select, Input)) else p.default
+            params[p.name] = str(value)
+        faults = [f.name for f in spec.faults if self.query_one(f"#fault-{f.name}", Checkbox).value]
+        request = LaunchRequest(spec.name, params, faults)
+        problem = self.check(request) if self.check else None
+        if problem:
+            self.show_error(problem)
+            return
+        self.dismiss(request)
+
+    def show_error(self, message: str) -> None:
+        self.query_one("#launch-error", Static).update(safe(message))
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)

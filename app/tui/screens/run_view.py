@@ -1,0 +1,180 @@
+"""The run view: one lane per actor on a shared time axis, the live faults, the verdict."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Static
+
+from app.tui.model import Model
+from app.tui.text import safe
+from app.tui.widgets.columns import STATUS_STYLE
+from app.tui.widgets.lanes import Lanes
+from collectors.events import Run
+from scenarios.catalogue import ScenarioSpec
+
+
+class RunScreen(Screen[None]):
+    BINDINGS = [
+        ("escape", "app.pop_screen", "Dashboard"),
+        ("left_square_bracket", "older", "Older run"),
+        ("right_square_bracket", "newer", "Newer run"),
+        ("s", "stop", "Stop run"),
+    ]
+    DEFAULT_CSS = """
+    #run-head { height: auto; padding: 0 1; }
+    #run-faults { height: auto; padding: 0 1; }
+    #run-faults Button { margin-right: 1; }
+    #run-faults Static { width: auto; padding: 1 1 0 0; }
+    #lanes-box { border: round $primary-background-lighten-2; height: auto; padding: 0 1; }
+    #verdict { height: auto; padding: 0 1; border: round $primary-background-lighten-2; }
+    #ops { height: auto; padding: 0 1; color: $text-muted; }
+    """
+
+    class FaultRequested(Message):
+        def __init__(self, run_id: str, scenario: str, fault: str) -> None:
+            super().__init__()
+            self.run_id, self.scenario, self.fault = run_id, scenario, fault
+
+    class StopRequested(Message):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    def __init__(self, model: Model, specs: dict[str, ScenarioSpec], run_id: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.specs = specs
+        self.run_id = run_id
+        self._fault_key = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=True)
+        with VerticalScroll():
+            yield Static(id="run-head")
+            yield Horizontal(id="run-faults")
+            with VerticalScroll(id="lanes-box"):
+                yield Lanes(id="lanes")
+            yield Static(id="verdict")
+            yield Static(id="ops")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_run()
+        self.set_interval(0.25, self._tick)
+
+    def _runs(self) -> list[Run]:
+        runs = [r for r in self.model.entities["run"].values() if isinstance(r, Run)]
+        return sorted(runs, key=lambda r: (r.started_ms or 0, r.id))
+
+    def current(self) -> Run | None:
+        runs = self._runs()
+        if self.run_id is None and runs:
+            self.run_id = runs[-1].id
+        run = self.model.entities["run"].get(self.run_id or "")
+        return run if isinstance(run, Run) else None
+
+    def refresh_run(self) -> None:
+        run = self.current()
+        lanes = self.query_one("#lanes", Lanes)
+        lanes.run = run
+        lanes.refresh(layout=True)
+        head = self.query_one("#run-head", Static)
+        verdict = self.query_one("#verdict", Static)
+        if run is None:
+            head.update(safe("no runs yet: press r on the dashboard to start one", "dim"))
+            verdict.update("")
+            self._faults(None)
+            return
+        text = safe(f"{run.status.upper()} ", "bold " + STATUS_STYLE.get(run.status, ""))
+        text.append_text(safe(f"{run.scenario}  {run.id}", "bold"))
+        params = " ".join(f"{k}={v}" for k, v in run.params.items())
+        text.append("\n")
+        text.append_text(safe(params, "dim"))
+        if run.faults:
+            text.append_text(safe(f"   faults at start: {', '.join(run.faults)}", "yellow"))
+        position = [r.id for r in self._runs()].index(run.id) + 1
+        text.append_text(safe(f"   (run {position} of {len(self._runs())}: [ and ] to switch)", "dim"))
+        head.update(text)
+        verdict.update(self._verdict(run))
+        self.query_one("#ops", Static).update(safe(f"{run.ops} operations; last: {run.last_op}"))
+        self._faults(run)
+
+    def _verdict(self, run: Run) -> Text:
+        if run.error:
+            return safe(f"error: {run.error}", "bold red")
+        v = run.verdict
+        if v is None:
+            return safe("judging live… the verdict comes when the run ends", "dim")
+        text = safe(
+            ("✔ HELD — " if v.holds else "✘ VIOLATED — ") + v.invariant,
+            "bold green" if v.holds else "bold red",
+        )
+        lines = [safe(v.summary)]
+        if v.actors:
+            lines.append(safe(f"actors: {', '.join(v.actors)}", "bold"))
+        if v.keys:
+            lines.append(safe(f"keys: {', '.join(v.keys)}"))
+        lines += [safe(f"• {finding}", "yellow") for finding in v.findings]
+        for line in lines:
+            text.append("\n")
+            text.append_text(line)
+        text.no_wrap = False
+        return text
+
+    def _faults(self, run: Run | None) -> None:
+        key = f"{run.id}|{run.status}" if run else ""
+        if key == self._fault_key:
+            return
+        self._fault_key = key
+        box = self.query_one("#run-faults", Horizontal)
+        box.remove_children()
+        if run is None or run.status != "running" or run.scenario not in self.specs:
+            return
+        box.mount_all(
+            [Static(safe("inject now: ", "dim"))]
+            + [
+                Button(f.name, id=f"inject-{f.name}", variant="error", tooltip=f.help)
+                for f in self.specs[run.scenario].faults
+            ]
+            + [Button("stop", id="stop-run")]
+        )
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        run = self.current()
+        if run is None:
+            return
+        button_id = event.button.id or ""
+        if button_id.startswith("inject-"):
+            self.post_message(self.FaultRequested(run.id, run.scenario, button_id.removeprefix("inject-")))
+        elif button_id == "stop-run":
+            self.post_message(self.StopRequested(run.id))
+
+    def _tick(self) -> None:
+        run = self.current()
+        if run is not None and run.status == "running":
+            self.query_one("#lanes", Lanes).refresh()
+
+    def _step(self, delta: int) -> None:
+        ids = [r.id for r in self._runs()]
+        if not ids:
+            return
+        i = ids.index(self.run_id) if self.run_id in ids else len(ids) - 1
+        self.run_id = ids[max(0, min(len(ids) - 1, i + delta))]
+        self.refresh_run()
+
+    def action_older(self) -> None:
+        self._step(-1)
+
+    def action_newer(self) -> None:
+        self._step(1)
+
+    def action_stop(self) -> None:
+        run = self.current()
+        if run is not None and run.status == "running":
+            self.post_message(self.StopRequested(run.id))

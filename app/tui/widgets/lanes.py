@@ -1,0 +1,133 @@
+"""One lane per actor on a shared time axis, drawn with block characters.
+
+Row 1 of a lane: ``█`` holding the lock (red when the hold ended lost or in a
+crash), ``─`` waiting/polling, ``▒`` paused; ticks on top: ``●`` a write
+accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash. Row 2: ``▀`` the
+lease (TTL) the store granted. Fault windows shade every lane red.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.style import Style
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from app.tui.text import printable
+from collectors.events import Lane, Run
+
+LABEL = 12
+FAULT_BG = "#3c1212"
+SPAN_STYLE = {
+    "hold": ("█", "#4a8fe7"),
+    "wait": ("─", "#6b7785"),
+    "pause": ("▒", "#b07cff"),
+    "lease": ("▀", "#7fb2ff"),
+}
+LOST_STYLE = "#d05050"
+TICKS = {
+    "write": ("●", "bold green"),
+    "rejected": ("✗", "bold yellow"),
+    "violation": ("▲", "bold red"),
+    "crash": ("✖", "bold white"),
+    "write?": ("?", "yellow"),
+}
+
+
+class Lanes(Widget):
+    DEFAULT_CSS = """
+    Lanes { height: auto; min-height: 3; }
+    """
+    run: reactive[Run | None] = reactive(None, layout=True)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.clock_offset_ms = 0
+
+    def get_content_height(self, container: object, viewport: object, width: int) -> int:
+        lanes = self._lanes()
+        return 2 + 2 * len(lanes)
+
+    def _lanes(self) -> list[Lane]:
+        return [lane for lane in (self.run.lanes if self.run else ()) if lane.actor != "runner"]
+
+    def render(self) -> Text:
+        run = self.run
+        if run is None:
+            return Text("no run selected", style="dim")
+        lanes = self._lanes()
+        width = max(20, self.size.width - LABEL - 1)
+        now_t = 0
+        if run.status == "running" and run.started_ms:
+            now_t = int(time.time() * 1000) - run.started_ms + self.clock_offset_ms
+        end = max(now_t, 1000)
+        for lane in lanes:
+            for s in lane.spans:
+                end = max(end, s.end_ms if s.end_ms is not None else s.start_ms)
+            for t in lane.ticks:
+                end = max(end, t.at_ms)
+
+        def col(t: int) -> int:
+            return min(width - 1, max(0, int(t * (width - 1) / end)))
+
+        faults = [
+            (col(s.start_ms), col(s.end_ms if s.end_ms is not None else (now_t or end)))
+            for lane in lanes
+            for s in lane.spans
+            if s.kind == "fault"
+        ]
+        out = Text(no_wrap=True)
+        out.append_text(self._axis(width, end))
+        for lane in lanes:
+            rows = [[" "] * width, [" "] * width]
+            styles: list[list[str]] = [[""] * width, [""] * width]
+            for kind in ("wait", "hold", "pause", "lease"):
+                for s in lane.spans:
+                    if s.kind != kind:
+                        continue
+                    char, style = SPAN_STYLE[kind]
+                    if kind == "hold" and s.outcome in ("lost", "crashed"):
+                        style = LOST_STYLE
+                    stop = s.end_ms if s.end_ms is not None else (now_t or end)
+                    row = 1 if kind == "lease" else 0
+                    for c in range(col(s.start_ms), col(stop) + 1):
+                        rows[row][c] = char
+                        styles[row][c] = style
+            for tick in lane.ticks:
+                char, style = TICKS.get(tick.kind, ("•", "white"))
+                rows[0][col(tick.at_ms)] = char
+                styles[0][col(tick.at_ms)] = style
+            for r in range(2):
+                label = printable(lane.actor, LABEL - 1) if r == 0 else ""
+                out.append(f"\n{label:<{LABEL}}", style="bold" if r == 0 else "")
+                for c in range(width):
+                    cell = Style.parse(styles[r][c]) if styles[r][c] else Style()
+                    if any(a <= c <= b for a, b in faults):
+                        cell += Style(bgcolor=FAULT_BG)
+                    out.append(rows[r][c], style=cell)
+        out.append("\n" + " " * LABEL)
+        out.append("█ hold  ─ wait  ▒ pause  ▀ lease  ● write  ✗ rejected  ▲ violation  ✖ crash", style="dim")
+        if faults:
+            out.append("  ", style="dim")
+            out.append("  ", style=Style(bgcolor=FAULT_BG))
+            out.append(" fault", style="dim")
+        return out
+
+    @staticmethod
+    def _axis(width: int, end: int) -> Text:
+        axis = [" "] * width
+        step = next(
+            (s for s in (100, 250, 500, 1000, 2000, 5000, 10000, 30000, 60000) if end / s <= width / 8),
+            120000,
+        )
+        t = 0
+        while t <= end:
+            c = min(width - 1, int(t * (width - 1) / end))
+            label = f"{t / 1000:g}s"
+            for i, ch in enumerate(label):
+                if c + i < width:
+                    axis[c + i] = ch
+            t += step
+        return Text(" " * LABEL + "".join(axis), style="dim")

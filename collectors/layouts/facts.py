@@ -1,0 +1,138 @@
+"""What a recogniser says a key or znode is.
+
+A fact is about one key on one node (or one lock parent znode); the state
+joins facts into entities: grants on several masters into one lock, a
+Spring Session hash and its ``expires:`` shadow into one session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LockFact:
+    name: str
+    layout: str
+    holder: str | None
+    token: str | None
+    fence: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WaitersFact:
+    """Who is polling for a lock (coordscope's own clients record it)."""
+
+    lock_name: str
+    waiters: tuple[tuple[str, int | None, int | None], ...]
+    """(client, waiting since ms, polls so far)."""
+
+
+@dataclass(frozen=True)
+class SessionFact:
+    session_id: str
+    layout: str
+    user: str | None
+    attributes: dict[str, str] = field(default_factory=dict)
+    created_ms: int | None = None
+    last_access_ms: int | None = None
+    max_inactive_s: int | None = None
+    group: str = ""
+    """Sessions sharing a group and id join (Spring Session's namespace)."""
+
+
+@dataclass(frozen=True)
+class SessionShadowFact:
+    """Spring Session's ``sessions:expires:<id>`` key: its presence means live."""
+
+    session_id: str
+    group: str
+
+
+@dataclass(frozen=True)
+class MarkFact:
+    layout: str
+    state: str
+    owner: str | None
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TransactionFact:
+    txn_id: str
+    protocol: str
+    state: str
+    branches: tuple[tuple[str, str, str], ...] = ()
+    """(branch id, state, detail)."""
+
+
+@dataclass(frozen=True)
+class RunFact:
+    run_id: str
+    meta: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunHistoryFact:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class AuxiliaryFact:
+    """A helper key of a known library (a lock signal, an unlock latch, an index).
+
+    Listed as a raw key with a note; never a lock or a session of its own.
+    """
+
+    library: str
+    role: str
+
+
+Fact = (
+    LockFact
+    | WaitersFact
+    | SessionFact
+    | SessionShadowFact
+    | MarkFact
+    | TransactionFact
+    | RunFact
+    | RunHistoryFact
+    | AuxiliaryFact
+)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One child of a ZooKeeper lock znode."""
+
+    node: str
+    seq: int
+    kind: str
+    """``write`` (exclusive) or ``read``."""
+    ident: str
+    """What identifies the client: kazoo's identifier, else the node's name."""
+    session: int
+
+
+@dataclass(frozen=True)
+class ZkLockFact:
+    path: str
+    layout: str
+    contenders: tuple[Contender, ...]
+    """Sorted by sequence number: the queue, holder(s) first."""
+
+    @property
+    def holders(self) -> tuple[Contender, ...]:
+        """Who holds: the lowest writer, or every reader queued before the first writer."""
+        if not self.contenders:
+            return ()
+        first = self.contenders[0]
+        if first.kind == "write":
+            return (first,)
+        readers = []
+        for c in self.contenders:
+            if c.kind != "read":
+                break
+            readers.append(c)
+        return tuple(readers)

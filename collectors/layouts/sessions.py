@@ -1,0 +1,113 @@
+"""Web sessions kept in Redis by Spring Session and by connect-redis.
+
+Spring Session (indexed repository), namespace ``spring:session`` by default:
+    ``<ns>:sessions:<id>``          hash   creationTime, lastAccessedTime,
+                                           maxInactiveInterval, sessionAttr:<name>
+                                           (Java-serialized values); TTL idle+300 s
+    ``<ns>:sessions:expires:<id>``  string empty; TTL = the idle timeout. While it
+                                           exists the session is live; without it
+                                           the hash is in its 5-minute grace.
+    ``<ns>:expirations:<minute>``   set    cleanup bucket (auxiliary)
+    ``<ns>:index:<index>:<value>``  set    principal index (auxiliary)
+
+connect-redis (express-session):
+    ``sess:<id>``  string  JSON ``{"cookie": {...}, <attributes>}``, EX ttl
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from typing import Any
+
+from collectors.layouts import javaser
+from collectors.layouts.facts import AuxiliaryFact, Fact, SessionFact, SessionShadowFact
+from collectors.records import KeyRecord, display
+
+SPRING_SESSION = re.compile(r"^(?P<ns>.+):sessions:(?P<id>[^:]+)$")
+SPRING_SHADOW = re.compile(r"^(?P<ns>.+):sessions:expires:(?P<id>[^:]+)$")
+SPRING_AUX = re.compile(r"^(?P<ns>.+):(?P<role>expirations|index):.+$")
+SPRING_FIELDS = (b"creationTime", b"lastAccessedTime", b"maxInactiveInterval")
+ATTR_PREFIX = "sessionAttr:"
+PRINCIPAL = "org.springframework.session.FindByIndexNameSessionRepository.PRINCIPAL_NAME_INDEX_NAME"
+USER_ATTRIBUTES = ("user", "username", "userId", "user_id", "login")
+
+
+def recognise(rec: KeyRecord, json_patterns: tuple[str, ...] = ("sess:*",)) -> Fact | None:
+    key = rec.key
+    if rec.type == "hash" and any(f in rec.fields for f in SPRING_FIELDS):
+        m = SPRING_SESSION.match(key)
+        if m and not key.endswith(":expires"):
+            return _spring(rec, m["ns"], m["id"])
+    if rec.type == "string":
+        m = SPRING_SHADOW.match(key)
+        if m:
+            return SessionShadowFact(session_id=m["id"], group=m["ns"])
+        if any(fnmatch.fnmatchcase(key, p) for p in json_patterns) and rec.value is not None:
+            return _json_session(rec)
+    if rec.type == "set":
+        m = SPRING_AUX.match(key)
+        if m and ("spring" in m["ns"] or m["role"] == "expirations"):
+            return AuxiliaryFact(library="spring-session", role=m["role"])
+    return None
+
+
+def _spring(rec: KeyRecord, namespace: str, session_id: str) -> SessionFact:
+    values = {display(k): javaser.decode(v) for k, v in rec.fields.items()}
+    attributes = {
+        name[len(ATTR_PREFIX) :]: _text(value)
+        for name, value in values.items()
+        if name.startswith(ATTR_PREFIX)
+    }
+    user = attributes.get(PRINCIPAL) or _user(attributes)
+    return SessionFact(
+        session_id=session_id,
+        layout="spring-session",
+        user=user,
+        attributes=attributes,
+        created_ms=_int(values.get("creationTime")),
+        last_access_ms=_int(values.get("lastAccessedTime")),
+        max_inactive_s=_int(values.get("maxInactiveInterval")),
+        group=namespace,
+    )
+
+
+def _json_session(rec: KeyRecord) -> Fact | None:
+    assert rec.value is not None
+    try:
+        data = json.loads(rec.value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("cookie", {}), dict):
+        return None
+    prefix, _, session_id = rec.key.partition(":")
+    attributes = {str(k): _text(v) for k, v in data.items() if k != "cookie"}
+    user = _user(attributes)
+    passport = data.get("passport")
+    if user is None and isinstance(passport, dict) and passport.get("user") is not None:
+        user = _text(passport["user"])
+    return SessionFact(
+        session_id=session_id or rec.key,
+        layout="connect-redis",
+        user=user,
+        attributes=attributes,
+        group=prefix,
+    )
+
+
+def _user(attributes: dict[str, str]) -> str | None:
+    for name in USER_ATTRIBUTES:
+        if attributes.get(name):
+            return attributes[name]
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,79 @@
+"""The headless core: one collector per Redis node, one per ZooKeeper ensemble, one state.
+
+Usage::
+
+    obs = Observatory(redis_targets, zk_targets, on_change=wake_the_bus)
+    await obs.start()
+    ...  # obs.state.snapshot(), obs.state.drain()
+    await obs.stop()
+
+``on_change`` is called (on the loop) whenever a collector put something
+new into the state; whoever fans events out to viewers drains them then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from collectors.layouts import LayoutConfig
+from collectors.redis_keyspace import RedisCollector
+from collectors.state import State
+from collectors.targets import RedisTarget, ZkTarget
+from collectors.zookeeper import ZkCollector
+
+
+class Observatory:
+    def __init__(
+        self,
+        redis: list[RedisTarget],
+        zookeeper: list[ZkTarget],
+        layouts: LayoutConfig | None = None,
+        on_change: Callable[[], None] | None = None,
+        scan_interval_s: float = 2.0,
+    ) -> None:
+        self.state = State(layouts)
+        self._on_change = on_change or (lambda: None)
+        masters = {t.address: t.id for t in redis}
+        masters.update({f"localhost:{t.port}": t.id for t in redis if t.host == "127.0.0.1"})
+        self.redis = [RedisCollector(t, self.state, self._changed, masters, scan_interval_s) for t in redis]
+        self.zookeeper = [ZkCollector(t, self.state, self._changed) for t in zookeeper]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def set_on_change(self, callback: Callable[[], None]) -> None:
+        self._on_change = callback
+
+    def _changed(self) -> None:
+        self._on_change()
+
+    async def start(self) -> None:
+        for c in self.redis:
+            self._tasks.append(asyncio.create_task(c.run(), name=f"collector {c.target.id}"))
+        for z in self.zookeeper:
+            self._tasks.append(asyncio.create_task(z.run(), name=f"collector {z.target.id}"))
+
+    async def wait_synced(self, timeout: float) -> list[str]:
+        """Wait until every collector has read its node once; returns those that did not."""
+        collectors: list[RedisCollector | ZkCollector] = [*self.redis, *self.zookeeper]
+        waits = [asyncio.create_task(c.synced.wait()) for c in collectors]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        return [c.target.id for c in collectors if not c.synced.is_set()]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+
+    async def __aenter__(self) -> Observatory:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

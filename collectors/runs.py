@@ -1,0 +1,177 @@
+"""A scenario run's history of operations, and the lanes drawn from it.
+
+Scenarios append one operation per step to a Redis stream
+(``coordscope:history:<run>``, one JSON ``op`` field per entry), in the
+style of Jepsen histories: an actor *invokes* an operation and it completes
+``ok``, ``fail`` (it certainly did not happen) or ``info`` (unknown, or a
+plain event such as a pause or a crash). Every viewer reads the same stream,
+so a run started in one terminal is drawn the same in every browser.
+
+:func:`lanes` turns a history into one lane per actor on a shared time axis:
+
+- an ``invoke``/completion pair of the same ``f`` is a span of that kind
+  (``wait`` for ``acquire``: the time spent queueing or polling);
+- ``acquire`` ok opens a ``hold`` (closed when the release completes or
+  the actor crashes) and a ``lease`` (the TTL the store granted);
+- ``pause``/``resume`` info ops bound a ``pause`` (a GC pause, a SIGSTOP);
+- the nemesis actor's ``fault``/``heal`` ops bound a ``fault`` window;
+- writes, rejections, crashes and violations are ticks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from collectors.events import Lane, Span, Tick
+
+NEMESIS = "nemesis"
+CHECKER = "checker"
+
+
+@dataclass(frozen=True)
+class Op:
+    index: int
+    t_ms: int
+    """Milliseconds since the run started (monotonic clock of the run's process)."""
+    actor: str
+    kind: str
+    """invoke | ok | fail | info."""
+    f: str
+    key: str = ""
+    value: str = ""
+    fence: int | None = None
+    ttl_ms: int | None = None
+    note: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {k: v for k, v in asdict(self).items() if v not in ("", None)},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+def parse_op(raw: bytes | str) -> Op | None:
+    """One history entry, or None when it is not a well-formed op (never raises)."""
+    try:
+        data: Any = json.loads(raw)
+        return Op(
+            index=int(data["index"]),
+            t_ms=int(data["t_ms"]),
+            actor=str(data["actor"]),
+            kind=str(data["kind"]),
+            f=str(data["f"]),
+            key=str(data.get("key", "")),
+            value=str(data.get("value", "")),
+            fence=int(data["fence"]) if data.get("fence") is not None else None,
+            ttl_ms=int(data["ttl_ms"]) if data.get("ttl_ms") is not None else None,
+            note=str(data.get("note", "")),
+        )
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
+class _LaneBuilder:
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        self.spans: list[Span] = []
+        self.ticks: list[Tick] = []
+        self.open: dict[str, tuple[int, str]] = {}
+        self.lease: tuple[int, int, str] | None = None
+        """(start, the TTL's end, label) of the grant the store holds for this actor."""
+
+    def start(self, kind: str, at: int, label: str = "") -> None:
+        self.close(kind, at, "superseded")
+        self.open[kind] = (at, label)
+
+    def close(self, kind: str, at: int, outcome: str) -> None:
+        if kind in self.open:
+            start, label = self.open.pop(kind)
+            self.spans.append(Span(kind=kind, start_ms=start, end_ms=at, label=label, outcome=outcome))
+
+    def close_all(self, at: int, outcome: str) -> None:
+        for kind in list(self.open):
+            self.close(kind, at, outcome)
+
+    def grant(self, at: int, ttl_ms: int, label: str) -> None:
+        self.end_lease(at)
+        self.lease = (at, at + ttl_ms, label)
+
+    def end_lease(self, at: int) -> None:
+        """The lease ends at its TTL, or earlier when the actor released the key."""
+        if self.lease is not None:
+            start, ends, label = self.lease
+            self.spans.append(Span(kind="lease", start_ms=start, end_ms=min(ends, at), label=label))
+            self.lease = None
+
+    def build(self) -> Lane:
+        if self.lease is not None:
+            start, ends, label = self.lease
+            self.spans.append(Span(kind="lease", start_ms=start, end_ms=ends, label=label))
+            self.lease = None
+        spans = self.spans + [
+            Span(kind=k, start_ms=s, end_ms=None, label=label) for k, (s, label) in self.open.items()
+        ]
+        spans.sort(key=lambda s: (s.start_ms, s.kind))
+        return Lane(actor=self.actor, spans=tuple(spans), ticks=tuple(self.ticks))
+
+
+def lanes(ops: list[Op]) -> tuple[Lane, ...]:
+    builders: dict[str, _LaneBuilder] = {}
+
+    def lane(actor: str) -> _LaneBuilder:
+        if actor not in builders:
+            builders[actor] = _LaneBuilder(actor)
+        return builders[actor]
+
+    for op in ops:
+        if op.actor == CHECKER:
+            if op.f == "violation":
+                for actor in _actors_of(op):
+                    lane(actor).ticks.append(Tick(kind="violation", at_ms=op.t_ms, label=op.note))
+            continue
+        b = lane(op.actor)
+        if op.actor == NEMESIS:
+            if op.f == "fault":
+                b.start("fault", op.t_ms, op.value)
+            elif op.f == "heal":
+                b.close("fault", op.t_ms, "healed")
+            continue
+        if op.kind == "invoke":
+            b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key)
+            continue
+        if op.kind == "info" and op.f == "pause":
+            b.start("pause", op.t_ms, op.note)
+        elif op.kind == "info" and op.f == "resume":
+            b.close("pause", op.t_ms, "resumed")
+        elif op.kind == "info" and op.f == "crash":
+            b.close_all(op.t_ms, "crashed")
+            b.ticks.append(Tick(kind="crash", at_ms=op.t_ms, label=op.note))
+        elif op.f == "acquire":
+            b.close("wait", op.t_ms, op.kind)
+            if op.kind == "ok":
+                label = f"fence {op.fence}" if op.fence is not None else ""
+                b.start("hold", op.t_ms, label)
+                if op.ttl_ms:
+                    b.grant(op.t_ms, op.ttl_ms, label)
+        elif op.f == "release":
+            if op.kind == "ok":
+                b.end_lease(op.t_ms)
+            b.close("release", op.t_ms, op.kind)
+            b.close("hold", op.t_ms, "released" if op.kind == "ok" else "lost")
+        else:
+            b.close(op.f, op.t_ms, op.kind)
+            if op.f == "write":
+                kind = {"ok": "write", "fail": "rejected"}.get(op.kind, "write?")
+                b.ticks.append(Tick(kind=kind, at_ms=op.t_ms, label=op.note))
+    return tuple(b.build() for b in builders.values())
+
+
+def _actors_of(op: Op) -> list[str]:
+    try:
+        actors = json.loads(op.value)
+    except ValueError:
+        return []
+    return [str(a) for a in actors] if isinstance(actors, list) else []

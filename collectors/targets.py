@@ -1,0 +1,82 @@
+"""What to watch: Redis nodes and ZooKeeper ensembles, as plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class TargetError(ValueError):
+    """A Redis URL or ZooKeeper connect string that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    id: str
+    host: str
+    port: int
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+    tls: bool = False
+    allow_config: bool = False
+    """May the collector run ``CONFIG SET notify-keyspace-events`` when it is off?"""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.password is not None:
+            auth = f"{self.username or ''}:{self.password}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+    @classmethod
+    def from_url(cls, url: str, node_id: str | None = None, allow_config: bool = False) -> RedisTarget:
+        if "://" not in url:
+            url = f"redis://{url}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise TargetError(f"{url!r}: a Redis URL starts with redis:// or rediss://")
+        if not parts.hostname:
+            raise TargetError(f"{url!r}: no host in this Redis URL")
+        try:
+            port = parts.port or 6379
+            db = int(parts.path.strip("/") or 0)
+        except ValueError:
+            raise TargetError(f"{url!r}: the port and database must be numbers") from None
+        host = parts.hostname
+        return cls(
+            id=node_id or f"{host}:{port}",
+            host=host,
+            port=port,
+            db=db,
+            password=parts.password,
+            username=parts.username or None,
+            tls=parts.scheme == "rediss",
+            allow_config=allow_config,
+        )
+
+
+@dataclass(frozen=True)
+class ZkTarget:
+    id: str
+    hosts: str
+    """A connect string: ``host:port[,host:port...]``."""
+    roots: tuple[str, ...] = ("/",)
+    budget: int = 5000
+    """Stop watching new znodes past this many (a huge tree must not swamp us)."""
+
+    def __post_init__(self) -> None:
+        if not self.hosts.strip():
+            raise TargetError("an empty ZooKeeper connect string")
+        for hostport in self.hosts.split("/")[0].split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise TargetError(f"{self.hosts!r}: a ZooKeeper connect string is host:port[,host:port...]")
+        for root in self.roots:
+            if not root.startswith("/"):
+                raise TargetError(f"{root!r}: a ZooKeeper root must start with /")

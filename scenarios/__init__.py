@@ -1,0 +1,1 @@
+"""What drives: scenarios that write to the stores, their primitives, runner and checkers."""

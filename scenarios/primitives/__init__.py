@@ -1,0 +1,1 @@
+"""Building blocks of the scenarios: locks, resources, (later) marks, rings, protocols."""

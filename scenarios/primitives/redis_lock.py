@@ -1,0 +1,157 @@
+"""coordscope's Redis lock: ``SET NX PX`` with a fencing token, and a fenced resource.
+
+Acquire (one Lua script, so the steps cannot interleave with another client):
+if the lock key is free, ``INCR`` the fencing counter and ``SET`` the lock to
+``{"owner", "fence", "nonce"}`` with ``PX ttl``; otherwise record the caller
+as a waiter (``coordscope:waiters:<name>``: since when, how many polls) so
+that observers can see who is queueing and how hard they poll. The fencing
+token increases with every grant (Kleppmann's fencing tokens): the protected
+resource rejects a write carrying a token lower than one it has seen.
+
+Release (the seed's rule): delete the key only if it still holds *our*
+value — a Lua compare-and-delete. The naive variant is a plain ``DEL``,
+which deletes whoever holds the lock now: after our lease ran out, that is
+someone else.
+
+Error handling: the scripts are loaded on first use and reloaded after a
+``NOSCRIPT`` (a restarted node has an empty script cache; redis-py's
+``Script`` object does this). Connection errors reach the caller, which
+records them in the run's history: a lock service that is down is part of
+what the scenarios show.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from collectors.layouts import coordscope
+
+# KEYS[1] - the lock key
+# KEYS[2] - the fencing counter
+# KEYS[3] - the waiters hash
+# ARGV[1] - owner (the client's name)
+# ARGV[2] - nonce (random per acquisition)
+# ARGV[3] - ttl in milliseconds
+# ARGV[4] - now, in ms (the caller's clock, for the waiters' "since")
+# Returns {fence, value} when granted, {0, current value} when not.
+ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local seen = redis.call('HGET', KEYS[3], ARGV[1])
+    local since, polls = ARGV[4], 0
+    if seen then
+        local sep = string.find(seen, ':', 1, true)
+        since = string.sub(seen, 1, sep - 1)
+        polls = tonumber(string.sub(seen, sep + 1))
+    end
+    redis.call('HSET', KEYS[3], ARGV[1], since .. ':' .. (polls + 1))
+    redis.call('PEXPIRE', KEYS[3], 10 * tonumber(ARGV[3]))
+    return {0, current}
+end
+local fence = redis.call('INCR', KEYS[2])
+local value = cjson.encode({owner = ARGV[1], fence = fence, nonce = ARGV[2]})
+redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return {fence, value}
+"""
+
+# KEYS[1] - the lock key
+# ARGV[1] - the value we stored when we acquired
+# Returns 1 when it deleted our lock, 0 when the lock was not ours any more.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] - the resource hash (value, fence, writer, writes, rejected)
+# ARGV[1] - the writer's fencing token
+# ARGV[2] - the new value
+# ARGV[3] - the writer
+# ARGV[4] - '1' to enforce fencing, '0' to accept anything
+# Returns {1, highest fence seen} when accepted, {0, highest fence seen} when rejected.
+FENCED_WRITE = """
+local seen = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+local fence = tonumber(ARGV[1])
+if ARGV[4] == '1' and fence < seen then
+    redis.call('HINCRBY', KEYS[1], 'rejected', 1)
+    return {0, seen}
+end
+if fence > seen then
+    redis.call('HSET', KEYS[1], 'fence', fence)
+    seen = fence
+end
+redis.call('HSET', KEYS[1], 'value', ARGV[2], 'writer', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'writes', 1)
+return {1, seen}
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    fence: int
+    value: str
+
+
+class RedisLock:
+    """One client's handle on a named lock on one Redis node."""
+
+    def __init__(self, client: Redis, name: str, owner: str, ttl_ms: int) -> None:
+        self.client = client
+        self.name = name
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self.key = coordscope.lock_key(name)
+        self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
+
+    async def try_acquire(self, now_ms: int) -> Grant | None:
+        """One attempt: a grant, or None when somebody else holds it (we are then a waiter)."""
+        fence, value = await self._acquire(
+            keys=[self.key, coordscope.fence_key(self.name), coordscope.waiters_key(self.name)],
+            args=[self.owner, secrets.token_hex(8), self.ttl_ms, now_ms],
+        )
+        if int(fence) == 0:
+            return None
+        return Grant(fence=int(fence), value=_text(value))
+
+    async def release(self, grant: Grant) -> bool:
+        """Compare-and-delete: True when it was still ours and is now deleted."""
+        return int(await self._release(keys=[self.key], args=[grant.value])) == 1
+
+    async def release_naive(self) -> bool:
+        """Plain DEL: deletes the lock whoever holds it (the bug the seed warns about)."""
+        return int(await self.client.delete(self.key)) == 1
+
+
+class FencedResource:
+    """The protected resource: a counter that can reject writes with stale tokens."""
+
+    def __init__(self, client: Redis, name: str, fencing: bool) -> None:
+        self.client = client
+        self.key = coordscope.resource_key(name)
+        self.fencing = fencing
+        self._write = client.register_script(FENCED_WRITE)
+
+    async def read(self) -> int:
+        raw = await self.client.hget(self.key, "value")
+        return int(raw or 0)
+
+    async def write(self, value: int, fence: int, writer: str) -> tuple[bool, int]:
+        """(accepted, highest fence the resource had seen)."""
+        ok, seen = await self._write(
+            keys=[self.key], args=[fence, value, writer, "1" if self.fencing else "0"]
+        )
+        return int(ok) == 1, int(seen)
+
+    async def totals(self) -> dict[str, int]:
+        raw = await self.client.hgetall(self.key)
+        return {_text(k): int(v) for k, v in raw.items() if v.isdigit()}
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw

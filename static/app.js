@@ -1,0 +1,556 @@
+// coordscope web view: renders what the collectors stream over /ws.
+// Every value from the stores is untrusted text: it only ever reaches the page
+// through textContent or SVG text nodes, never as HTML.
+"use strict";
+
+const KINDS = ["lock", "session", "mark", "transaction", "node", "key", "run"];
+const PLURAL = {lock: "locks", session: "sessions", mark: "marks", transaction: "transactions",
+                node: "nodes", key: "keys", run: "runs"};
+const MAX_LOG = 300;
+const MAX_KEYS = 300;
+
+const S = {
+  entities: Object.fromEntries(KINDS.map(k => [k, new Map()])),
+  dirty: new Set(),
+  log: [],
+  clockOffset: 0,        // server ms - browser ms, from the last snapshot
+  scenarios: [],
+  selectedRun: null,     // run id shown in the run view
+  followNewest: true,
+  paused: false,
+  filter: "",
+};
+
+const $ = (sel) => document.querySelector(sel);
+const serverNow = () => Date.now() + S.clockOffset;
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function fmtMs(ms) {
+  if (ms === null || ms === undefined) return "–";
+  if (ms < 0) return "expired";
+  if (ms < 10000) return (ms / 1000).toFixed(1) + "s";
+  if (ms < 3600000) return Math.round(ms / 1000) + "s";
+  return (ms / 3600000).toFixed(1) + "h";
+}
+
+function fmtTime(ms) {
+  if (!ms) return "–";
+  const d = new Date(ms);
+  return d.toLocaleTimeString([], {hour12: false}) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function short(text, n = 40) {
+  text = String(text ?? "");
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
+// ------------------------------------------------------------------ websocket
+
+let socket = null;
+function connect() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${proto}://${location.host}/ws`);
+  socket.onopen = () => setConn(true);
+  socket.onclose = () => { setConn(false); setTimeout(connect, 1000); };
+  socket.onmessage = (msg) => {
+    let event;
+    try { event = JSON.parse(msg.data); } catch { return; }
+    apply(event);
+  };
+}
+
+function setConn(up) {
+  const c = $("#conn");
+  c.textContent = up ? "live" : "disconnected: retrying";
+  c.className = "conn " + (up ? "conn-up" : "conn-down");
+}
+
+function apply(event) {
+  const type = event.type || "";
+  if (type === "snapshot") {
+    S.clockOffset = event.at_ms - Date.now();
+    for (const kind of KINDS) {
+      S.entities[kind] = new Map((event[PLURAL[kind]] || []).map(e => [e.id, e]));
+      S.dirty.add(kind);
+    }
+    S.log = (event.log || []).slice(-MAX_LOG);
+    S.dirty.add("log");
+  } else if (type === "log") {
+    S.log.push(event);
+    if (S.log.length > MAX_LOG) S.log.splice(0, S.log.length - MAX_LOG);
+    S.dirty.add("log");
+  } else if (type.endsWith(".upserted")) {
+    const kind = type.slice(0, -9);
+    if (S.entities[kind] && event[kind]) {
+      S.entities[kind].set(event[kind].id, event[kind]);
+      S.dirty.add(kind);
+      if (kind === "run" && S.followNewest && event[kind].status === "running") {
+        S.selectedRun = event[kind].id;
+      }
+    }
+  } else if (type.endsWith(".removed")) {
+    const kind = type.slice(0, -8);
+    if (S.entities[kind]) { S.entities[kind].delete(event.id); S.dirty.add(kind); }
+  }
+  schedule();
+}
+
+let frame = 0;
+function schedule() {
+  if (!frame && !S.paused) frame = requestAnimationFrame(render);
+}
+
+// ------------------------------------------------------------------ tables
+
+function matches(entity) {
+  if (!S.filter) return true;
+  return JSON.stringify(entity).toLowerCase().includes(S.filter);
+}
+
+// Update a table by row key: add new rows, update changed cells, remove stale rows.
+function syncTable(tableId, kind, rowsFor, limit) {
+  const tbody = document.querySelector(`#${tableId} tbody`);
+  let items = [...S.entities[kind].values()].filter(matches);
+  items.sort((a, b) => String(a.id).localeCompare(String(b.id)));
+  if (limit) items = items.slice(0, limit);
+  const keep = new Set(items.map(i => i.id));
+  for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.id)) tr.remove();
+  const existing = new Map([...tbody.rows].map(tr => [tr.dataset.id, tr]));
+  let previous = null;
+  for (const item of items) {
+    let tr = existing.get(item.id);
+    const cells = rowsFor(item);
+    if (!tr) {
+      tr = el("tr");
+      tr.dataset.id = item.id;
+      for (const cell of cells) tr.appendChild(el("td", {class: cell.cls || ""}));
+    }
+    cells.forEach((cell, i) => {
+      const td = tr.cells[i];
+      const text = cell.text ?? "";
+      if (td.textContent !== String(text)) td.textContent = String(text);
+      const cls = cell.cls || "";
+      if (td.className !== cls) td.className = cls;
+      if (cell.title !== undefined && td.title !== cell.title) td.title = cell.title;
+      if (cell.ttl !== undefined) td.dataset.expires = cell.ttl ?? "";
+    });
+    tr.classList.toggle("stale", !!item.stale);
+    const want = previous ? previous.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    previous = tr;
+  }
+  const count = $(`#count-${kind}`);
+  if (count) count.textContent = `(${S.entities[kind].size})`;
+  const empty = $(`#empty-${kind}`);
+  if (empty) empty.hidden = S.entities[kind].size > 0;
+}
+
+function ttlCell(expiresAt, ttl) {
+  const left = expiresAt ? expiresAt - serverNow() : null;
+  return {text: expiresAt ? fmtMs(left) : (ttl === null || ttl === undefined ? "–" : fmtMs(ttl)),
+          cls: "ttl" + (left !== null && left < 1000 ? " ttl-low" : ""), ttl: expiresAt || ""};
+}
+
+const ROWS = {
+  lock: (l) => [
+    {text: l.store},
+    {text: l.name, cls: "name", title: l.detail || l.key},
+    {text: l.holder ?? "free", cls: "holder" + (l.holder ? "" : " free"), title: l.holder || ""},
+    {text: l.layout},
+    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}` : short(l.token, 14),
+     title: l.token || ""},
+    ttlCell(l.expires_at_ms, l.ttl_ms),
+    {text: waitersText(l), cls: "waiters", title: l.waiters.map(w => w.id).join(", ")},
+    {text: grantsText(l), cls: "grants"},
+  ],
+  session: (s) => [
+    {text: short(s.session_id, 24), title: s.key},
+    {text: s.layout},
+    {text: s.user ?? "–"},
+    {text: s.state, cls: "state state-" + s.state},
+    ttlCell(s.expires_at_ms, s.ttl_ms),
+    {text: fmtTime(s.last_access_ms)},
+    {text: short(Object.entries(s.attributes).map(([k, v]) => `${k}=${v}`).join(" "), 60)},
+  ],
+  mark: (m) => [
+    {text: m.key}, {text: m.state, cls: "state"}, {text: m.owner ?? "–"},
+    ttlCell(m.expires_at_ms, m.ttl_ms),
+    {text: short(Object.entries(m.detail).map(([k, v]) => `${k}=${v}`).join(" "), 60)},
+  ],
+  transaction: (t) => [
+    {text: t.id}, {text: t.protocol}, {text: t.state, cls: "state"},
+    {text: t.branches.map(b => `${b.id}:${b.state}`).join(" ")},
+  ],
+  node: (n) => [
+    {text: n.id, cls: "name"}, {text: n.store}, {text: n.address},
+    {text: n.master ? `${n.role} of ${n.master}` : n.role},
+    {text: n.status, cls: "status status-" + n.status, title: n.detail},
+    {text: n.status === "up" ? "now" : fmtTime(n.as_of_ms)},
+    {text: n.keys}, {text: n.events}, {text: n.gaps}, {text: short(n.feed, 40), title: n.feed},
+  ],
+  key: (k) => [
+    {text: k.store}, {text: k.node}, {text: k.key, cls: "name"}, {text: k.type},
+    ttlCell(null, k.ttl_ms), {text: k.size}, {text: short(k.preview, 60), title: k.preview},
+  ],
+};
+
+function waitersText(lock) {
+  if (!lock.waiters.length) return "–";
+  return lock.waiters.map(w => w.polls !== null && w.polls !== undefined
+    ? `${w.id} (${w.polls} polls)` : w.watches ? `${short(w.id, 16)}→${short(w.watches, 12)}`
+    : short(w.id, 16)).join(", ");
+}
+
+function grantsText(lock) {
+  if (lock.store !== "redis" || !lock.grants.length) return lock.nodes.join(",");
+  return lock.grants.map(g => {
+    const mark = g.token === lock.token ? "■" : "□";
+    const reps = g.replicas.map(r => r.present && r.same_value ? `${r.node}✓` : `${r.node}✗`);
+    return `${g.node}${mark}` + (reps.length ? ` (${reps.join(" ")})` : "");
+  }).join(" ");
+}
+
+function renderNodesBar() {
+  const bar = $("#nodes-bar");
+  bar.replaceChildren(...[...S.entities.node.values()].sort((a, b) => a.id.localeCompare(b.id))
+    .map(n => el("span", {class: "pill status-" + n.status, title: `${n.address} ${n.detail}`},
+                 `${n.id} ${n.status}`)));
+}
+
+function renderLog() {
+  const ol = $("#log");
+  const lines = S.log.filter(l => !S.filter || `${l.source} ${l.text}`.toLowerCase().includes(S.filter));
+  ol.replaceChildren(...lines.slice(-150).reverse().map(l => {
+    const li = el("li", {class: "log-" + l.level});
+    li.append(el("time", {}, fmtTime(l.at_ms)), el("span", {class: "src"}, l.source),
+              el("span", {class: "text"}, l.text));
+    return li;
+  }));
+}
+
+// ------------------------------------------------------------------ scenarios
+
+async function loadScenarios() {
+  const resp = await fetch("/api/scenarios");
+  S.scenarios = await resp.json();
+  const box = $("#scenarios");
+  box.replaceChildren();
+  for (const sc of S.scenarios) {
+    const card = el("form", {class: "scenario", id: `scenario-${sc.name}`});
+    card.append(el("h3", {}, sc.title), el("p", {class: "summary"}, sc.summary),
+                el("p", {class: "invariant"}, "invariant: " + sc.invariant));
+    const params = el("div", {class: "params"});
+    for (const p of sc.params) {
+      const label = el("label", {title: p.help});
+      label.append(el("span", {}, p.name));
+      let input;
+      if (p.choices) {
+        input = el("select", {name: p.name});
+        for (const c of p.choices) {
+          const o = el("option", {value: c}, c);
+          if (c === p.default) o.selected = true;
+          input.append(o);
+        }
+      } else {
+        input = el("input", {name: p.name, type: "number", value: p.default});
+        if (p.min !== null) input.min = p.min;
+        if (p.max !== null) input.max = p.max;
+      }
+      label.append(input);
+      params.append(label);
+    }
+    const faults = el("div", {class: "faults"});
+    faults.append(el("span", {class: "faults-title"}, "faults at start:"));
+    for (const f of sc.faults) {
+      const label = el("label", {title: f.help});
+      const box = el("input", {type: "checkbox", name: "fault", value: f.name});
+      label.append(box, document.createTextNode(" " + f.name));
+      faults.append(label);
+    }
+    const button = el("button", {type: "submit", id: `run-${sc.name}`, class: "run"}, `Run ${sc.name}`);
+    card.append(params, faults, button);
+    card.addEventListener("submit", (e) => { e.preventDefault(); startRun(sc, card); });
+    box.append(card);
+  }
+}
+
+async function post(url, body) {
+  const resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                 body: JSON.stringify(body)});
+  let data = {};
+  try { data = await resp.json(); } catch { /* empty */ }
+  if (!resp.ok) throw new Error(data.error || `${resp.status} ${resp.statusText}`);
+  return data;
+}
+
+async function startRun(sc, form) {
+  const params = {};
+  for (const p of sc.params) params[p.name] = form.elements[p.name].value;
+  const faults = [...form.querySelectorAll("input[name=fault]:checked")].map(i => i.value);
+  $("#scenario-error").textContent = "";
+  try {
+    const run = await post("/api/runs", {scenario: sc.name, params, faults});
+    S.selectedRun = run.id;
+    S.followNewest = true;
+    S.dirty.add("run");
+    schedule();
+  } catch (err) {
+    $("#scenario-error").textContent = String(err.message);
+  }
+}
+
+// ------------------------------------------------------------------ run view
+
+const LANE_H = 26, AXIS_H = 22, LEFT = 96, RIGHT = 12;
+
+function renderRunSelect() {
+  const select = $("#run-select");
+  const runs = [...S.entities.run.values()].sort((a, b) => (b.started_ms || 0) - (a.started_ms || 0));
+  if (!S.selectedRun && runs.length) S.selectedRun = runs[0].id;
+  const want = runs.map(r => r.id).join("|");
+  if (select.dataset.ids !== want) {
+    select.replaceChildren(...runs.map(r => el("option", {value: r.id}, `${r.id} — ${r.status}`)));
+    select.dataset.ids = want;
+  } else {
+    runs.forEach((r, i) => {
+      const text = `${r.id} — ${r.status}`;
+      if (select.options[i].textContent !== text) select.options[i].textContent = text;
+    });
+  }
+  if (S.selectedRun) select.value = S.selectedRun;
+}
+
+function renderRun() {
+  renderRunSelect();
+  const run = S.entities.run.get(S.selectedRun);
+  $("#run-empty").hidden = !!run;
+  const head = $("#run-head"), faults = $("#run-faults"), verdict = $("#verdict");
+  const lanes = $("#lanes");
+  if (!run) {
+    head.replaceChildren(); faults.replaceChildren(); verdict.replaceChildren();
+    lanes.replaceChildren(); lanes.setAttribute("height", 0);
+    return;
+  }
+  head.replaceChildren(
+    el("span", {class: "run-status status-" + run.status, id: "run-status"}, run.status),
+    el("span", {class: "run-id"}, `${run.scenario}  ${run.id}`),
+    el("span", {class: "run-params"}, Object.entries(run.params).map(([k, v]) => `${k}=${v}`).join(" ")
+      + (run.faults.length ? "  faults: " + run.faults.join(",") : "")),
+  );
+  renderFaultButtons(run, faults);
+  drawLanes(run, lanes);
+  renderVerdict(run, verdict);
+}
+
+function renderFaultButtons(run, box) {
+  const sc = S.scenarios.find(s => s.name === run.scenario);
+  const key = `${run.id}|${run.status}`;
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.replaceChildren();
+  if (run.status !== "running" || !sc) return;
+  box.append(el("span", {class: "faults-title"}, "inject now:"));
+  for (const f of sc.faults) {
+    const b = el("button", {type: "button", class: "fault", title: f.help, "data-fault": f.name}, f.name);
+    b.addEventListener("click", async () => {
+      try { await post(`/api/runs/${encodeURIComponent(run.id)}/faults`, {fault: f.name}); }
+      catch (err) { $("#scenario-error").textContent = String(err.message); }
+    });
+    box.append(b);
+  }
+  const stop = el("button", {type: "button", class: "stop"}, "stop");
+  stop.addEventListener("click", () => post(`/api/runs/${encodeURIComponent(run.id)}/stop`, {})
+    .catch(err => { $("#scenario-error").textContent = String(err.message); }));
+  box.append(stop);
+}
+
+function drawLanes(run, root) {
+  const width = Math.max(360, root.parentElement.clientWidth - 4);
+  const lanes = run.lanes.filter(l => l.actor !== "runner");
+  const nowT = run.status === "running" && run.started_ms ? serverNow() - run.started_ms : 0;
+  let end = Math.max(nowT, 1000);
+  for (const lane of lanes) {
+    for (const s of lane.spans) end = Math.max(end, s.end_ms ?? s.start_ms);
+    for (const t of lane.ticks) end = Math.max(end, t.at_ms);
+  }
+  const height = AXIS_H + lanes.length * LANE_H + 6;
+  root.setAttribute("width", width);
+  root.setAttribute("height", height);
+  root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const x = (t) => LEFT + (width - LEFT - RIGHT) * Math.min(t, end) / end;
+  const parts = [];
+  // time axis
+  const step = niceStep(end);
+  for (let t = 0; t <= end; t += step) {
+    parts.push(svg("line", {x1: x(t), x2: x(t), y1: AXIS_H - 4, y2: height, class: "grid"}));
+    parts.push(svg("text", {x: x(t), y: AXIS_H - 8, class: "axis"}, `${(t / 1000).toFixed(1)}s`));
+  }
+  // fault windows shade every lane
+  for (const lane of lanes) for (const s of lane.spans) if (s.kind === "fault") {
+    const x1 = x(s.start_ms), x2 = x(s.end_ms ?? nowT ?? end);
+    parts.push(svg("rect", {x: x1, y: AXIS_H, width: Math.max(2, x2 - x1), height: height - AXIS_H,
+                            class: "fault-window"}, ""));
+  }
+  lanes.forEach((lane, i) => {
+    const y = AXIS_H + i * LANE_H;
+    parts.push(svg("text", {x: 4, y: y + 17, class: "actor"}, short(lane.actor, 12)));
+    parts.push(svg("line", {x1: LEFT, x2: width - RIGHT, y1: y + LANE_H - 1, y2: y + LANE_H - 1, class: "lane-sep"}));
+    for (const s of lane.spans) {
+      if (s.kind === "fault") continue;
+      const open = s.end_ms === null || s.end_ms === undefined;
+      const endT = open ? (nowT || end) : s.end_ms;
+      const x1 = x(s.start_ms), x2 = x(endT);
+      const geo = spanGeometry(s.kind, y);
+      const rect = svg("rect", {x: x1, y: geo.y, width: Math.max(1.5, x2 - x1), height: geo.h,
+                                class: `span span-${s.kind} outcome-${s.outcome || "open"}`});
+      rect.append(svg("title", {}, `${s.kind} ${s.label} ${s.start_ms}–${open ? "…" : s.end_ms} ms ${s.outcome}`));
+      parts.push(rect);
+      if (s.kind === "hold" && s.label && x2 - x1 > 36) {
+        parts.push(svg("text", {x: x1 + 3, y: geo.y + geo.h - 4, class: "span-label"}, s.label));
+      }
+    }
+    for (const t of lane.ticks) {
+      const cx = x(t.at_ms);
+      const mark = svg("path", {d: tickPath(t.kind, cx, y + 13), class: `tick tick-${t.kind}`});
+      mark.append(svg("title", {}, `${t.kind} at ${t.at_ms} ms ${t.label}`));
+      parts.push(mark);
+    }
+  });
+  if (run.verdict && run.verdict.at_ms !== null && !run.verdict.holds) {
+    const vx = x(run.verdict.at_ms);
+    parts.push(svg("line", {x1: vx, x2: vx, y1: AXIS_H, y2: height, class: "violation-line"}));
+  }
+  root.replaceChildren(...parts);
+  renderLegend();
+}
+
+function spanGeometry(kind, y) {
+  switch (kind) {
+    case "hold": return {y: y + 4, h: 13};
+    case "lease": return {y: y + 19, h: 4};
+    case "wait": return {y: y + 8, h: 5};
+    case "pause": return {y: y + 2, h: 17};
+    default: return {y: y + 9, h: 4};
+  }
+}
+
+function tickPath(kind, x, y) {
+  if (kind === "violation") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
+  if (kind === "rejected" || kind === "crash") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  return `M${x} ${y - 5} L${x + 5} ${y} L${x} ${y + 5} L${x - 5} ${y} Z`;
+}
+
+function niceStep(end) {
+  const raw = end / 8;
+  for (const s of [100, 250, 500, 1000, 2000, 5000, 10000, 30000, 60000]) if (raw <= s) return s;
+  return 120000;
+}
+
+let legendDone = false;
+function renderLegend() {
+  if (legendDone) return;
+  legendDone = true;
+  const items = [["span-hold", "hold (fence)"], ["span-lease", "lease (TTL)"], ["span-wait", "waiting"],
+                 ["span-pause", "paused"], ["fault-window", "fault"], ["tick-write", "write accepted"],
+                 ["tick-rejected", "write rejected"], ["tick-violation", "violation"]];
+  $("#legend").replaceChildren(...items.map(([cls, text]) => {
+    const s = el("span", {class: "legend-item"});
+    s.append(el("i", {class: "swatch " + cls}), document.createTextNode(text));
+    return s;
+  }));
+}
+
+function renderVerdict(run, box) {
+  box.replaceChildren();
+  box.className = "";
+  if (run.error) box.append(el("p", {class: "verdict-error"}, "error: " + run.error));
+  const v = run.verdict;
+  if (!v) {
+    if (run.status === "running") box.append(el("p", {class: "pending"}, `judging live… ${run.last_op}`));
+    return;
+  }
+  box.className = v.holds ? "verdict-held" : "verdict-violated";
+  box.append(el("p", {class: "verdict-title"}, (v.holds ? "✔ HELD — " : "✘ VIOLATED — ") + v.invariant),
+             el("p", {class: "verdict-summary"}, v.summary));
+  if (v.actors.length) box.append(el("p", {}, "actors: " + v.actors.join(", ")));
+  if (v.keys.length) box.append(el("p", {class: "keys"}, "keys: " + v.keys.join(", ")));
+  if (v.findings.length) {
+    const ul = el("ul", {class: "findings"});
+    for (const f of v.findings) ul.append(el("li", {}, f));
+    box.append(ul);
+  }
+}
+
+// ------------------------------------------------------------------ main loop
+
+function render() {
+  frame = 0;
+  if (S.paused) return;
+  const dirty = S.dirty;
+  S.dirty = new Set();
+  if (dirty.has("lock")) syncTable("locks", "lock", ROWS.lock);
+  if (dirty.has("session")) syncTable("sessions", "session", ROWS.session);
+  if (dirty.has("mark")) syncTable("marks", "mark", ROWS.mark);
+  if (dirty.has("transaction")) syncTable("transactions", "transaction", ROWS.transaction);
+  if (dirty.has("node")) { syncTable("nodes", "node", ROWS.node); renderNodesBar(); }
+  if (dirty.has("key")) syncTable("keys", "key", ROWS.key, MAX_KEYS);
+  if (dirty.has("run")) renderRun();
+  if (dirty.has("log")) renderLog();
+}
+
+function tick() {
+  // TTLs count down between events; a running run's lanes grow.
+  for (const td of document.querySelectorAll("td.ttl[data-expires]")) {
+    const at = Number(td.dataset.expires);
+    if (!at) continue;
+    const left = at - serverNow();
+    const text = fmtMs(left);
+    if (td.textContent !== text) td.textContent = text;
+    td.classList.toggle("ttl-low", left < 1000);
+  }
+  const run = S.entities.run.get(S.selectedRun);
+  if (run && run.status === "running" && !S.paused) { S.dirty.add("run"); schedule(); }
+}
+
+function init() {
+  $("#filter").addEventListener("input", (e) => {
+    S.filter = e.target.value.trim().toLowerCase();
+    for (const k of KINDS) S.dirty.add(k);
+    S.dirty.add("log");
+    schedule();
+  });
+  $("#pause").addEventListener("change", (e) => {
+    S.paused = e.target.checked;
+    if (!S.paused) { for (const k of KINDS) S.dirty.add(k); S.dirty.add("log"); schedule(); }
+  });
+  $("#run-select").addEventListener("change", (e) => {
+    S.selectedRun = e.target.value;
+    S.followNewest = false;
+    S.dirty.add("run");
+    schedule();
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "/" && document.activeElement !== $("#filter")) { e.preventDefault(); $("#filter").focus(); }
+  });
+  loadScenarios().catch(err => { $("#scenario-error").textContent = "cannot load scenarios: " + err; });
+  connect();
+  setInterval(tick, 200);
+}
+
+document.addEventListener("DOMContentLoaded", init);
