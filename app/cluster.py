@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -87,10 +88,21 @@ class ClusterInfo:
         return lines
 
 
+PORT_RANGE = (20000, 30000)
+"""Below Linux's ephemeral range (32768-60999): a port the kernel hands out for some
+client's outgoing connection cannot steal ours between choosing it and binding it."""
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError(f"no free port on {HOST} between {PORT_RANGE[0]} and {PORT_RANGE[1]}")
 
 
 def alive(member: Member) -> bool:

@@ -10,7 +10,8 @@ Environment
 Config file (TOML)::
 
     [redis]
-    urls = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379"]
+    urls = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379"]   # masters
+    replicas = ["redis://10.0.0.9:6379"]                        # watched, never written to
     cluster = false              # true: each URL is a seed of a Redis Cluster; watch every primary
     enable_notifications = false # may we CONFIG SET notify-keyspace-events when it is off?
     scan_interval_s = 2.0        # the fallback when notifications are off
@@ -85,6 +86,8 @@ class Settings:
     local: ClusterInfo | None = None
     """The embedded cluster, when that is what we watch."""
     allow_writes: bool = False
+    replicas: tuple[str, ...] = ()
+    """Ids of watched nodes that are replicas (scenarios never write to them)."""
     scan_interval_s: float = 2.0
     web_host: str = "127.0.0.1"
     web_port: int = 8765
@@ -97,7 +100,7 @@ class Settings:
     def masters(self) -> tuple[str, ...]:
         if self.local is not None:
             return tuple(m.name for m in self.local.masters)
-        return tuple(t.id for t in self.redis)
+        return tuple(t.id for t in self.redis if t.id not in self.replicas)
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -166,7 +169,10 @@ def load(
     )
     try:
         if urls or zk:
-            redis_targets = _redis_targets(urls or (), notify, cluster_mode)
+            replica_urls = _strings(redis_cfg, "replicas", "redis") or ()
+            replica_targets = _redis_targets(replica_urls, notify, False)
+            redis_targets = _redis_targets(urls or (), notify, cluster_mode) + replica_targets
+            common["replicas"] = tuple(t.id for t in replica_targets)
             zk_targets: tuple[ZkTarget, ...] = (
                 (ZkTarget(id="zookeeper", hosts=str(zk), roots=roots, budget=budget),) if zk else ()
             )

@@ -14,11 +14,10 @@ new into the state; whoever fans events out to viewers drains them then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from collectors.layouts import LayoutConfig
-from collectors.redis_keyspace import RedisCollector
+from collectors.redis_keyspace import RedisCollector, Topology
 from collectors.state import State
 from collectors.targets import RedisTarget, ZkTarget
 from collectors.zookeeper import ZkCollector
@@ -35,9 +34,8 @@ class Observatory:
     ) -> None:
         self.state = State(layouts)
         self._on_change = on_change or (lambda: None)
-        masters = {t.address: t.id for t in redis}
-        masters.update({f"localhost:{t.port}": t.id for t in redis if t.host == "127.0.0.1"})
-        self.redis = [RedisCollector(t, self.state, self._changed, masters, scan_interval_s) for t in redis]
+        topology = Topology(redis)
+        self.redis = [RedisCollector(t, self.state, self._changed, topology, scan_interval_s) for t in redis]
         self.zookeeper = [ZkCollector(t, self.state, self._changed) for t in zookeeper]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,9 +64,8 @@ class Observatory:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         self._tasks.clear()
 
     async def __aenter__(self) -> Observatory:

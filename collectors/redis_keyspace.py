@@ -60,6 +60,28 @@ CONFIG_EVERY_S = 2.0
 NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
+class Topology:
+    """Which watched node replicates which, shared by every Redis collector.
+
+    A replica names its master by the address *it* connects to, which behind
+    Docker or NAT is not the address we watch; its master lists it by the
+    address the replica announces. Either match makes the replica's keys the
+    master's entities.
+    """
+
+    def __init__(self, targets: list[RedisTarget]) -> None:
+        self._by_address = {t.address: t.id for t in targets}
+        self._by_address.update({f"localhost:{t.port}": t.id for t in targets if t.host == "127.0.0.1"})
+        self._listed: dict[str, str] = {}
+
+    def master_listed(self, master_id: str, replica_addresses: list[str]) -> None:
+        for address in replica_addresses:
+            self._listed[address] = master_id
+
+    def master_of(self, replica: RedisTarget, master_address: str) -> str | None:
+        return self._by_address.get(master_address) or self._listed.get(replica.address)
+
+
 def notifications_enabled(flags: str) -> bool:
     """Do these ``notify-keyspace-events`` flags give us keyspace events for every type?"""
     return "K" in flags and ("A" in flags or all(c in flags for c in "g$hx"))
@@ -71,13 +93,13 @@ class RedisCollector:
         target: RedisTarget,
         state: State,
         wake: Callable[[], None],
-        masters_by_address: dict[str, str] | None = None,
+        topology: Topology | None = None,
         scan_interval_s: float = 2.0,
     ) -> None:
         self.target = target
         self._state = state
         self._wake = wake
-        self._masters_by_address = masters_by_address or {}
+        self._topology = topology or Topology([target])
         self._scan_interval_s = scan_interval_s
         self._dirty: dict[bytes, str] = {}
         self._dirty_event = asyncio.Event()
@@ -106,6 +128,11 @@ class RedisCollector:
                 self._set_down(f"{type(exc).__name__}: {exc}")
             except redis_errors.RedisError as exc:
                 self._set_down(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug must not silence the collector for good
+                self._state.log(
+                    "error", self.target.id, f"collector error ({type(exc).__name__}: {exc}); reconnecting"
+                )
+                self._wake()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             if self._node.status == "up":
@@ -153,12 +180,11 @@ class RedisCollector:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-            with contextlib.suppress(Exception):
-                await listener.aclose()
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            # bounded: a connection cancelled in the middle of redis-py's reconnect can
+            # leave a lock held that aclose() would wait on for ever
+            for closing in (pubsub.aclose(), listener.aclose(), client.aclose()):
+                with contextlib.suppress(Exception, TimeoutError):
+                    await asyncio.wait_for(closing, 1.0)
 
     async def _listen(self, pubsub: Any, channel: str) -> None:
         prefix = channel[:-1].encode()
@@ -354,11 +380,17 @@ class RedisCollector:
         detail = ""
         if role == "replica":
             address = f"{info.get('master_host')}:{info.get('master_port')}"
-            master = self._masters_by_address.get(address)
+            master = self._topology.master_of(self.target, address)
             link = info.get("master_link_status", "?")
             detail = f"replica of {master or address}, link {link}"
         else:
-            detail = f"{info.get('connected_slaves', 0)} replica(s)"
+            listed = [
+                f"{r.get('ip')}:{r.get('port')}"
+                for k, r in info.items()
+                if k.startswith("slave") and isinstance(r, dict)
+            ]
+            self._topology.master_listed(self.target.id, listed)
+            detail = f"{len(listed)} replica(s)"
         was_down = self._node.status != "up"
         self._node = replace(
             self._node, role=role, master=master, status="up", as_of_ms=now_ms(), detail=detail

@@ -82,7 +82,8 @@ class ZkCollector:
         self._from_kazoo(self._state_changed, state)
 
     def _on_watch(self, event: WatchedEvent) -> None:
-        self._from_kazoo(self._mark, event.path, event.type)
+        if event.path:  # session events (no path) reach us through the state listener
+            self._from_kazoo(self._mark, event.path, event.type)
 
     # ------------------------------------------------------------------ loop side
 
@@ -97,8 +98,17 @@ class ZkCollector:
         client.add_listener(self._on_state)
         client.start_async()
         try:
-            worker = asyncio.create_task(self._worker(), name=f"zk {self.target.id}")
-            await worker
+            while True:
+                try:
+                    await self._worker()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug must not silence the collector for good
+                    self._state.log(
+                        "error", self.target.id, f"collector error ({type(exc).__name__}: {exc}); resyncing"
+                    )
+                    await asyncio.sleep(0.5)
+                    self._resync()
         finally:
             self._client = None
             client.remove_listener(self._on_state)
@@ -155,12 +165,17 @@ class ZkCollector:
                 try:
                     await asyncio.gather(*(self._refresh(path) for path, _ in batch))
                 except KazooException as exc:
-                    # connection trouble: the state listener reports it and resyncs on reconnect
+                    # Connection trouble. Requests sent before a reconnect can fail after
+                    # the new session is already up, so only wait for the state listener
+                    # when the client really is disconnected; otherwise just retry.
                     for path, cause in batch:
                         self._dirty.setdefault(path, cause)
                     self._node = replace(self._node, detail=f"read failed: {type(exc).__name__}")
                     self._publish_node()
-                    self._connected.clear()
+                    if self._client is None or not self._client.connected:
+                        self._connected.clear()
+                    await asyncio.sleep(0.1)
+                    self._dirty_event.set()
                     break
                 self._wake()
             if not self._dirty and self._connected.is_set():

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from collectors.events import Verdict
 from collectors.layouts import coordscope
@@ -84,6 +86,8 @@ class Environment:
 
     def client(self, node_id: str) -> Redis:
         t = self.target(node_id)
+        # No silent retries: a lock service that is down must show in the history as errors
+        # when they happen, not as one call that hangs through the whole outage.
         return Redis(
             host=t.host,
             port=t.port,
@@ -94,6 +98,7 @@ class Environment:
             protocol=2,
             socket_connect_timeout=1.0,
             socket_timeout=3.0,
+            retry=Retry(NoBackoff(), 0),
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -21,7 +22,7 @@ from scenarios.catalogue import ScenarioError
 
 
 class CoordscopeApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses live elsewhere
     TITLE = "coordscope"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
@@ -81,14 +82,16 @@ class CoordscopeApp(App[None]):
     async def _consume(self) -> None:
         assert self._viewer is not None
         while True:
+            await self._resumed.wait()
             delivery = await self._viewer.get()
+            if self.paused:
+                continue  # paused while we waited: resuming asks for a fresh snapshot anyway
             kinds, lines = self.model.apply(delivery)
             for screen in self.screen_stack:
                 if isinstance(screen, DashboardScreen):
                     screen.apply(kinds, lines, reset_log=not isinstance(delivery, list))
                 elif isinstance(screen, RunScreen) and "run" in kinds:
                     screen.refresh_run()
-            await self._resumed.wait()
 
     def _set_subtitle(self) -> None:
         parts = []

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, RichLog, Static
 
 from app.tui.model import Model
+from app.tui.screens.live import LiveScreen
 from app.tui.text import printable, safe
 from app.tui.widgets import columns
 from app.tui.widgets.columns import clock
@@ -36,7 +33,7 @@ class Panel(Vertical):
     """
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(LiveScreen):
     AUTO_FOCUS = "#locks"
     BINDINGS = [
         ("slash", "filter", "Filter"),
@@ -47,7 +44,6 @@ class DashboardScreen(Screen[None]):
         super().__init__()
         self.model = model
         self.needle = ""
-        self._ready = False
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -73,21 +69,14 @@ class DashboardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
-        self._ready = True
-        self.refresh_all()
+        super().on_mount()
         self.set_interval(0.25, self._tick)
 
-    def refresh_all(self) -> None:
+    def redraw(self) -> None:
         self.apply(set(TABLES), list(self.model.log), reset_log=True)
 
-    def on_unmount(self) -> None:
-        self._ready = False
-
     def apply(self, kinds: set[str], lines: list[Logged], reset_log: bool = False) -> None:
-        if not self._ready:
-            return  # on_mount draws everything the model holds by then
-        with contextlib.suppress(NoMatches):  # the app is closing: our widgets are gone
-            self._apply(kinds, lines, reset_log)
+        self.live(lambda: self._apply(kinds, lines, reset_log))
 
     def _apply(self, kinds: set[str], lines: list[Logged], reset_log: bool) -> None:
         with self.app.batch_update():
@@ -125,12 +114,12 @@ class DashboardScreen(Screen[None]):
         box.value = ""
         box.display = False
         self.needle = ""
-        self.refresh_all()
+        self.redraw()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
             self.needle = event.value.strip().lower()
-            self.refresh_all()
+            self.redraw()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":

@@ -26,19 +26,21 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
     BINDINGS = [("escape", "dismiss_none", "Close")]
     DEFAULT_CSS = """
     LauncherScreen { align: center middle; }
-    #launcher { width: 110; height: auto; max-height: 90%; border: thick $primary;
-                background: $surface; padding: 1 2; }
-    #scenario-buttons { height: auto; }
+    #launcher { width: 120; height: auto; max-height: 95%; border: thick $primary;
+                background: $surface; padding: 0 2; }
+    #scenario-buttons { height: auto; margin-bottom: 1; }
     #scenario-buttons Button { margin: 0 1 0 0; }
-    #form { height: auto; max-height: 30; }
-    .param { height: 3; }
-    .param Label { width: 16; padding: 1 1 0 0; }
-    .param Select, .param Input { width: 24; }
-    .param .help { width: 1fr; padding: 1 0 0 1; color: $text-muted; }
-    #faults { height: auto; }
-    #launch-error { color: $error; height: auto; }
-    #actions { height: 3; align: right middle; }
     #summary { color: $text-muted; height: auto; margin-bottom: 1; }
+    #form { height: auto; }
+    .param { height: 1; }
+    .param Label { width: 14; }
+    .param Select, .param Input { width: 18; background: $boost; }
+    .param .help { width: 1fr; padding-left: 2; color: $text-muted; }
+    #faults { height: auto; margin-top: 1; }
+    #faults Checkbox { height: 1; }
+    #launch-error { color: $error; height: 2; margin-top: 1; }  /* fixed: Run must not move */
+    #actions { height: 1; align: right middle; margin: 1 0; }
+    #actions Button { margin-left: 2; }
     """
 
     def __init__(
@@ -55,19 +57,20 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         self.initial_faults = set(faults or [])
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="launcher"):
-            yield Static("Run a scenario", classes="title")
+        with VerticalScroll(id="launcher"):
+            yield Static("Run a scenario (esc closes)", classes="title")
             with Horizontal(id="scenario-buttons"):
                 for name in self.specs:
+                    chosen = name == self.selected
                     yield Button(
-                        name, id=f"pick-{name}", variant="primary" if name == self.selected else "default"
+                        name, id=f"pick-{name}", compact=True, variant="primary" if chosen else "default"
                     )
             yield Static(id="summary")
-            yield VerticalScroll(id="form")
+            yield Vertical(id="form")
             yield Static(id="launch-error")
             with Horizontal(id="actions"):
-                yield Button("Cancel", id="cancel")
-                yield Button("Run", id="run", variant="success")
+                yield Button("Cancel", id="cancel", compact=True)
+                yield Button("Run", id="run", variant="success", compact=True)
 
     def on_mount(self) -> None:
         self._show(self.selected)
@@ -77,26 +80,33 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         spec = self.specs[name]
         for button in self.query("#scenario-buttons Button").results(Button):
             button.variant = "primary" if button.id == f"pick-{name}" else "default"
-        self.query_one("#summary", Static).update(
-            safe(f"{spec.title}: {spec.summary}\ninvariant: {spec.invariant}")
-        )
-        form = self.query_one("#form", VerticalScroll)
+        summary = safe(f"{spec.title}: {spec.summary}", wrap=True)
+        summary.append("\n")
+        summary.append_text(safe(f"invariant: {spec.invariant}", "italic", wrap=True))
+        self.query_one("#summary", Static).update(summary)
+        form = self.query_one("#form", Vertical)
         form.remove_children()
         rows = []
         for p in spec.all_params():
             widget: Select[str] | Input
             if p.choices:
+                options = [(c, c) for c in p.choices]
                 widget = Select(
-                    [(c, c) for c in p.choices], value=p.default, allow_blank=False, id=f"param-{p.name}"
+                    options, value=p.default, allow_blank=False, compact=True, id=f"param-{p.name}"
                 )
             else:
-                widget = Input(value=p.default, type="integer", id=f"param-{p.name}")
+                widget = Input(value=p.default, type="integer", compact=True, id=f"param-{p.name}")
             rows.append(
                 Horizontal(Label(p.name), widget, Static(safe(p.help), classes="help"), classes="param")
             )
-        faults = [Static("faults at start (or inject them live from the run view):")]
+        faults: list[Static | Checkbox] = [Static("faults at start (or inject them live from the run view):")]
         faults += [
-            Checkbox(f"{f.name} — {f.help}", value=f.name in self.initial_faults, id=f"fault-{f.name}")
+            Checkbox(
+                f"{f.name} — {f.help}",
+                value=f.name in self.initial_faults,
+                compact=True,
+                id=f"fault-{f.name}",
+            )
             for f in spec.faults
         ]
         form.mount_all([*rows, Vertical(*faults, id="faults")])

@@ -7,10 +7,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Static
 
 from app.tui.model import Model
+from app.tui.screens.live import LiveScreen
 from app.tui.text import safe
 from app.tui.widgets.columns import STATUS_STYLE
 from app.tui.widgets.lanes import Lanes
@@ -18,7 +18,7 @@ from collectors.events import Run
 from scenarios.catalogue import ScenarioSpec
 
 
-class RunScreen(Screen[None]):
+class RunScreen(LiveScreen):
     BINDINGS = [
         ("escape", "app.pop_screen", "Dashboard"),
         ("left_square_bracket", "older", "Older run"),
@@ -64,8 +64,11 @@ class RunScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.refresh_run()
+        super().on_mount()
         self.set_interval(0.25, self._tick)
+
+    def redraw(self) -> None:
+        self.refresh_run()
 
     def _runs(self) -> list[Run]:
         runs = [r for r in self.model.entities["run"].values() if isinstance(r, Run)]
@@ -79,6 +82,9 @@ class RunScreen(Screen[None]):
         return run if isinstance(run, Run) else None
 
     def refresh_run(self) -> None:
+        self.live(self._draw)
+
+    def _draw(self) -> None:
         run = self.current()
         lanes = self.query_one("#lanes", Lanes)
         lanes.run = run

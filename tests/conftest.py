@@ -1,0 +1,133 @@
+"""Fixtures: one real local cluster per test session, started by the same code as
+``coordscope up`` on free loopback ports, stopped by PID at the end.
+
+Tests that touch the servers get a clean keyspace (FLUSHALL on every master)
+and an empty ``/coordscope`` plus their own ZooKeeper root. Waiting is always
+on a condition (:func:`wait_until`, ``bus.wait_for``), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kazoo.client import KazooClient
+
+from app.bus import Bus
+from app.cluster import ClusterInfo, LocalCluster
+from collectors.observatory import Observatory
+from collectors.state import State
+
+
+@pytest.fixture(scope="session")
+def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("coordscope-state")
+
+
+@pytest.fixture(scope="session")
+def local_cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(cluster_dir)
+    cluster.up()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def cluster(local_cluster: LocalCluster) -> ClusterInfo:
+    """The running cluster, every member alive (restarted if a test killed one), keyspace empty."""
+    info, _ = local_cluster.up()
+    _reset(info)
+    return info
+
+
+def _reset(info: ClusterInfo) -> None:
+    for m in info.masters:
+        r = redis.Redis(port=m.port, socket_timeout=5)
+        r.config_set("notify-keyspace-events", "KEA")
+        r.flushall()
+        r.close()
+    replica = next((m for m in info.members if m.name == "replica-1"), None)
+    if replica is not None:
+        r = redis.Redis(port=replica.port, socket_timeout=5)
+        r.config_set("notify-keyspace-events", "KEA")
+        if r.info("replication")["role"] == "master":  # a test promoted it: demote it again
+            r.execute_command("REPLICAOF", "127.0.0.1", str(info.member("redis-1").port))
+        wait_until(
+            lambda: r.dbsize() == 0 and r.info("replication").get("master_link_status") == "up",
+            10,
+            "the replica to follow redis-1 with an empty keyspace",
+        )
+        r.close()
+    zk = zk_client(info)
+    try:
+        zk.delete("/coordscope", recursive=True)
+        zk.delete("/tests", recursive=True)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def redis_port(info: ClusterInfo, name: str) -> int:
+    return info.member(name).port
+
+
+def redis_client(info: ClusterInfo, name: str = "redis-1") -> redis.Redis:
+    return redis.Redis(port=redis_port(info, name), socket_timeout=5)
+
+
+def zk_client(info: ClusterInfo, timeout: float = 10.0) -> KazooClient:
+    client = KazooClient(hosts=info.member("zookeeper").address, timeout=timeout)
+    client.start(timeout=10)
+    return client
+
+
+@pytest.fixture
+def zk_root() -> str:
+    return f"/tests/{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll a condition (for blocking clients in tests); fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until(bus: Bus, predicate: Callable[[State], object], what: str, timeout: float = 5.0) -> None:
+    """Wait for the state to satisfy a condition, woken by every flush of the bus."""
+    if not await bus.wait_for(lambda st: bool(predicate(st)), timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def observing(info: ClusterInfo, scan_interval_s: float = 0.5, **kw: object) -> AsyncIterator[Bus]:
+    """Collectors on the whole local cluster, synced, behind a bus."""
+    obs = Observatory(info.redis_targets(), info.zk_targets(), scan_interval_s=scan_interval_s, **kw)  # type: ignore[arg-type]
+    bus = Bus(obs)
+    await obs.start()
+    try:
+        missing = await obs.wait_synced(10)
+        assert not missing, f"collectors never synced: {missing}"
+        yield bus
+    finally:
+        await obs.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("COORDSCOPE_REDIS", "COORDSCOPE_ZK", "COORDSCOPE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")

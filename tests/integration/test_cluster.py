@@ -1,0 +1,68 @@
+"""The embedded cluster: up is idempotent, down stops exactly its PIDs, missing binaries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from app.cluster import ClusterError, LocalCluster, alive
+
+
+def test_up_twice_reuses_and_down_stops_exactly_those_pids(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "state")
+    info, started = cluster.up()
+    try:
+        assert started
+        names = [m.name for m in info.members]
+        assert names == ["redis-1", "redis-2", "redis-3", "replica-1", "zookeeper"]
+        assert len({m.port for m in info.members}) == 5
+        for m in info.masters:
+            r = redis.Redis(port=m.port)
+            assert r.config_get("notify-keyspace-events")["notify-keyspace-events"] in ("AKE", "KEA")
+            assert r.config_get("bind")["bind"] == "127.0.0.1"
+            r.close()
+        again, started_again = cluster.up()
+        assert not started_again
+        assert [m.pid for m in again.members] == [m.pid for m in info.members]
+        with pytest.raises(ClusterError, match="has 3 masters"):
+            cluster.up(masters=5)
+        # a member that died is started again on its own port
+        cluster.kill("redis-2")
+        assert not alive(cluster.load().member("redis-2"))  # type: ignore[union-attr]
+        healed, started = cluster.up()
+        assert started and healed.member("redis-2").port == info.member("redis-2").port
+    finally:
+        stopped = cluster.down()
+    assert set(stopped) == set(names)
+    assert not any(alive(m) for m in healed.members)
+    assert cluster.load() is None
+    assert cluster.down() == []
+
+
+def test_five_masters_for_redlock(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "five")
+    try:
+        info, _ = cluster.up(masters=5)
+        assert [m.name for m in info.masters] == [f"redis-{i}" for i in range(1, 6)]
+    finally:
+        cluster.down()
+
+
+def test_missing_binary_gives_one_line_with_the_install_command(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # nothing on PATH: no redis-server, no java
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "up", "--state", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "coordscope: error: redis-server not found: install it with `sudo apt-get install redis-server`"
+    )

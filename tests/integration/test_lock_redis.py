@@ -1,0 +1,196 @@
+"""lock-redis end to end on the real cluster: every variant and fault, the CLI's exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from app.cluster import ClusterInfo, LocalCluster
+from collectors.events import Run
+from collectors.layouts import coordscope
+from scenarios.runner import Environment, LocalRun, Runner
+from tests.conftest import observing, redis_client, until
+
+FAST = {"rounds": "3", "hold_ms": "60", "ttl_ms": "600", "poll_ms": "20"}
+
+
+def env(info: ClusterInfo, cluster: LocalCluster | None) -> Environment:
+    return Environment(
+        redis=tuple(info.redis_targets()),
+        masters=tuple(m.name for m in info.masters),
+        zookeeper=tuple(info.zk_targets()),
+        cluster=cluster,
+    )
+
+
+async def run(info: ClusterInfo, cluster: LocalCluster | None, faults: list[str], **params: str) -> LocalRun:
+    runner = Runner(env(info, cluster))
+    started = await runner.start("lock-redis", {**FAST, **params}, faults)
+    return await runner.wait(started.id)
+
+
+def keys_left(info: ClusterInfo) -> list[bytes]:
+    left: list[bytes] = []
+    for m in info.masters:
+        r = redis.Redis(port=m.port)
+        left += [
+            k
+            for k in r.scan_iter("coordscope:*")
+            if not k.startswith((b"coordscope:run:", b"coordscope:history:"))
+        ]
+    return left
+
+
+async def test_pause_without_fencing_violates_and_names_both_holders(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
+    done = await run(cluster, local_cluster, ["pause-holder"], fencing="off")
+    assert done.status == "violated"
+    verdict = done.verdict
+    assert verdict is not None and not verdict.holds and len(set(verdict.actors)) == 2
+    assert verdict.at_ms is not None and len(verdict.ops) == 4
+    assert coordscope.lock_key(done.id) in verdict.keys
+    assert any("lost update" in f for f in verdict.findings)
+    paused = next(op.actor for op in done.context.history.ops if op.f == "pause")
+    assert paused in verdict.actors
+    assert keys_left(cluster) == []  # the run cleaned up after itself
+
+
+async def test_pause_with_fencing_rejects_the_stale_write_and_holds(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
+    done = await run(cluster, local_cluster, ["pause-holder"])
+    assert done.status == "held"
+    ops = done.context.history.ops
+    paused = next(op.actor for op in ops if op.f == "pause")
+    rejected = [op for op in ops if op.f == "write" and op.kind == "fail"]
+    assert [op.actor for op in rejected] == [paused]
+    assert done.verdict is not None and any("rejected by fencing" in f for f in done.verdict.findings)
+    # the paused client's Lua release found someone else's lock and left it alone
+    releases = [op for op in ops if op.actor == paused and op.f == "release" and op.kind == "fail"]
+    assert releases and "left alone" in releases[0].note
+
+
+async def test_naive_del_deletes_another_clients_lock(cluster: ClusterInfo,
+                                                      local_cluster: LocalCluster) -> None:
+    # Long holds and fast polls: when the resumed client DELs, somebody is mid-hold and a
+    # waiter gets in within a poll, while the victim is still working.
+    done = await run(cluster, local_cluster, ["pause-holder"], release="del", fencing="off",
+                     rounds="6", hold_ms="200", poll_ms="10")
+    assert done.status == "violated"
+    notes = [op.note for op in done.context.history.ops if op.f == "release"]
+    assert any(n.startswith("DEL deleted client-") for n in notes)
+
+
+async def test_kill_holder_frees_the_lock_only_at_its_ttl(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
+    done = await run(cluster, local_cluster, ["kill-holder"])
+    assert done.status == "held"
+    ops = done.context.history.ops
+    crash = next(op for op in ops if op.f == "crash")
+    acquired = [op for op in ops if op.f == "acquire" and op.kind == "ok"]
+    crashed_grant = max(op.t_ms for op in acquired if op.actor == crash.actor and op.t_ms <= crash.t_ms)
+    next_grant = min(op.t_ms for op in acquired if op.t_ms > crash.t_ms)
+    assert next_grant - crashed_grant >= 600 - 50  # nobody got in before the TTL ran out
+
+
+async def test_kill_node_takes_the_lock_service_away_and_restarts_it(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
+    done = await run(cluster, local_cluster, ["kill-node"], down_ms="500")
+    assert done.status == "held"
+    ops = done.context.history.ops
+    assert [op.f for op in ops if op.actor == "nemesis"] == ["fault", "heal"]
+    assert any(op.f == "error" and "unreachable" in op.note for op in ops)
+    # the fencing counter restarted with the node: the checker says so
+    assert done.verdict is not None
+    assert any("went backwards" in f or "rejected by fencing" in f for f in done.verdict.findings)
+    assert redis_client(cluster, "redis-1").ping()
+
+
+async def test_kill_node_needs_the_local_cluster(cluster: ClusterInfo) -> None:
+    from scenarios.catalogue import ScenarioError
+
+    with pytest.raises(ScenarioError, match="needs the local cluster"):
+        await Runner(env(cluster, None)).start("lock-redis", FAST, ["kill-node"])
+
+
+async def test_a_fault_injected_while_running_reaches_the_run(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
+    runner = Runner(env(cluster, local_cluster))
+    async with observing(cluster) as bus:
+        started = await runner.start("lock-redis", {**FAST, "rounds": "6", "fencing": "off"}, [])
+        await until(
+            bus,
+            lambda st: isinstance(r := st.get("run", started.id), Run) and r.ops > 10,
+            "the run to get going",
+        )
+        await runner.request_fault(started.id, "lock-redis", "pause-holder")
+        done = await runner.wait(started.id)
+        assert any(op.f == "fault-requested" for op in done.context.history.ops)
+        assert done.status == "violated"
+        # what every viewer sees: the same verdict, read back from the stores
+        await until(
+            bus,
+            lambda st: (
+                isinstance(r := st.get("run", started.id), Run)
+                and r.status == "violated"
+                and r.verdict is not None
+            ),
+            "the verdict",
+        )
+        seen = bus.state.get("run", started.id)
+        assert isinstance(seen, Run) and seen.verdict == done.verdict
+        assert {lane.actor for lane in seen.lanes} >= {"client-1", "client-2"}
+
+
+def cli(info: ClusterInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COORDSCOPE_STATE": info.state_dir}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).parent,
+    )
+
+
+def test_cli_exit_codes(cluster: ClusterInfo) -> None:
+    fast = [x for k, v in FAST.items() for x in ("--set", f"{k}={v}")]
+    violated = cli(cluster, "run", "lock-redis", *fast, "--set", "fencing=off", "--fault", "pause-holder")
+    assert violated.returncode == 1, violated.stderr
+    assert "VIOLATED" in violated.stdout and "client-" in violated.stdout
+    held = cli(cluster, "run", "lock-redis", *fast, "--fault", "pause-holder", "--quiet")
+    assert held.returncode == 0, held.stderr
+    assert held.stdout.startswith("HELD") and "rejected" in held.stdout
+    for bad, message in [
+        (["run", "nope"], "unknown scenario 'nope'"),
+        (["run", "lock-redis", "--set", "fencing=maybe"], "fencing must be one of"),
+        (["run", "lock-redis", "--fault", "boom"], "has no fault 'boom'"),
+    ]:
+        out = cli(cluster, *bad)
+        assert out.returncode == 2 and out.stderr.strip().startswith("coordscope: error: ")
+        assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_state_json_shows_third_party_locks(cluster: ClusterInfo) -> None:
+    r = redis_client(cluster)
+    lock = r.lock("acct:7:lock", timeout=30)
+    assert lock.acquire(blocking=False)
+    out = cli(cluster, "state", "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    state = json.loads(out.stdout)
+    (found,) = [lk for lk in state["locks"] if lk["name"] == "acct:7:lock"]
+    assert found["holder"] == lock.local.token.decode() and found["layout"] == "redis-py"
+    assert {n["id"] for n in state["nodes"]} == {"redis-1", "redis-2", "redis-3", "replica-1", "zookeeper"}
+    lock.release()

@@ -1,0 +1,183 @@
+"""The TUI through Pilot, on the real cluster: live tables, filter, pause, help, launcher, run view."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from rich.text import Text
+from textual.app import App
+from textual.pilot import Pilot
+
+from app.cluster import ClusterInfo
+from app.core import Core
+from app.tui.app import CoordscopeApp
+from app.tui.screens.dashboard import DashboardScreen
+from app.tui.screens.help import HelpScreen
+from app.tui.screens.launcher import LauncherScreen
+from app.tui.screens.run_view import RunScreen
+from app.tui.widgets.entity_table import EntityTable
+from app.tui.widgets.lanes import Lanes
+from collectors.events import Run
+from scenarios.runner import catalogue
+from tests.conftest import redis_client, until
+from tests.web.test_api import settings_for
+
+
+class Harness(CoordscopeApp):
+    """Any error, raised or toasted, fails the test (as in Dolphie's harness)."""
+
+    errors: list[str]
+
+    def notify(self, message: str, *args: Any, severity: str = "information", **kw: Any) -> None:
+        if severity == "error":
+            self.errors.append(str(message))
+        super().notify(message, *args, severity=severity, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def tui(cluster: ClusterInfo) -> AsyncIterator[tuple[Harness, Pilot[None]]]:
+    app = Harness(Core(settings_for(cluster)))
+    app.errors = []
+    async with app.run_test(size=(160, 48)) as pilot:
+        await app.core.observatory.wait_synced(10)
+        yield app, pilot
+    assert app.errors == []
+
+
+def table(app: App[None], table_id: str) -> EntityTable:
+    screen = app.screen_stack[0]
+    return screen.query_one(f"#{table_id}", EntityTable)
+
+
+def column(t: EntityTable, key: str) -> list[str]:
+    return [cell.plain if isinstance(cell, Text) else str(cell) for cell in t.get_column(key)]
+
+
+async def rendered(pilot: Pilot[None], predicate: Any, what: str, timeout: float = 8.0) -> None:
+    """Wait until the screen shows something (the app never idles, so we poll the widgets)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the TUI never showed {what}")
+        await pilot.pause(0.05)
+
+
+async def test_dashboard_lists_nodes_and_a_third_party_lock_live(
+    tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo
+) -> None:
+    app, pilot = tui
+    await rendered(pilot, lambda: table(app, "nodes").row_count == 5, "five nodes")
+    assert set(column(table(app, "nodes"), "id")) == {
+        "redis-1",
+        "redis-2",
+        "redis-3",
+        "replica-1",
+        "zookeeper",
+    }
+    lock = redis_client(cluster).lock("acct:42:lock", timeout=30)
+    assert lock.acquire(blocking=False)
+    token = lock.local.token.decode()
+    await rendered(
+        pilot, lambda: column(table(app, "locks"), "holder") == [token], "the redis-py lock's holder"
+    )
+    lock.release()
+    await rendered(pilot, lambda: table(app, "locks").row_count == 0, "the lock released")
+
+
+async def test_hostile_names_render_as_plain_text(
+    tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo
+) -> None:
+    app, pilot = tui
+    names = [
+        "acct:[bold red]markup[/]:lock",
+        "acct:\x1b[31mansi\x1b[0m:lock",
+        "acct:<img src=x onerror=alert(1)>:lock",
+    ]
+    r = redis_client(cluster)
+    for name in names:
+        r.set(name, "0" * 32, px=60000)
+    await rendered(pilot, lambda: table(app, "locks").row_count == 3, "the hostile locks")
+    shown = set(column(table(app, "locks"), "name"))
+    assert shown == {
+        "acct:[bold red]markup[/]:lock",
+        "acct:\\x1b[31mansi\\x1b[0m:lock",
+        "acct:<img src=x onerror=alert(1)>:lock",
+    }
+    for cell in table(app, "locks").get_column("name"):
+        assert isinstance(cell, Text) and not any("bold" in str(s.style) for s in cell.spans)
+
+
+async def test_filter_pause_and_help(tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo) -> None:
+    app, pilot = tui
+    r = redis_client(cluster)
+    r.set("alpha:lock", "0" * 32, px=60000)
+    r.set("beta:lock", "1" * 32, px=60000)
+    await rendered(pilot, lambda: table(app, "locks").row_count == 2, "two locks")
+    await pilot.press("slash")
+    await pilot.press(*"beta")
+    await rendered(pilot, lambda: column(table(app, "locks"), "name") == ["beta:lock"], "the filter")
+    await pilot.press("escape")
+    await rendered(pilot, lambda: table(app, "locks").row_count == 2, "the filter cleared")
+
+    await pilot.press("p")
+    assert app.paused and "PAUSED" in app.sub_title
+    r.set("gamma:lock", "2" * 32, px=60000)
+    await until(app.core.bus, lambda st: st.get("lock", "redis:gamma:lock") is not None, "gamma")
+    await pilot.pause(0.3)
+    assert table(app, "locks").row_count == 2  # frozen while paused
+    await pilot.press("p")
+    await rendered(pilot, lambda: table(app, "locks").row_count == 3, "the resumed view")
+
+    await pilot.press("question_mark")
+    assert isinstance(app.screen, HelpScreen)
+    await pilot.press("x")
+    assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_launcher_runs_a_scenario_into_the_run_view(tui: tuple[Harness, Pilot[None]]) -> None:
+    app, pilot = tui
+    await pilot.press("r")
+    assert isinstance(app.screen, LauncherScreen)
+    launcher = app.screen
+    launcher.query_one("#param-rounds").value = "3"  # type: ignore[attr-defined]
+    launcher.query_one("#param-hold_ms").value = "60"  # type: ignore[attr-defined]
+    launcher.query_one("#param-fencing").value = "off"  # type: ignore[attr-defined]
+    launcher.query_one("#fault-pause-holder").value = True  # type: ignore[attr-defined]
+    launcher.query_one("#param-clients").value = "99"  # type: ignore[attr-defined]
+    await pilot.click("#run")
+    assert isinstance(app.screen, LauncherScreen)  # refused, with the reason shown
+    assert "at most 16" in str(launcher.query_one("#launch-error").render())
+    launcher.query_one("#param-clients").value = "4"  # type: ignore[attr-defined]
+    await pilot.pause(0.3)  # a Button ignores clicks while it still shows the last press
+    await pilot.click("#run")
+    await rendered(pilot, lambda: isinstance(app.screen, RunScreen), "the run view")
+    screen = app.screen
+    assert isinstance(screen, RunScreen)
+
+    def finished() -> bool:
+        run = screen.current()
+        return isinstance(run, Run) and run.status != "running"
+
+    await rendered(pilot, finished, "the run to finish", timeout=30)
+    run = screen.current()
+    assert isinstance(run, Run) and run.status == "violated"
+    verdict = str(screen.query_one("#verdict").render())
+    assert "VIOLATED" in verdict and "client-" in verdict
+    lanes = screen.query_one("#lanes", Lanes)
+    drawn = lanes.render().plain
+    assert "client-1" in drawn and "▲" in drawn  # lanes with the violation marked
+    await pilot.press("escape")
+    assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_command_palette_offers_every_scenario_and_fault(tui: tuple[Harness, Pilot[None]]) -> None:
+    app, _ = tui
+    titles = [c.title for c in app.get_system_commands(app.screen)]
+    for spec in catalogue():
+        assert f"Run {spec.name}" in titles
+        for fault in spec.faults:
+            assert f"Run {spec.name} with {fault.name}" in titles

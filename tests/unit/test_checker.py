@@ -1,0 +1,96 @@
+"""The mutual-exclusion checker and the lanes, on hand-written histories."""
+
+from __future__ import annotations
+
+from collectors.runs import Op, lanes
+from scenarios.checker import check_mutex
+
+
+class H:
+    """A tiny history builder: ``h.op(t, actor, kind, f, ...)``."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def op(self, t: int, actor: str, kind: str, f: str, **kw: object) -> H:
+        self.ops.append(Op(index=len(self.ops), t_ms=t, actor=actor, kind=kind, f=f, **kw))  # type: ignore[arg-type]
+        return self
+
+
+def paused_holder(fencing_rejects: bool) -> H:
+    h = H()
+    h.op(0, "client-1", "ok", "acquire", fence=1, ttl_ms=100)
+    h.op(1, "client-1", "info", "pause")
+    h.op(120, "client-2", "ok", "acquire", fence=2, ttl_ms=100)
+    h.op(130, "client-2", "ok", "write", fence=2)
+    h.op(131, "client-2", "ok", "release")
+    h.op(200, "client-1", "info", "resume")
+    h.op(
+        201,
+        "client-1",
+        "fail" if fencing_rejects else "ok",
+        "write",
+        fence=1,
+        note="rejected: fence 1 < 2 the resource has seen" if fencing_rejects else "",
+    )
+    h.op(202, "client-1", "fail", "release")
+    return h
+
+
+def test_overlapping_accepted_writes_violate_and_name_both_holders() -> None:
+    verdict = check_mutex(paused_holder(False).ops, "L", "R", final_value=1)
+    assert not verdict.holds
+    assert set(verdict.actors) == {"client-1", "client-2"}
+    assert verdict.at_ms == 120
+    assert verdict.keys == ("L", "R")
+    assert any("lost update" in f for f in verdict.findings)
+    assert "client-1 (fence 1)" in verdict.summary and "client-2 (fence 2)" in verdict.summary
+
+
+def test_fencing_rejection_keeps_the_invariant_and_is_reported() -> None:
+    verdict = check_mutex(paused_holder(True).ops, "L", "R", final_value=1)
+    assert verdict.holds
+    assert any("rejected by fencing: client-1 (fence 1)" in f for f in verdict.findings)
+    assert not any("went backwards" in f for f in verdict.findings)
+
+
+def test_sequential_holds_hold() -> None:
+    h = H()
+    for i, actor in enumerate(["a", "b", "c"]):
+        h.op(i * 10, actor, "ok", "acquire", fence=i + 1)
+        h.op(i * 10 + 5, actor, "ok", "write", fence=i + 1)
+        h.op(i * 10 + 6, actor, "ok", "release")
+    assert check_mutex(h.ops, "L", "R", final_value=3).holds
+
+
+def test_rightful_holder_rejected_means_the_fence_went_backwards() -> None:
+    h = H()
+    h.op(0, "a", "ok", "acquire", fence=7)
+    h.op(1, "a", "ok", "write", fence=7)
+    h.op(50, "b", "ok", "acquire", fence=1)
+    h.op(51, "b", "fail", "write", fence=1, note="rejected: fence 1 < 7 the resource has seen")
+    verdict = check_mutex(h.ops, "L", "R", final_value=1)
+    assert verdict.holds
+    assert any("went backwards" in f for f in verdict.findings)
+
+
+def test_lanes_clip_leases_at_release_and_keep_them_past_a_pause() -> None:
+    h = paused_holder(False)
+    h.op(210, "nemesis", "info", "fault", value="kill-node")
+    h.op(260, "nemesis", "info", "heal")
+    h.op(300, "client-3", "invoke", "acquire")
+    h.op(305, "client-3", "info", "crash")
+    h.op(250, "checker", "info", "violation", value='["client-1", "client-2"]')
+    by_actor = {lane.actor: lane for lane in lanes(h.ops)}
+    c1 = {s.kind: s for s in by_actor["client-1"].spans}
+    assert (c1["lease"].start_ms, c1["lease"].end_ms) == (0, 100)  # expired while paused
+    assert (c1["pause"].start_ms, c1["pause"].end_ms) == (1, 200)
+    assert c1["hold"].outcome == "lost"  # its release failed: the lock was no longer its own
+    c2 = {s.kind: s for s in by_actor["client-2"].spans}
+    assert (c2["lease"].start_ms, c2["lease"].end_ms) == (120, 131)  # released early
+    assert [t.kind for t in by_actor["client-1"].ticks] == ["write", "violation"]
+    assert {t.kind for t in by_actor["client-2"].ticks} == {"write", "violation"}
+    (fault,) = by_actor["nemesis"].spans
+    assert (fault.kind, fault.start_ms, fault.end_ms, fault.label) == ("fault", 210, 260, "kill-node")
+    c3 = by_actor["client-3"]
+    assert c3.spans[0].outcome == "crashed" and c3.ticks[0].kind == "crash"

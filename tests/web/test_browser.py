@@ -1,0 +1,100 @@
+"""The real page in Debian's headless Chromium, driven by Playwright, served by uvicorn."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from app.cluster import ClusterInfo, free_port
+from app.core import Core
+from app.web import create_app, server
+from tests.conftest import redis_client
+from tests.web.test_api import settings_for
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+def web(cluster: ClusterInfo) -> Iterator[str]:
+    port = free_port()
+    srv = server(create_app(Core(settings_for(cluster))), "127.0.0.1", port)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/state", timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1500, "height": 1000})
+        errors: list[str] = []
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))
+        yield tab
+        browser.close()
+        assert errors == [], errors
+
+
+def test_pressing_run_shows_a_holder_then_the_verdict(web: str, page: Page) -> None:
+    page.goto(web)
+    expect(page.locator("#conn")).to_have_text("live")
+    form = page.locator("#scenario-lock-redis")
+    form.locator("input[name=rounds]").fill("4")
+    form.locator("select[name=fencing]").select_option("off")
+    form.locator("input[name=fault][value=pause-holder]").check()
+    page.click("#run-lock-redis")
+    holder = page.locator("#locks tbody tr td.holder")
+    expect(holder.first).to_contain_text("client-", timeout=10_000)
+    expect(page.locator("#lanes rect.span-hold").first).to_be_visible()
+    expect(page.locator("#run-status")).to_have_text("violated", timeout=30_000)
+    verdict = page.locator("#verdict")
+    expect(verdict).to_contain_text("VIOLATED")
+    expect(verdict).to_contain_text("both wrote")
+    expect(page.locator("#lanes path.tick-violation").first).to_be_attached()
+    page.screenshot(path="/tmp/coordscope-browser.png", full_page=True)
+
+
+def test_hostile_key_names_are_text(web: str, page: Page, cluster: ClusterInfo) -> None:
+    names = [
+        "acct:<img src=x onerror=alert(1)>:lock",
+        "acct:[bold red]markup[/]:lock",
+        "acct:\x1b[31mansi\x1b[0m:lock",
+        "acct:<script>alert(2)</script>:lock",
+    ]
+    r = redis_client(cluster)
+    for name in names:
+        r.set(name, "0" * 32, px=60000)
+    page.goto(web)
+    rows = page.locator("#locks tbody tr")
+    expect(rows).to_have_count(len(names), timeout=10_000)
+    shown = page.locator("#locks tbody td.name").all_text_contents()
+    assert sorted(shown) == sorted(names)
+    assert page.locator("#locks img, #locks script, #log img").count() == 0
