@@ -235,9 +235,10 @@ def _scenarios(args: argparse.Namespace) -> int:
         print(f"  invariant: {s.invariant}")
         for p in s.all_params():
             values = "|".join(p.choices) if p.choices else f"{p.minimum}..{p.maximum}"
-            print(f"  --set {p.name}={p.default:<6} ({values})  {p.help}")
+            setting = f"--set {p.name}={p.default}"
+            print(f"  {setting:<26} {values:<13} {p.help}")
         for f in s.faults:
-            print(f"  --fault {f.name:<14} {f.help}")
+            print(f"  {'--fault ' + f.name:<40} {f.help}")
         print()
     return EXIT_OK
 

@@ -101,7 +101,11 @@ class RedisCollector:
         self._wake = wake
         self._topology = topology or Topology([target])
         self._scan_interval_s = scan_interval_s
-        self._dirty: dict[bytes, str] = {}
+        self._dirty: dict[bytes, bytes | str] = {}
+        """Keys to read back, with the last event that named them (the cause we report)."""
+        self.events = 0
+        self.coalesced = 0
+        self.gaps = 0
         self._dirty_event = asyncio.Event()
         self._stream_pos: dict[bytes, bytes] = {}
         self._node = Node(id=target.id, store="redis", address=target.address)
@@ -202,7 +206,7 @@ class RedisCollector:
             self._connected_once = True
             self._resync("initial scan")
             return
-        self._node = replace(self._node, gaps=self._node.gaps + 1)
+        self.gaps += 1
         why = (
             "the pub/sub connection was re-established"
             if self.subscribe_confirmations > 1
@@ -216,12 +220,17 @@ class RedisCollector:
 
     # ------------------------------------------------------------------ dirty keys
 
-    def _mark(self, raw_key: bytes, event: bytes | str) -> None:
-        cause = event.decode() if isinstance(event, bytes) else event
+    @property
+    def backlog(self) -> int:
+        """Keys notified (or scanned) but not read back yet."""
+        return len(self._dirty)
+
+    def _mark(self, raw_key: bytes, event: bytes) -> None:
+        """The hot path: one call per notification, so nothing here but bookkeeping."""
         if raw_key in self._dirty:
-            self._node = replace(self._node, coalesced=self._node.coalesced + 1)
-        self._dirty[raw_key] = cause
-        self._node = replace(self._node, events=self._node.events + 1)
+            self.coalesced += 1
+        self._dirty[raw_key] = event
+        self.events += 1
         self._dirty_event.set()
 
     def _resync(self, why: str) -> None:
@@ -259,7 +268,8 @@ class RedisCollector:
             while self._dirty:
                 batch = []
                 for raw in list(self._dirty)[:BATCH]:
-                    batch.append((raw, self._dirty.pop(raw)))
+                    cause = self._dirty.pop(raw)
+                    batch.append((raw, cause.decode() if isinstance(cause, bytes) else cause))
                 await self._read(client, batch)
                 self._wake()
                 await asyncio.sleep(0)
@@ -267,16 +277,20 @@ class RedisCollector:
                 self.synced.set()
 
     async def _read(self, client: Redis, batch: list[tuple[bytes, str]]) -> None:
+        # Round trip 1: TYPE and PTTL, plus a string read that answers WRONGTYPE for the
+        # others -- locks and sessions are mostly strings, which then take one trip only.
         pipe = client.pipeline(transaction=False)
         for raw, _ in batch:
             pipe.type(raw)
             pipe.pttl(raw)
+            pipe.strlen(raw)
+            pipe.getrange(raw, 0, MAX_VALUE - 1)
         first = await pipe.execute(raise_on_error=False)
         read_at = now_ms()
         plan: list[tuple[bytes, str, str, int | None, int]] = []
         pipe = client.pipeline(transaction=False)
         for i, (raw, cause) in enumerate(batch):
-            kind, pttl = first[2 * i], first[2 * i + 1]
+            kind, pttl = first[4 * i], first[4 * i + 1]
             if isinstance(kind, Exception) or isinstance(pttl, Exception):
                 continue
             kind = display(kind)
@@ -285,6 +299,11 @@ class RedisCollector:
                 self._state.drop_key(self.target.id, raw, cause)
                 continue
             ttl = None if pttl < 0 else int(pttl)
+            if kind == "string":
+                rec = self._record(raw, cause, kind, ttl, read_at, first, 4 * i + 2)
+                if rec is not None:
+                    self._state.apply_key(rec)
+                continue
             plan.append((raw, cause, kind, ttl, len(pipe.command_stack)))
             self._queue_read(pipe, raw, kind)
         results = await pipe.execute(raise_on_error=False) if plan else []
@@ -452,5 +471,6 @@ class RedisCollector:
         self._publish_node()
 
     def _publish_node(self) -> None:
+        self._node = replace(self._node, events=self.events, coalesced=self.coalesced, gaps=self.gaps)
         self._state.set_node(self._node)
         self._wake()

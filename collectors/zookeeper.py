@@ -65,6 +65,8 @@ class ZkCollector:
             feed="watches (one-shot, re-armed on every read)",
         )
         self._over_budget = False
+        self.events = 0
+        self.coalesced = 0
         self.resyncs = 0
         self.synced = asyncio.Event()
         """Set once the watched tree has been read after the first connect."""
@@ -139,6 +141,7 @@ class ZkCollector:
         self._publish_node()
 
     def _resync(self) -> None:
+        """Re-read the whole watched tree (every reconnect after the first is a gap)."""
         self.resyncs += 1
         for path in self._state.znode_paths(self.target.id):
             self._dirty.setdefault(path, "resync")
@@ -148,9 +151,9 @@ class ZkCollector:
 
     def _mark(self, path: str, event_type: str) -> None:
         if path in self._dirty:
-            self._node = replace(self._node, coalesced=self._node.coalesced + 1)
+            self.coalesced += 1
         self._dirty[path] = str(event_type)
-        self._node = replace(self._node, events=self._node.events + 1)
+        self.events += 1
         self._dirty_event.set()
 
     async def _worker(self) -> None:
@@ -248,8 +251,13 @@ class ZkCollector:
         return await future
 
     def _publish_node(self) -> None:
+        as_of = now_ms() if self._node.status == "up" else self._node.as_of_ms
         self._node = replace(
-            self._node, as_of_ms=now_ms() if self._node.status == "up" else self._node.as_of_ms
+            self._node,
+            as_of_ms=as_of,
+            events=self.events,
+            coalesced=self.coalesced,
+            gaps=max(0, self.resyncs - 1),
         )
         self._state.set_node(self._node)
         self._wake()

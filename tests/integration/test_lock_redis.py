@@ -76,12 +76,21 @@ async def test_pause_with_fencing_rejects_the_stale_write_and_holds(
     assert releases and "left alone" in releases[0].note
 
 
-async def test_naive_del_deletes_another_clients_lock(cluster: ClusterInfo,
-                                                      local_cluster: LocalCluster) -> None:
+async def test_naive_del_deletes_another_clients_lock(
+    cluster: ClusterInfo, local_cluster: LocalCluster
+) -> None:
     # Long holds and fast polls: when the resumed client DELs, somebody is mid-hold and a
     # waiter gets in within a poll, while the victim is still working.
-    done = await run(cluster, local_cluster, ["pause-holder"], release="del", fencing="off",
-                     rounds="6", hold_ms="200", poll_ms="10")
+    done = await run(
+        cluster,
+        local_cluster,
+        ["pause-holder"],
+        release="del",
+        fencing="off",
+        rounds="6",
+        hold_ms="200",
+        poll_ms="10",
+    )
     assert done.status == "violated"
     notes = [op.note for op in done.context.history.ops if op.f == "release"]
     assert any(n.startswith("DEL deleted client-") for n in notes)
