@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -34,6 +35,16 @@ EXIT_OK, EXIT_VIOLATED, EXIT_ERROR = 0, 1, 2
 
 class UsageError(Exception):
     """A mistake in how coordscope was called."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,10 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tui", parents=[common], help="the terminal dashboard")
     web = sub.add_parser("web", parents=[common], help="serve the web view")
     web.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    web.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    web.add_argument("--port", type=_port, default=None, help="port (default 8765)")
     web.add_argument("--token", help="token for changes when not on loopback (default: random)")
     demo = sub.add_parser("demo", parents=[common], help="local cluster + web view + TUI")
-    demo.add_argument("--port", type=int, default=None, help="web port (default 8765, or free)")
+    demo.add_argument("--port", type=_port, default=None, help="web port (default 8765, or free)")
     sc = sub.add_parser("scenarios", parents=[common], help="list scenarios, variants, faults")
     sc.add_argument("--json", action="store_true")
     st = sub.add_parser("state", parents=[common], help="print one snapshot")
@@ -412,6 +423,9 @@ def _web(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.web_host
     port = args.port or settings.web_port
+    problem = _bind_problem(port, host)
+    if problem:
+        raise UsageError(problem)
     token = token_for(host, args.token)
     app = create_app(Core(settings), token=token)
     print(f"coordscope web view on http://{host}:{port}/", flush=True)
@@ -429,13 +443,17 @@ def _tui(settings: Settings) -> int:
     return EXIT_OK
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _bind_problem(port: int, host: str = "127.0.0.1") -> str | None:
+    """Why we could not listen on host:port, or None when we can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"{host}:{port} is in use: choose another port with --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -451,12 +469,12 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         port = args.port or settings.web_port
-        if not _port_free(port):
+        if _bind_problem(port):
             port = free_port()
         core = Core(settings)
         web = server(create_app(core, own_core=False), "127.0.0.1", port, embedded=True)
         url = f"http://127.0.0.1:{port}/"
-        CoordscopeApp(core, web_url=url, background=[web.serve]).run()
+        CoordscopeApp(core, web_url=url, services=[web]).run()
     finally:
         if started:
             cluster.down()

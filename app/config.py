@@ -163,9 +163,9 @@ def load(
         state_dir=state,
         layouts=layouts,
         allow_writes=allow_writes,
-        scan_interval_s=float(redis_cfg.get("scan_interval_s", 2.0)),
+        scan_interval_s=_number(redis_cfg, "scan_interval_s", 2.0, "redis", 0.1, 3600),
         web_host=str(web_cfg.get("host", "127.0.0.1")),
-        web_port=int(web_cfg.get("port", 8765)),
+        web_port=int(_number(web_cfg, "port", 8765, "web", 1, 65535)),
     )
     try:
         if urls or zk:
@@ -196,6 +196,13 @@ def load(
         ZkTarget(id=t.id, hosts=t.hosts, roots=roots, budget=budget) for t in info.zk_targets()
     )
     return Settings(redis=tuple(info.redis_targets()), zookeeper=zk_targets, local=info, **common)
+
+
+def _number(section: dict[str, Any], key: str, default: float, where: str, low: float, high: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{where}.{key} must be a number from {low:g} to {high:g} (got {value!r})")
+    return float(value)
 
 
 def _layouts(cfg: dict[str, Any]) -> LayoutConfig:

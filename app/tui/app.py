@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -19,6 +19,14 @@ from app.tui.screens.help import HelpScreen
 from app.tui.screens.launcher import LauncherScreen, LaunchRequest
 from app.tui.screens.run_view import RunScreen
 from scenarios.catalogue import ScenarioError
+
+
+class Service(Protocol):
+    """Something served beside the TUI in the same loop (the demo's web server)."""
+
+    should_exit: bool
+
+    async def serve(self) -> None: ...
 
 
 class CoordscopeApp(App[None]):
@@ -39,7 +47,7 @@ class CoordscopeApp(App[None]):
         *,
         web_url: str | None = None,
         own_core: bool = True,
-        background: Iterable[Callable[[], Awaitable[None]]] = (),
+        services: Iterable[Service] = (),
     ) -> None:
         super().__init__()
         self.core = core
@@ -50,7 +58,7 @@ class CoordscopeApp(App[None]):
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._viewer: Viewer | None = None
-        self._background = list(background)
+        self._services = list(services)
         self._tasks: list[asyncio.Task[None]] = []
         self.specs = {s.name: s for s in core.catalogue()}
 
@@ -59,8 +67,8 @@ class CoordscopeApp(App[None]):
     async def on_mount(self) -> None:
         if self.own_core:
             await self.core.start()
-        for factory in self._background:
-            self._tasks.append(asyncio.create_task(_as_task(factory)))
+        for service in self._services:
+            self._tasks.append(asyncio.create_task(service.serve()))
         self._set_subtitle()
         self._viewer = self.core.bus.subscribe()
         self.run_worker(self._consume(), group="bus", exclusive=True)
@@ -71,11 +79,12 @@ class CoordscopeApp(App[None]):
     async def on_unmount(self) -> None:
         if self._viewer is not None:
             self._viewer.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        for service in self._services:
+            service.should_exit = True  # a graceful stop; cancel only what overstays
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=5)
+            for task in late:
+                task.cancel()
         if self.own_core:
             await self.core.stop()
 
@@ -188,7 +197,3 @@ class CoordscopeApp(App[None]):
                     lambda name=spec.name, f=fault.name: self.action_launch(name, f),
                 )
         yield SystemCommand("Run view", "lanes and verdict of the latest run", self.action_run_view)
-
-
-async def _as_task(factory: Callable[[], Awaitable[None]]) -> None:
-    await factory()

@@ -52,6 +52,8 @@ def test_replicas_from_the_config_are_watched_but_never_written(tmp_path: Path) 
         ('[layouts]\nzk_lock_patterns = ["lock-\\\\d+"]\n', "needs a (?P<seq>...) group"),
         ('[redis]\nurls = ["http://x"]\n', "redis:// or rediss://"),
         ('[zookeeper]\nhosts = "nohostport"\n', "host:port"),
+        ('[web]\nport = "eighty"\n', "web.port must be a number from 1 to 65535"),
+        ("[redis]\nscan_interval_s = 0\n", "redis.scan_interval_s must be a number"),
     ],
 )
 def test_bad_config_says_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

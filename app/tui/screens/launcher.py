@@ -23,7 +23,7 @@ class LaunchRequest:
 
 
 class LauncherScreen(ModalScreen[LaunchRequest | None]):
-    BINDINGS = [("escape", "dismiss_none", "Close")]
+    BINDINGS = [("escape", "dismiss_none", "Close"), ("ctrl+r", "launch", "Run")]
     DEFAULT_CSS = """
     LauncherScreen { align: center middle; }
     #launcher { width: 120; height: auto; max-height: 95%; border: thick $primary;
@@ -58,7 +58,7 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="launcher"):
-            yield Static("Run a scenario (esc closes)", classes="title")
+            yield Static("Run a scenario — ctrl+r runs it, esc closes", classes="title")
             with Horizontal(id="scenario-buttons"):
                 for name in self.specs:
                     chosen = name == self.selected
@@ -120,6 +120,9 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
             self.dismiss(None)
         elif button_id == "run":
             self._launch()
+
+    def action_launch(self) -> None:
+        self._launch()
 
     def _launch(self) -> None:
         spec = self.specs[self.selected]

@@ -104,7 +104,7 @@ class RunScreen(LiveScreen):
         if run.faults:
             text.append_text(safe(f"   faults at start: {', '.join(run.faults)}", "yellow"))
         position = [r.id for r in self._runs()].index(run.id) + 1
-        text.append_text(safe(f"   (run {position} of {len(self._runs())}: [ and ] to switch)", "dim"))
+        text.append_text(safe(f"   run {position}/{len(self._runs())} ([ ] switch)", "dim"))
         head.update(text)
         verdict.update(self._verdict(run))
         self.query_one("#ops", Static).update(safe(f"{run.ops} operations; last: {run.last_op}"))

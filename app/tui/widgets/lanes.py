@@ -126,8 +126,7 @@ class Lanes(Widget):
         while t <= end:
             c = min(width - 1, int(t * (width - 1) / end))
             label = f"{t / 1000:g}s"
-            for i, ch in enumerate(label):
-                if c + i < width:
-                    axis[c + i] = ch
+            if c + len(label) <= width:  # a label that would be cut is left out
+                axis[c : c + len(label)] = label
             t += step
         return Text(" " * LABEL + "".join(axis), style="dim")
