@@ -32,13 +32,13 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
 from collectors.events import Node
+from collectors.kazoo_bridge import KazooBridge
 from collectors.records import ZNodeRecord
 from collectors.state import State, now_ms
 from collectors.targets import ZkTarget
@@ -52,7 +52,7 @@ class ZkCollector:
         self.target = target
         self._state = state
         self._wake = wake
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge: KazooBridge | None = None
         self._client: KazooClient | None = None
         self._dirty: dict[str, str] = {}
         self._dirty_event = asyncio.Event()
@@ -73,24 +73,18 @@ class ZkCollector:
 
     # ------------------------------------------------------------------ kazoo thread side
 
-    def _from_kazoo(self, fn: Callable[..., None], *args: Any) -> None:
-        """The only thing kazoo's threads do: hand an event to our loop."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(fn, *args)
-
     def _on_state(self, state: str) -> None:
-        self._from_kazoo(self._state_changed, state)
+        if self._bridge is not None:
+            self._bridge.call_soon(self._state_changed, state)
 
     def _on_watch(self, event: WatchedEvent) -> None:
-        if event.path:  # session events (no path) reach us through the state listener
-            self._from_kazoo(self._mark, event.path, event.type)
+        if event.path and self._bridge is not None:  # session events come as states
+            self._bridge.call_soon(self._mark, event.path, event.type)
 
     # ------------------------------------------------------------------ loop side
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._bridge = KazooBridge(asyncio.get_running_loop())
         client = KazooClient(
             hosts=self.target.hosts,
             timeout=10.0,
@@ -193,8 +187,9 @@ class ZkCollector:
         try:
             data_result = client.get_async(path, watch=self._on_watch)
             children_result = client.get_children_async(path, watch=self._on_watch)
-            data, stat = await self._kazoo(data_result)
-            children = await self._kazoo(children_result)
+            assert self._bridge is not None
+            data, stat = await self._bridge.result(data_result)
+            children = await self._bridge.result(children_result)
         except NoNodeError:
             self._drop_subtree(path)
             return
@@ -233,22 +228,6 @@ class ZkCollector:
             )
             self._node = replace(self._node, feed=f"watches (budget of {self.target.budget} znodes reached)")
             self._publish_node()
-
-    async def _kazoo(self, result: Any) -> Any:
-        """Await a kazoo IAsyncResult on our loop; its completion is handed over by kazoo."""
-        assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.create_future()
-
-        def settle(_: Any) -> None:
-            if future.done():
-                return
-            if result.successful():
-                future.set_result(result.value)
-            else:
-                future.set_exception(result.exception)
-
-        result.rawlink(lambda r: self._from_kazoo(settle, r))
-        return await future
 
     def _publish_node(self) -> None:
         as_of = now_ms() if self._node.status == "up" else self._node.as_of_ms
