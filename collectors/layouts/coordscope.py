@@ -9,6 +9,7 @@ Redis
     ``coordscope:lock:<name>``      string  JSON ``{"owner", "fence", "nonce"}``, PX ttl
     ``coordscope:fence:<name>``     string  the fencing counter (INCR in the acquire script)
     ``coordscope:waiters:<name>``   hash    client -> ``<since_ms>:<polls>``
+    ``coordscope:signal:<name>``    list    a release's wake-up token (waiters BLPOP it)
     ``coordscope:resource:<name>``  hash    the protected resource: value, fence, writer, writes, rejected
     ``coordscope:mark:<key>``       hash    idempotency mark: state, owner, ...
     ``coordscope:txn:<id>``         hash    protocol, state, branches (JSON)
@@ -48,6 +49,10 @@ def fence_key(name: str) -> str:
 
 def waiters_key(name: str) -> str:
     return f"{PREFIX}waiters:{name}"
+
+
+def signal_key(name: str) -> str:
+    return f"{PREFIX}signal:{name}"
 
 
 def resource_key(name: str) -> str:
@@ -152,6 +157,6 @@ def recognise(rec: KeyRecord) -> Fact | None:
         return RunFact(run_id=rest, meta={display(k): display(v) for k, v in rec.fields.items()})
     if kind == "history" and rec.type == "stream":
         return RunHistoryFact(run_id=rest)
-    if kind in ("fence", "resource", "commands"):
+    if kind in ("fence", "resource", "commands", "signal"):
         return AuxiliaryFact(library=LAYOUT, role=kind)
     return None

@@ -13,6 +13,14 @@ value — a Lua compare-and-delete. The naive variant is a plain ``DEL``,
 which deletes whoever holds the lock now: after our lease ran out, that is
 someone else.
 
+Waiting: a waiter either polls (sleeps ``poll_ms`` between attempts: the
+seed's "waiters must keep trying at intervals") or is *woken*: the release
+script pushes one token on ``coordscope:signal:<name>`` and waiters block in
+``BLPOP`` on it, which Redis serves longest-waiting first — so the next
+holder learns of the release within a round trip, in arrival order. A
+waiter never blocks past the holder's remaining lease, so a holder that
+died without releasing costs at most its TTL.
+
 Error handling: the scripts are loaded on first use and reloaded after a
 ``NOSCRIPT`` (a restarted node has an empty script cache; redis-py's
 ``Script`` object does this). Connection errors reach the caller, which
@@ -22,6 +30,7 @@ what the scenarios show.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 
@@ -36,7 +45,7 @@ from collectors.layouts import coordscope
 # ARGV[2] - nonce (random per acquisition)
 # ARGV[3] - ttl in milliseconds
 # ARGV[4] - now, in ms (the caller's clock, for the waiters' "since")
-# Returns {fence, value} when granted, {0, current value} when not.
+# Returns {fence, value} when granted, {0, current value, its PTTL} when not.
 ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -49,7 +58,7 @@ if current then
     end
     redis.call('HSET', KEYS[3], ARGV[1], since .. ':' .. (polls + 1))
     redis.call('PEXPIRE', KEYS[3], 10 * tonumber(ARGV[3]))
-    return {0, current}
+    return {0, current, redis.call('PTTL', KEYS[1])}
 end
 local fence = redis.call('INCR', KEYS[2])
 local value = cjson.encode({owner = ARGV[1], fence = fence, nonce = ARGV[2]})
@@ -59,11 +68,17 @@ return {fence, value}
 """
 
 # KEYS[1] - the lock key
+# KEYS[2] - the release signal list (waiters BLPOP on it)
 # ARGV[1] - the value we stored when we acquired
-# Returns 1 when it deleted our lock, 0 when the lock was not ours any more.
+# ARGV[2] - how long an unclaimed signal may linger, in ms
+# Returns 1 when it deleted our lock (and woke one waiter), 0 when it was not ours any more.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[2])
+    redis.call('RPUSH', KEYS[2], '1')
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    return 1
 end
 return 0
 """
@@ -91,10 +106,21 @@ return {1, seen}
 """
 
 
+MAX_BLOCK_S = 2.0
+"""A waiter re-checks at least this often (and stays under the client's socket timeout)."""
+
+
 @dataclass(frozen=True)
 class Grant:
     fence: int
     value: str
+
+
+@dataclass(frozen=True)
+class Denied:
+    holder_value: str
+    pttl_ms: int
+    """The holder's remaining lease (-1: no TTL)."""
 
 
 class RedisLock:
@@ -106,22 +132,32 @@ class RedisLock:
         self.owner = owner
         self.ttl_ms = ttl_ms
         self.key = coordscope.lock_key(name)
+        self.signal_key = coordscope.signal_key(name)
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
 
-    async def try_acquire(self, now_ms: int) -> Grant | None:
-        """One attempt: a grant, or None when somebody else holds it (we are then a waiter)."""
-        fence, value = await self._acquire(
+    async def try_acquire(self, now_ms: int) -> Grant | Denied:
+        """One attempt: a grant, or who holds it (we are then a waiter)."""
+        reply = await self._acquire(
             keys=[self.key, coordscope.fence_key(self.name), coordscope.waiters_key(self.name)],
             args=[self.owner, secrets.token_hex(8), self.ttl_ms, now_ms],
         )
-        if int(fence) == 0:
-            return None
-        return Grant(fence=int(fence), value=_text(value))
+        if int(reply[0]) == 0:
+            return Denied(holder_value=_text(reply[1]), pttl_ms=int(reply[2]))
+        return Grant(fence=int(reply[0]), value=_text(reply[1]))
+
+    async def wait_turn(self, denied: Denied, waiting: str, poll_s: float) -> None:
+        """Between two attempts: sleep (``poll``) or block until a release wakes us (``signal``)."""
+        if waiting == "poll":
+            await asyncio.sleep(poll_s)
+            return
+        lease_s = denied.pttl_ms / 1000 if denied.pttl_ms > 0 else poll_s
+        await self.client.blpop([self.signal_key], timeout=max(0.001, min(lease_s, MAX_BLOCK_S)))
 
     async def release(self, grant: Grant) -> bool:
-        """Compare-and-delete: True when it was still ours and is now deleted."""
-        return int(await self._release(keys=[self.key], args=[grant.value])) == 1
+        """Compare-and-delete (and wake a waiter): True when it was still ours."""
+        keys = [self.key, self.signal_key]
+        return int(await self._release(keys=keys, args=[grant.value, 10 * self.ttl_ms])) == 1
 
     async def release_naive(self) -> bool:
         """Plain DEL: deletes the lock whoever holds it (the bug the seed warns about)."""

@@ -102,6 +102,7 @@ def test_scenario_parameters_are_checked_with_clear_messages() -> None:
     assert catalogue["variants"] == {
         "release": ["lua", "del"],
         "fencing": ["on", "off"],
+        "waiting": ["poll", "signal"],
         "keep": ["off", "on"],
     }
     assert [f["name"] for f in catalogue["faults"]] == ["pause-holder", "kill-holder", "kill-node"]
