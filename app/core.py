@@ -16,6 +16,19 @@ from scenarios.catalogue import ScenarioSpec
 from scenarios.runner import Environment, LocalRun, Runner, catalogue
 
 
+def environment(settings: Settings, cluster: LocalCluster | None) -> Environment:
+    """Where this process's runs happen, and what its faults may signal."""
+    local = settings.local
+    return Environment(
+        redis=settings.redis,
+        masters=settings.masters,
+        zookeeper=settings.zookeeper,
+        cluster=cluster,
+        writable=settings.writable,
+        replicas={m.name: m.master for m in local.members if m.master} if local else {},
+    )
+
+
 class Core:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -27,15 +40,7 @@ class Core:
             scan_interval_s=settings.scan_interval_s,
         )
         self.bus = Bus(self.observatory)
-        self.runner = Runner(
-            Environment(
-                redis=settings.redis,
-                masters=settings.masters,
-                zookeeper=settings.zookeeper,
-                cluster=self.cluster,
-                writable=settings.writable,
-            )
-        )
+        self.runner = Runner(environment(settings, self.cluster))
 
     async def start(self) -> None:
         await self.observatory.start()

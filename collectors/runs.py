@@ -15,6 +15,8 @@ so a run started in one terminal is drawn the same in every browser.
   the actor crashes) and a ``lease`` (the TTL the store granted);
 - ``pause``/``resume`` info ops bound a ``pause`` (a GC pause, a SIGSTOP);
 - the nemesis actor's ``fault``/``heal`` ops bound a ``fault`` window;
+- ``session`` info ops (ZooKeeper clients) bound ``suspended`` and ``lost``
+  spans, closed when the client is CONNECTED again;
 - writes, rejections, crashes and violations are ticks.
 """
 
@@ -149,6 +151,8 @@ def lanes(ops: list[Op]) -> tuple[Lane, ...]:
         elif op.kind == "info" and op.f == "crash":
             b.close_all(op.t_ms, "crashed")
             b.ticks.append(Tick(kind="crash", at_ms=op.t_ms, label=op.note))
+        elif op.kind == "info" and op.f == "session":
+            _session(b, op)
         elif op.f == "acquire":
             b.close("wait", op.t_ms, op.kind)
             if op.kind == "ok":
@@ -167,6 +171,20 @@ def lanes(ops: list[Op]) -> tuple[Lane, ...]:
                 kind = {"ok": "write", "fail": "rejected"}.get(op.kind, "write?")
                 b.ticks.append(Tick(kind=kind, at_ms=op.t_ms, label=op.note))
     return tuple(b.build() for b in builders.values())
+
+
+def _session(b: _LaneBuilder, op: Op) -> None:
+    """A ZooKeeper client's session state: SUSPENDED and LOST are spans on its lane."""
+    state = op.value.upper()
+    if state == "SUSPENDED":
+        b.start("suspended", op.t_ms, "connection lost")
+    elif state == "LOST":
+        b.close("suspended", op.t_ms, "lost")
+        b.start("lost", op.t_ms, "session expired")
+        b.ticks.append(Tick(kind="lost", at_ms=op.t_ms, label="session expired"))
+    elif state == "CONNECTED":
+        b.close("suspended", op.t_ms, "reconnected")
+        b.close("lost", op.t_ms, "new session")
 
 
 def _actors_of(op: Op) -> list[str]:

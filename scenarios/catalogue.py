@@ -78,6 +78,8 @@ class ScenarioSpec:
     faults: tuple[FaultSpec, ...]
     show: str = ""
     sources: tuple[str, ...] = field(default_factory=tuple)
+    live_faults: bool = True
+    """Can a fault be injected while it runs, or only given at start?"""
 
     def all_params(self) -> tuple[Param, ...]:
         return (*self.params, KEEP)
@@ -114,6 +116,7 @@ class ScenarioSpec:
             "variants": {p.name: list(p.choices) for p in self.all_params() if p.is_variant},
             "faults": [f.to_json() for f in self.faults],
             "sources": list(self.sources),
+            "live_faults": self.live_faults,
         }
 
 

@@ -22,7 +22,9 @@ Two further findings, reported beside the verdict:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from typing import Any
 
 from collectors.events import Verdict
 from collectors.runs import Op
@@ -98,6 +100,11 @@ def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: in
             findings=tuple(findings),
         )
     a, b = pair
+    if a.write.fence is not None and a.write.fence == b.write.fence:
+        findings.append(
+            f"fencing could not tell them apart: both held fence {a.write.fence} "
+            "(the counter did not survive with the lock's node)"
+        )
     at = max(a.start, b.start)
     summary = (
         f"violated: {a.actor} (fence {a.acquired.fence}) and {b.actor} "
@@ -136,3 +143,56 @@ def _fence_regressions(ops: list[Op]) -> list[str]:
                 f"yet was rejected ({op.note}) — the counter restarted with its node"
             )
     return out[:3]
+
+
+FIFO = "FIFO: the lock is granted in the order contenders queued"
+
+
+def _grants(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
+    out = []
+    for op in ops:
+        if op.f == "acquire" and op.kind == "ok" and op.value.startswith("{"):
+            try:
+                detail = json.loads(op.value)
+            except ValueError:
+                continue
+            if isinstance(detail, dict):
+                out.append((op, detail))
+    return out
+
+
+def with_fifo(verdict: Verdict, ops: list[Op], watch: str) -> Verdict:
+    """Add the queue's fairness (grants in sequence order) and its wake-up cost to a verdict."""
+    grants = _grants(ops)
+    if not grants:
+        return verdict
+    wakeups = sum(int(d.get("wakeups", 0)) for _, d in grants)
+    requests = sum(int(d.get("requests", 0)) for _, d in grants)
+    cost = (
+        f"{len(grants)} acquisitions: {wakeups} wake-ups ({wakeups / len(grants):.1f} per "
+        f"acquisition, watch={watch}), {requests / len(grants):.1f} requests per acquisition"
+    )
+    findings = (*verdict.findings, cost)
+    previous: tuple[Op, dict[str, Any]] | None = None
+    for op, detail in grants:
+        if previous is not None and int(detail["seq"]) < int(previous[1]["seq"]):
+            if not verdict.holds:
+                break
+            early, late = op, previous[0]
+            return Verdict(
+                holds=False,
+                invariant=FIFO,
+                actors=(early.actor, late.actor),
+                at_ms=early.t_ms,
+                keys=verdict.keys,
+                ops=(late.index, early.index),
+                findings=findings,
+                summary=(
+                    f"violated: {early.actor} (seq {detail['seq']}) got the lock after "
+                    f"{late.actor} (seq {previous[1]['seq']}) although it queued first"
+                ),
+            )
+        previous = (op, detail)
+    return replace(
+        verdict, findings=findings, invariant=verdict.invariant + (" and FIFO" if verdict.holds else "")
+    )

@@ -39,11 +39,11 @@ from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.runs import Op
 from collectors.targets import RedisTarget, ZkTarget
-from scenarios import lock_redis
+from scenarios import lock_failover, lock_redis, lock_zk
 from scenarios.catalogue import ScenarioError, ScenarioSpec
 from scenarios.history import History, RunRecord
 
-SCENARIOS: dict[str, ModuleType] = {m.SPEC.name: m for m in (lock_redis,)}
+SCENARIOS: dict[str, ModuleType] = {m.SPEC.name: m for m in (lock_redis, lock_failover, lock_zk)}
 
 
 def catalogue() -> list[ScenarioSpec]:
@@ -77,6 +77,8 @@ class Environment:
     cluster: ClusterControl | None = None
     writable: bool = True
     """False when watching a cluster we do not own without --allow-writes."""
+    replicas: dict[str, str] = field(default_factory=dict)
+    """Replica node -> its master (the local cluster's replica-1 -> redis-1)."""
 
     def target(self, node_id: str) -> RedisTarget:
         for t in self.redis:
@@ -300,6 +302,8 @@ class Runner:
         """Ask a running run (here or in another process) to take a fault now."""
         spec = spec_of(scenario)
         self._check_fault(spec, fault)
+        if not spec.live_faults:
+            raise ScenarioError(f"{scenario} takes its faults at start only (--fault {fault})")
         await self._command(run_id, {"fault": fault})
 
     async def request_stop(self, run_id: str) -> None:

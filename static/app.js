@@ -443,7 +443,7 @@ function drawLanes(run, root) {
 function spanGeometry(kind, y) {
   switch (kind) {
     case "hold": return {y: y + 4, h: 13};
-    case "lease": return {y: y + 19, h: 4};
+    case "lease": case "suspended": case "lost": return {y: y + 19, h: 4};
     case "wait": return {y: y + 8, h: 5};
     case "pause": return {y: y + 2, h: 17};
     default: return {y: y + 9, h: 4};
@@ -452,7 +452,7 @@ function spanGeometry(kind, y) {
 
 function tickPath(kind, x, y) {
   if (kind === "violation") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
-  if (kind === "rejected" || kind === "crash") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (kind === "rejected" || kind === "crash" || kind === "lost") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
   return `M${x} ${y - 5} L${x + 5} ${y} L${x} ${y + 5} L${x - 5} ${y} Z`;
 }
 
@@ -468,7 +468,8 @@ function renderLegend() {
   legendDone = true;
   const items = [["span-hold", "hold (fence)"], ["span-lease", "lease (TTL)"], ["span-wait", "waiting"],
                  ["span-pause", "paused"], ["fault-window", "fault"], ["tick-write", "write accepted"],
-                 ["tick-rejected", "write rejected"], ["tick-violation", "violation"]];
+                 ["tick-rejected", "write rejected"], ["tick-violation", "violation"],
+                 ["span-suspended", "session suspended"], ["span-lost", "session lost"]];
   $("#legend").replaceChildren(...items.map(([cls, text]) => {
     const s = el("span", {class: "legend-item"});
     s.append(el("i", {class: "swatch " + cls}), document.createTextNode(text));

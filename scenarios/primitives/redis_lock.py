@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -79,6 +80,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('RPUSH', KEYS[2], '1')
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
     return 1
+end
+return 0
+"""
+
+# KEYS[1] - the lock key
+# ARGV[1] - the value we stored when we acquired
+# ARGV[2] - the new lease, in ms
+# Returns 1 when it extended our lock, 0 when the lock was not ours any more.
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -135,16 +147,34 @@ class RedisLock:
         self.signal_key = coordscope.signal_key(name)
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
+        self._extend = client.register_script(EXTEND)
 
-    async def try_acquire(self, now_ms: int) -> Grant | Denied:
-        """One attempt: a grant, or who holds it (we are then a waiter)."""
-        reply = await self._acquire(
-            keys=[self.key, coordscope.fence_key(self.name), coordscope.waiters_key(self.name)],
-            args=[self.owner, secrets.token_hex(8), self.ttl_ms, now_ms],
-        )
+    def _acquire_keys(self) -> list[str]:
+        return [self.key, coordscope.fence_key(self.name), coordscope.waiters_key(self.name)]
+
+    def _acquire_args(self, now_ms: int) -> list[Any]:
+        return [self.owner, secrets.token_hex(8), self.ttl_ms, now_ms]
+
+    @staticmethod
+    def _outcome(reply: Any) -> Grant | Denied:
         if int(reply[0]) == 0:
             return Denied(holder_value=_text(reply[1]), pttl_ms=int(reply[2]))
         return Grant(fence=int(reply[0]), value=_text(reply[1]))
+
+    async def try_acquire(self, now_ms: int) -> Grant | Denied:
+        """One attempt: a grant, or who holds it (we are then a waiter)."""
+        return self._outcome(await self._acquire(self._acquire_keys(), self._acquire_args(now_ms)))
+
+    async def try_acquire_replicated(
+        self, now_ms: int, replicas: int, timeout_ms: int
+    ) -> tuple[Grant | Denied, int]:
+        """One attempt followed by ``WAIT replicas timeout_ms`` on the same connection:
+        the outcome and how many replicas acknowledged it."""
+        pipe = self.client.pipeline(transaction=False)
+        await self._acquire(self._acquire_keys(), self._acquire_args(now_ms), client=pipe)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        reply, acks = await pipe.execute()
+        return self._outcome(reply), int(acks)
 
     async def wait_turn(self, denied: Denied, waiting: str, poll_s: float) -> None:
         """Between two attempts: sleep (``poll``) or block until a release wakes us (``signal``)."""
@@ -158,6 +188,10 @@ class RedisLock:
         """Compare-and-delete (and wake a waiter): True when it was still ours."""
         keys = [self.key, self.signal_key]
         return int(await self._release(keys=keys, args=[grant.value, 10 * self.ttl_ms])) == 1
+
+    async def extend(self, grant: Grant, ttl_ms: int) -> bool:
+        """Compare-and-PEXPIRE: renew our lease (what a watchdog does)."""
+        return int(await self._extend(keys=[self.key], args=[grant.value, ttl_ms])) == 1
 
     async def release_naive(self) -> bool:
         """Plain DEL: deletes the lock whoever holds it (the bug the seed warns about)."""

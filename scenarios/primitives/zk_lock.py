@@ -19,11 +19,15 @@ holder).
 
 Error handling
 --------------
-It is possible for our ``create`` to succeed on the server but the reply to be
-lost with the connection; kazoo's retry would then create a second node. We
-do not retry creates: a failed acquire removes whatever node it may have made
-(matched by our owner prefix) before giving up. kazoo's threads only hand
-completions and watch events to the loop (see ``collectors.kazoo_bridge``).
+A lost connection is not a lost lock: while the session lives, our node stays
+in the queue, so on ``ConnectionLoss`` we wait to be connected again and
+carry on from step 2. It is possible for our ``create`` to succeed on the
+server but the reply to be lost with the connection; our node's name starts
+with our owner's name (one contender per owner), so after reconnecting we look
+for it before creating another — a second node would be an orphan that blocks
+the queue for as long as our session lives (kazoo#732). If the session
+expired, our node is gone and we queue again. Giving up (timeout,
+cancellation) deletes our node, retrying until the server confirms.
 """
 
 from __future__ import annotations
@@ -34,13 +38,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 
 from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts.coordscope import ZNODE_ROOT
 
 SUFFIX = "__lock__"
+TRANSIENT = (ConnectionLoss, ConnectionClosedError, OperationTimeoutError)
 
 
 def lock_path(name: str) -> str:
@@ -49,6 +62,10 @@ def lock_path(name: str) -> str:
 
 def _seq(child: str) -> int:
     return int(child[-10:]) if child[-10:].isdigit() else -1
+
+
+class _Requeue(Exception):
+    """Our node is gone (the session expired): queue again."""
 
 
 @dataclass(frozen=True)
@@ -76,19 +93,101 @@ class ZkLock:
         self.owner = owner
         self.watch = watch
         self.node: str | None = None
+        self._czxid: int | None = None
+        self._uncertain = False
+        """A create failed in flight: the server may have made our node anyway."""
         self.on_wait: Callable[[str], None] | None = None
         """Told the node we start watching (for narration)."""
+        self._parent_ready = False
+        self._requests = 0
+        self._wakeups = 0
+        self._connected = asyncio.Event()
+        if client.connected:
+            self._connected.set()
+        client.add_listener(self._on_state)
+
+    def _on_state(self, state: str) -> None:  # on a kazoo thread
+        self.bridge.call_soon(self._connected.set if state == KazooState.CONNECTED else self._connected.clear)
+
+    async def _reconnected(self) -> None:
+        # The failed request may reach us before the state change does: give kazoo a
+        # moment to report SUSPENDED, then wait for CONNECTED.
+        await asyncio.sleep(0.05)
+        await self._connected.wait()
 
     async def _call(self, result: Any) -> Any:
+        self._requests += 1
         return await self.bridge.result(result)
 
     async def acquire(self, timeout: float = 30.0) -> ZkHold:
-        requests = 0
+        self._requests = self._wakeups = 0
         try:
-            await self._call(self.client.ensure_path_async(self.path))
-            requests += 1
-        except NodeExistsError:
-            pass
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        return await self._attempt()
+                    except TRANSIENT:
+                        self._uncertain = self.node is None
+                        await self._reconnected()
+                    except (SessionExpiredError, _Requeue):
+                        self.node = None  # it went with the session: queue again
+                        await self._connected.wait()
+        except BaseException:
+            await self.abandon()
+            raise
+
+    async def _attempt(self) -> ZkHold:
+        if not self._parent_ready:
+            with contextlib.suppress(NodeExistsError):
+                await self._call(self.client.ensure_path_async(self.path))
+            self._parent_ready = True
+        if self.node is None and self._uncertain:
+            self.node, self._czxid = await self._find_mine(), None
+            self._uncertain = False
+        if self.node is None:
+            self.node, self._czxid = await self._create()
+        mine = self.node.rsplit("/", 1)[1]
+        while True:
+            woken = asyncio.Event()
+
+            def wake(_: Any, woken: asyncio.Event = woken) -> None:  # on a kazoo thread
+                self.bridge.call_soon(woken.set)
+
+            children = await self._call(
+                self.client.get_children_async(self.path, watch=wake if self.watch == "parent" else None)
+            )
+            if mine not in children:
+                raise _Requeue
+            ahead = sorted((c for c in children if _seq(c) < _seq(mine)), key=_seq)
+            if not ahead:
+                stat = await self._call(self.client.exists_async(self.node))
+                if stat is None:
+                    raise _Requeue
+                return ZkHold(
+                    node=self.node,
+                    seq=_seq(mine),
+                    czxid=stat.czxid,
+                    wakeups=self._wakeups,
+                    requests=self._requests,
+                )
+            predecessor = ahead[-1]
+            if self.on_wait is not None:
+                self.on_wait(predecessor)
+            if self.watch == "predecessor":
+                there = await self._call(self.client.exists_async(f"{self.path}/{predecessor}", watch=wake))
+                if there is None:
+                    continue  # it went between our list and our watch
+            await woken.wait()
+            self._wakeups += 1
+
+    async def _find_mine(self) -> str | None:
+        """Our node from a create whose reply we never got, if the server made it."""
+        children = await self._call(self.client.get_children_async(self.path))
+        prefix = f"{self.owner}{SUFFIX}"
+        found = sorted((c for c in children if c.startswith(prefix)), key=_seq)
+        return f"{self.path}/{found[0]}" if found else None
+
+    async def _create(self) -> tuple[str, int]:
         path, stat = await self._call(
             self.client.create_async(
                 f"{self.path}/{self.owner}{SUFFIX}",
@@ -98,60 +197,37 @@ class ZkLock:
                 include_data=True,
             )
         )
-        requests += 1
-        self.node = path
-        mine = path.rsplit("/", 1)[1]
-        wakeups = 0
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    woken = asyncio.Event()
+        return str(path), int(stat.czxid)
 
-                    def wake(_: Any, woken: asyncio.Event = woken) -> None:
-                        self.bridge.call_soon(woken.set)
-
-                    parent_watch = wake if self.watch == "parent" else None
-                    children = await self._call(self.client.get_children_async(self.path, watch=parent_watch))
-                    requests += 1
-                    ahead = sorted((c for c in children if _seq(c) < _seq(mine)), key=_seq)
-                    if not ahead:
-                        return ZkHold(
-                            node=path, seq=_seq(mine), czxid=stat.czxid, wakeups=wakeups, requests=requests
-                        )
-                    predecessor = ahead[-1]
-                    if self.on_wait is not None:
-                        self.on_wait(predecessor)
-                    if self.watch == "predecessor":
-                        exists = await self._call(
-                            self.client.exists_async(f"{self.path}/{predecessor}", watch=wake)
-                        )
-                        requests += 1
-                        if exists is None:
-                            continue  # it went between our list and our watch
-                    await woken.wait()
-                    wakeups += 1
-        except BaseException:
-            await self.abandon()
-            raise
-
-    async def release(self) -> bool:
-        """Delete our node: True when it was still there (our session kept it)."""
+    async def release(self, patience_s: float = 30.0) -> bool:
+        """Delete our node, retrying through disconnections: True when we deleted it,
+        False when it was gone already (our session had expired)."""
         node, self.node = self.node, None
         if node is None:
             return False
-        try:
-            await self._call(self.client.delete_async(node))
-        except NoNodeError:
-            return False
-        return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(patience_s):
+                while True:
+                    try:
+                        await self._call(self.client.delete_async(node))
+                        return True
+                    except (NoNodeError, SessionExpiredError):
+                        return False
+                    except KazooException:
+                        await self._reconnected()
+        return False
 
     async def abandon(self) -> None:
-        """Remove our contender after a failed or cancelled acquire (best effort)."""
-        with contextlib.suppress(KazooException, asyncio.CancelledError):
+        """Remove our contender after a failed or cancelled acquire (an orphaned node
+        would block everyone queued behind it for as long as our session lives)."""
+        with contextlib.suppress(asyncio.CancelledError):
             await self.release()
 
+    def close(self) -> None:
+        self.client.remove_listener(self._on_state)
 
-async def expire_session(client: KazooClient, bridge: KazooBridge, hosts: str) -> None:
+
+async def expire_session(client: KazooClient, hosts: str) -> None:
     """Expire ``client``'s session from outside, as a long pause or partition would:
     a second client joins the same session and closes it (kazoo's own test trick)."""
     session_id, password = client.client_id

@@ -2,8 +2,9 @@
 
 Row 1 of a lane: ``█`` holding the lock (red when the hold ended lost or in a
 crash), ``─`` waiting/polling, ``▒`` paused; ticks on top: ``●`` a write
-accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash. Row 2: ``▀`` the
-lease (TTL) the store granted. Fault windows shade every lane red.
+accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash, ``⚡`` a session
+lost. Row 2: ``▀`` the lease (TTL) the store granted; ``┄`` the ZooKeeper
+session SUSPENDED, ``╳`` LOST. Fault windows shade every lane red.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ SPAN_STYLE = {
     "lease": ("▀", "#7fb2ff"),
 }
 LOST_STYLE = "#d05050"
+UNDER = ("lease", "suspended", "lost")
+"""Drawn on a lane's second row: what the store or the session says, under what the client does."""
 TICKS = {
     "write": ("●", "bold green"),
     "rejected": ("✗", "bold yellow"),
@@ -83,7 +86,7 @@ class Lanes(Widget):
         for lane in lanes:
             rows = [[" "] * width, [" "] * width]
             styles: list[list[str]] = [[""] * width, [""] * width]
-            for kind in ("wait", "hold", "pause", "lease"):
+            for kind in ("wait", "hold", "pause", "lease", "suspended", "lost"):
                 for s in lane.spans:
                     if s.kind != kind:
                         continue
@@ -91,7 +94,7 @@ class Lanes(Widget):
                     if kind == "hold" and s.outcome in ("lost", "crashed"):
                         style = LOST_STYLE
                     stop = s.end_ms if s.end_ms is not None else (now_t or end)
-                    row = 1 if kind == "lease" else 0
+                    row = 1 if kind in UNDER else 0
                     for c in range(col(s.start_ms), col(stop) + 1):
                         rows[row][c] = char
                         styles[row][c] = style
@@ -108,7 +111,11 @@ class Lanes(Widget):
                         cell += Style(bgcolor=FAULT_BG)
                     out.append(rows[r][c], style=cell)
         out.append("\n" + " " * LABEL)
-        out.append("█ hold  ─ wait  ▒ pause  ▀ lease  ● write  ✗ rejected  ▲ violation  ✖ crash", style="dim")
+        out.append(
+            "█ hold  ─ wait  ▒ pause  ▀ lease  ┄ suspended  ╳ session lost  ● write  "
+            "✗ rejected  ▲ violation  ✖ crash",
+            style="dim",
+        )
         if faults:
             out.append("  ", style="dim")
             out.append("  ", style=Style(bgcolor=FAULT_BG))
