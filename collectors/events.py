@@ -248,6 +248,8 @@ class Run:
     ops: int = 0
     last_op: str = ""
     error: str = ""
+    table: tuple[tuple[str, ...], ...] = ()
+    """A scenario's own table (RedLock attempts, a comparison): a header row, then rows."""
     as_of_ms: int = 0
 
 

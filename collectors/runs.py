@@ -17,7 +17,8 @@ so a run started in one terminal is drawn the same in every browser.
 - the nemesis actor's ``fault``/``heal`` ops bound a ``fault`` window;
 - ``session`` info ops (ZooKeeper clients) bound ``suspended`` and ``lost``
   spans, closed when the client is CONNECTED again;
-- writes, rejections, crashes and violations are ticks.
+- writes, rejections, crashes, violations and RedLock attempts (``granted``
+  with a valid majority, ``refused`` otherwise) are ticks.
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ def lanes(ops: list[Op]) -> tuple[Lane, ...]:
             b.ticks.append(Tick(kind="crash", at_ms=op.t_ms, label=op.note))
         elif op.kind == "info" and op.f == "session":
             _session(b, op)
+        elif op.kind == "info" and op.f == "attempt":
+            held = '"held": true' in op.value
+            b.ticks.append(Tick(kind="granted" if held else "refused", at_ms=op.t_ms, label=op.note))
         elif op.f == "acquire":
             b.close("wait", op.t_ms, op.kind)
             if op.kind == "ok":

@@ -599,6 +599,7 @@ class State:
             ops=len(ops),
             last_op=_describe(ops[-1]) if ops else "",
             error=meta.get("error", ""),
+            table=_json_table(meta.get("table")),
             as_of_ms=rec.read_at_ms,
         )
 
@@ -751,6 +752,16 @@ def _json_list(raw: str | None) -> list[str]:
     except ValueError:
         return []
     return [str(v) for v in data] if isinstance(data, list) else []
+
+
+def _json_table(raw: str | None) -> tuple[tuple[str, ...], ...]:
+    try:
+        rows = json.loads(raw or "[]")
+    except ValueError:
+        return ()
+    if not isinstance(rows, list):
+        return ()
+    return tuple(tuple(str(c) for c in row) for row in rows[:500] if isinstance(row, list))
 
 
 def _verdict(raw: str) -> Verdict | None:

@@ -107,9 +107,8 @@ def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: in
         )
     at = max(a.start, b.start)
     summary = (
-        f"violated: {a.actor} (fence {a.acquired.fence}) and {b.actor} "
-        f"(fence {b.acquired.fence}) both wrote {resource_key} while both believed they "
-        f"held {lock_key}, overlapping from t={at} ms"
+        f"violated: {_who(a)} and {_who(b)} both wrote {resource_key} while both "
+        f"believed they held {lock_key}, overlapping from t={at} ms"
     )
     return Verdict(
         holds=False,
@@ -121,6 +120,11 @@ def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: in
         ops=(a.acquired.index, b.acquired.index, a.write.index, b.write.index),
         findings=tuple(findings),
     )
+
+
+def _who(hold: _Hold) -> str:
+    fence = hold.acquired.fence
+    return hold.actor if fence is None else f"{hold.actor} (fence {fence})"
 
 
 def _fence_regressions(ops: list[Op]) -> list[str]:

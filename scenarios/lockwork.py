@@ -120,19 +120,13 @@ async def critical_section(
     return True
 
 
-async def write(ctx: RunContext, actor: str, resource: FencedResource, value: int, fence: int) -> None:
+async def write(ctx: RunContext, actor: str, resource: FencedResource, value: int, fence: int | None) -> None:
+    """Write the counter, carrying a fencing token when the lock gives one."""
     ctx.record(actor, "invoke", "write", key=resource.key, value=str(value), fence=fence)
-    accepted, seen = await resource.write(value, fence, actor)
+    accepted, seen = await resource.write(value, fence or 0, actor)
     if accepted:
-        ctx.record(
-            actor,
-            "ok",
-            "write",
-            key=resource.key,
-            value=str(value),
-            fence=fence,
-            note=f"accepted (fence {fence})",
-        )
+        note = f"accepted (fence {fence})" if fence is not None else "accepted (no fencing token)"
+        ctx.record(actor, "ok", "write", key=resource.key, value=str(value), fence=fence, note=note)
     else:
         ctx.record(
             actor,

@@ -39,11 +39,13 @@ from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.runs import Op
 from collectors.targets import RedisTarget, ZkTarget
-from scenarios import lock_failover, lock_redis, lock_zk
+from scenarios import lock_failover, lock_redis, lock_redlock, lock_zk
 from scenarios.catalogue import ScenarioError, ScenarioSpec
 from scenarios.history import History, RunRecord
 
-SCENARIOS: dict[str, ModuleType] = {m.SPEC.name: m for m in (lock_redis, lock_failover, lock_zk)}
+SCENARIOS: dict[str, ModuleType] = {
+    m.SPEC.name: m for m in (lock_redis, lock_failover, lock_redlock, lock_zk)
+}
 
 
 def catalogue() -> list[ScenarioSpec]:
@@ -145,6 +147,11 @@ class RunContext:
             if not key.startswith(coordscope.PREFIX):
                 raise ValueError(f"scenarios write only under {coordscope.PREFIX}: {key!r}")
             self._cleanup.append((node_id, key))
+
+    async def set_table(self, rows: list[list[str]]) -> None:
+        """Publish the scenario's own table (a header row first) with the run."""
+        if self._record is not None:
+            await self._record.update(table=rows)
 
     async def set_actors(self, actors: list[str]) -> None:
         self.actors = actors

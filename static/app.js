@@ -343,7 +343,9 @@ function renderRun() {
   const head = $("#run-head"), faults = $("#run-faults"), verdict = $("#verdict");
   const lanes = $("#lanes");
   if (!run) {
+    renderRunTable(null);
     head.replaceChildren(); faults.replaceChildren(); verdict.replaceChildren();
+
     lanes.replaceChildren(); lanes.setAttribute("height", 0);
     return;
   }
@@ -356,6 +358,7 @@ function renderRun() {
   renderFaultButtons(run, faults);
   drawLanes(run, lanes);
   renderVerdict(run, verdict);
+  renderRunTable(run);
 }
 
 function renderFaultButtons(run, box) {
@@ -365,8 +368,9 @@ function renderFaultButtons(run, box) {
   box.dataset.key = key;
   box.replaceChildren();
   if (run.status !== "running" || !sc) return;
-  box.append(el("span", {class: "faults-title"}, "inject now:"));
-  for (const f of sc.faults) {
+  box.append(el("span", {class: "faults-title"}, sc.live_faults ? "inject now:" : ""));
+  for (const f of sc.live_faults ? sc.faults : []) {
+
     const b = el("button", {type: "button", class: "fault", title: f.help, "data-fault": f.name}, f.name);
     b.addEventListener("click", async () => {
       try { await post(`/api/runs/${encodeURIComponent(run.id)}/faults`, {fault: f.name}); }
@@ -451,6 +455,7 @@ function spanGeometry(kind, y) {
 }
 
 function tickPath(kind, x, y) {
+  if (kind === "granted" || kind === "refused") return `M${x} ${y + 6} L${x + 3} ${y + 9} L${x} ${y + 12} L${x - 3} ${y + 9} Z`;
   if (kind === "violation") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
   if (kind === "rejected" || kind === "crash" || kind === "lost") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
   return `M${x} ${y - 5} L${x + 5} ${y} L${x} ${y + 5} L${x - 5} ${y} Z`;
@@ -475,6 +480,30 @@ function renderLegend() {
     s.append(el("i", {class: "swatch " + cls}), document.createTextNode(text));
     return s;
   }));
+}
+
+// A scenario's own table (RedLock attempts, a comparison): rows are only ever appended.
+function renderRunTable(run) {
+  const table = $("#run-table");
+  const rows = run ? run.table : [];
+  const key = run ? `${run.id}|${(rows[0] || []).join("|")}` : "";
+  if (table.dataset.key !== key) {
+    table.dataset.key = key;
+    table.tHead.replaceChildren();
+    table.tBodies[0].replaceChildren();
+    if (rows.length) {
+      const tr = el("tr");
+      for (const h of rows[0]) tr.append(el("th", {}, h));
+      table.tHead.append(tr);
+    }
+  }
+  const body = table.tBodies[0];
+  for (const row of rows.slice(1 + body.rows.length)) {
+    const tr = el("tr");
+    for (const c of row) tr.append(el("td", {}, c));
+    body.append(tr);
+  }
+  table.hidden = rows.length === 0;
 }
 
 function renderVerdict(run, box) {

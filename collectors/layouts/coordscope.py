@@ -79,9 +79,13 @@ def commands_key(run_id: str) -> str:
     return f"{PREFIX}commands:{run_id}"
 
 
-def lock_value(owner: str, fence: int, nonce: str) -> str:
-    """The value the acquire script stores (it builds the same JSON with cjson)."""
-    return json.dumps({"owner": owner, "fence": fence, "nonce": nonce}, separators=(",", ":"))
+def lock_value(owner: str, fence: int | None, nonce: str) -> str:
+    """The value of our locks (the acquire script builds the same JSON with cjson);
+    RedLock has no fencing token, so its values carry none."""
+    body: dict[str, object] = {"owner": owner, "nonce": nonce}
+    if fence is not None:
+        body["fence"] = fence
+    return json.dumps(body, separators=(",", ":"))
 
 
 def parse_lock_value(raw: bytes) -> tuple[str, int | None, str] | None:

@@ -7,7 +7,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Footer, Header, Static
+from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
@@ -33,6 +33,8 @@ class RunScreen(LiveScreen):
     #lanes-box { border: round $primary-background-lighten-2; height: auto; padding: 0 1; }
     #verdict { height: auto; padding: 0 1; border: round $primary-background-lighten-2; }
     #ops { height: auto; padding: 0 1; color: $text-muted; }
+    #run-table { height: auto; max-height: 16; margin: 0 1; }
+
     """
 
     class FaultRequested(Message):
@@ -51,6 +53,7 @@ class RunScreen(LiveScreen):
         self.specs = specs
         self.run_id = run_id
         self._fault_key = ""
+        self._table_key = ""
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -60,6 +63,7 @@ class RunScreen(LiveScreen):
             with VerticalScroll(id="lanes-box"):
                 yield Lanes(id="lanes")
             yield Static(id="verdict")
+            yield DataTable(id="run-table", zebra_stripes=True, cursor_type="none")
             yield Static(id="ops")
         yield Footer()
 
@@ -95,6 +99,7 @@ class RunScreen(LiveScreen):
             head.update(safe("no runs yet: press r on the dashboard to start one", "dim"))
             verdict.update("")
             self._faults(None)
+            self._table(None)
             return
         text = safe(f"{run.status.upper()} ", "bold " + STATUS_STYLE.get(run.status, ""))
         text.append_text(safe(f"{run.scenario}  {run.id}", "bold"))
@@ -108,7 +113,22 @@ class RunScreen(LiveScreen):
         head.update(text)
         verdict.update(self._verdict(run))
         self.query_one("#ops", Static).update(safe(f"{run.ops} operations; last: {run.last_op}"))
+        self._table(run)
         self._faults(run)
+
+    def _table(self, run: Run | None) -> None:
+        """The scenario's own table (RedLock attempts, a comparison): rows are only added."""
+        table = self.query_one("#run-table", DataTable)
+        rows = run.table if run is not None else ()
+        key = f"{run.id if run else ''}|{rows[0] if rows else ''}"
+        if key != self._table_key:
+            self._table_key = key
+            table.clear(columns=True)
+            if rows:
+                table.add_columns(*(safe(h, "bold") for h in rows[0]))
+        for row in rows[1 + table.row_count :]:
+            table.add_row(*(safe(c) for c in row))
+        table.display = bool(rows)
 
     def _verdict(self, run: Run) -> Text:
         if run.error:
@@ -141,12 +161,11 @@ class RunScreen(LiveScreen):
         box.remove_children()
         if run is None or run.status != "running" or run.scenario not in self.specs:
             return
+        spec = self.specs[run.scenario]
+        live = spec.faults if spec.live_faults else ()
         box.mount_all(
-            [Static(safe("inject now: ", "dim"))]
-            + [
-                Button(f.name, id=f"inject-{f.name}", variant="error", tooltip=f.help)
-                for f in self.specs[run.scenario].faults
-            ]
+            [Static(safe("inject now: " if live else "", "dim"))]
+            + [Button(f.name, id=f"inject-{f.name}", variant="error", tooltip=f.help) for f in live]
             + [Button("stop", id="stop-run")]
         )
 
