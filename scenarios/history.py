@@ -83,7 +83,10 @@ class History:
         self._pending.append(op)
         self._wakeup.set()
         if self._echo is not None:
-            self._echo(op)
+            try:
+                self._echo(op)
+            except Exception:  # a closed terminal (`| head`) must not stop the run
+                self._echo = None
         return op
 
     async def _write_loop(self) -> None:

@@ -108,13 +108,8 @@ async def run(ctx: RunContext) -> Verdict:
     resource_node = env.masters[1] if len(env.masters) > 1 else env.masters[0]
     name = ctx.run_id
     await ctx.set_actors([A, B, NEMESIS])
-    ctx.cleanup(
-        master,
-        coordscope.lock_key(name),
-        coordscope.fence_key(name),
-        coordscope.waiters_key(name),
-        coordscope.signal_key(name),
-    )
+    ctx.cleanup(master, *coordscope.lock_keys(name, [A, B]))
+
     # (nothing to clean on the replica: it follows the restarted, empty master again)
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")

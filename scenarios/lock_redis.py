@@ -94,13 +94,7 @@ async def run(ctx: RunContext) -> Verdict:
     name = ctx.run_id
     actors = [f"client-{i + 1}" for i in range(ctx.number("clients"))]
     await ctx.set_actors([*actors, NEMESIS] if "kill-node" in ctx.faults else actors)
-    ctx.cleanup(
-        lock_node,
-        coordscope.lock_key(name),
-        coordscope.fence_key(name),
-        coordscope.waiters_key(name),
-        coordscope.signal_key(name),
-    )
+    ctx.cleanup(lock_node, *coordscope.lock_keys(name, actors))
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     plan = FaultPlan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
@@ -137,7 +131,9 @@ async def _client(
     ctx: RunContext, actor: str, lock_node: str, name: str, resource: FencedResource, plan: FaultPlan
 ) -> None:
     ttl = ctx.number("ttl_ms")
-    lock = RedisLock(ctx.client(lock_node), name, actor, ttl)
+    lock = RedisLock(
+        ctx.client(lock_node), name, actor, ttl, ctx.choice("waiting"), ctx.number("poll_ms") / 1000
+    )
     poll_s = ctx.number("poll_ms") / 1000
     for _ in range(ctx.number("rounds")):
         if ctx.stopping.is_set():
@@ -175,7 +171,8 @@ async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) 
                     note=f"after {attempts - 1} {verb}",
                 )
                 return outcome
-            await lock.wait_turn(outcome, waiting, poll_s)
+            await lock.wait_turn(outcome)
+
         except NETWORK as exc:
             if not failing:
                 ctx.record(

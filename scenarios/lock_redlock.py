@@ -136,7 +136,8 @@ async def run(ctx: RunContext) -> Verdict:
     actors = [f"client-{i + 1}" for i in range(ctx.number("clients"))]
     await ctx.set_actors([*actors, NEMESIS])
     for m in masters:
-        ctx.cleanup(m, coordscope.lock_key(name), coordscope.signal_key(name))
+        ctx.cleanup(m, coordscope.lock_key(name))
+
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     resource = FencedResource(ctx.client(resource_node), name, fencing=False)
     plan = _Plan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))

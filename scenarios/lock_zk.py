@@ -26,7 +26,6 @@ contenders queued (by sequence number).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,14 @@ from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.checker import with_fifo
 from scenarios.lockwork import COMMON_PARAMS, FaultPlan, critical_section, judge, with_helpers
 from scenarios.primitives.redis_lock import FencedResource
-from scenarios.primitives.zk_lock import ZkLock, expire_session, lock_path
+from scenarios.primitives.zk_lock import (
+    ZkLock,
+    close_sessions,
+    expire_session,
+    lock_path,
+    remove_tree,
+    start_sessions,
+)
 
 if TYPE_CHECKING:
     from scenarios.runner import RunContext
@@ -101,10 +107,9 @@ async def run(ctx: RunContext) -> Verdict:
     bridge = KazooBridge(asyncio.get_running_loop())
     clients = {actor: _session(ctx, bridge, actor, hosts) for actor in actors}
     try:
-        await asyncio.gather(*(asyncio.to_thread(c.start, 15) for c in clients.values()))
-    except Exception as exc:
-        await _close_all(clients)
-        raise ScenarioError(f"cannot connect to ZooKeeper at {hosts}: {exc}") from None
+        await start_sessions(clients)
+    except ConnectionError as exc:
+        raise ScenarioError(str(exc)) from None
     plan = FaultPlan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
     ctx.record(
@@ -119,8 +124,8 @@ async def run(ctx: RunContext) -> Verdict:
         verdict = await judge(ctx, lock_path(name), resource)
     finally:
         if ctx.params.get("keep") != "on":
-            await _remove(bridge, next(iter(clients.values())), lock_path(name))
-        await _close_all(clients)
+            await remove_tree(bridge, next(iter(clients.values())), lock_path(name))
+        await close_sessions(clients)
     return with_fifo(verdict, ctx.history.ops, ctx.choice("watch"))
 
 
@@ -139,24 +144,6 @@ def _session(ctx: RunContext, bridge: KazooBridge, actor: str, hosts: str) -> Ka
 
     client.add_listener(narrate)
     return client
-
-
-async def _remove(bridge: KazooBridge, client: KazooClient, path: str) -> None:
-    """Delete the lock znode and whatever contenders are left (best effort)."""
-    with contextlib.suppress(KazooException):
-        for child in await bridge.result(client.get_children_async(path)):
-            with contextlib.suppress(KazooException):
-                await bridge.result(client.delete_async(f"{path}/{child}"))
-        await bridge.result(client.delete_async(path))
-
-
-async def _close_all(clients: dict[str, KazooClient]) -> None:
-    def close(client: KazooClient) -> None:
-        with contextlib.suppress(Exception):
-            client.stop()
-            client.close()
-
-    await asyncio.gather(*(asyncio.to_thread(close, c) for c in clients.values()))
 
 
 async def _pause_server(ctx: RunContext, plan: FaultPlan) -> None:

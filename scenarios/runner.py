@@ -39,12 +39,12 @@ from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.runs import Op
 from collectors.targets import RedisTarget, ZkTarget
-from scenarios import lock_failover, lock_redis, lock_redlock, lock_zk
+from scenarios import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
 from scenarios.catalogue import ScenarioError, ScenarioSpec
 from scenarios.history import History, RunRecord
 
 SCENARIOS: dict[str, ModuleType] = {
-    m.SPEC.name: m for m in (lock_redis, lock_failover, lock_redlock, lock_zk)
+    m.SPEC.name: m for m in (lock_redis, lock_failover, lock_redlock, lock_zk, lock_compare)
 }
 
 
@@ -257,21 +257,30 @@ class Runner:
         except Exception as exc:  # a bug in a scenario must still end the run visibly
             run.status, run.error = "error", f"internal error: {type(exc).__name__}: {exc}"
         finally:
-            commands.cancel()
-            with contextlib.suppress(BaseException):
-                await commands
-            ctx.record("runner", "info", "end", note=run.status)
-            await ctx.history.close()
-            verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
-            await record.finish(run.status, verdict_json, run.error)
-            if ctx.params.get("keep") != "on":
-                await _cleanup(ctx)
-            for c in ctx._clients:
-                with contextlib.suppress(Exception):
-                    await c.aclose()
+            try:
+                await self._finish(run, control, record, commands)
+            finally:
+                run.done.set()  # whoever waits for the run must never wait for ever
+
+    async def _finish(
+        self, run: LocalRun, control: Redis, record: RunRecord, commands: asyncio.Task[None]
+    ) -> None:
+        """Write how the run ended, clean up its keys, close its connections."""
+        ctx = run.context
+        commands.cancel()
+        with contextlib.suppress(BaseException):
+            await commands
+        ctx.record("runner", "info", "end", note=run.status)
+        await ctx.history.close()
+        verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
+        await record.finish(run.status, verdict_json, run.error)
+        if ctx.params.get("keep") != "on":
+            await _cleanup(ctx)
+        for c in ctx._clients:
             with contextlib.suppress(Exception):
-                await control.aclose()
-            run.done.set()
+                await c.aclose()
+        with contextlib.suppress(Exception):
+            await control.aclose()
 
     async def _commands(self, run: LocalRun) -> None:
         """Pop fault and stop requests for this run from the store."""

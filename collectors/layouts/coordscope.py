@@ -8,8 +8,9 @@ recogniser below parses.
 Redis
     ``coordscope:lock:<name>``      string  JSON ``{"owner", "fence", "nonce"}``, PX ttl
     ``coordscope:fence:<name>``     string  the fencing counter (INCR in the acquire script)
-    ``coordscope:waiters:<name>``   hash    client -> ``<since_ms>:<polls>``
-    ``coordscope:signal:<name>``    list    a release's wake-up token (waiters BLPOP it)
+    ``coordscope:waiters:<name>``   hash    client -> ``<since_ms>:<polls>:<last_seen_ms>``
+    ``coordscope:queue:<name>``     list    waiters of a fair lock, oldest first
+    ``coordscope:signal:<name>:<client>`` list  a release's wake-up token for that waiter
     ``coordscope:resource:<name>``  hash    the protected resource: value, fence, writer, writes, rejected
     ``coordscope:mark:<key>``       hash    idempotency mark: state, owner, ...
     ``coordscope:txn:<id>``         hash    protocol, state, branches (JSON)
@@ -51,8 +52,24 @@ def waiters_key(name: str) -> str:
     return f"{PREFIX}waiters:{name}"
 
 
-def signal_key(name: str) -> str:
-    return f"{PREFIX}signal:{name}"
+def signal_key(name: str, client: str) -> str:
+    """A queued waiter's wake-up list (with ``client=""``: the prefix of them all)."""
+    return f"{PREFIX}signal:{name}:{client}"
+
+
+def queue_key(name: str) -> str:
+    return f"{PREFIX}queue:{name}"
+
+
+def lock_keys(name: str, clients: list[str]) -> list[str]:
+    """Every key our Redis lock ``name`` may leave behind, for cleanup."""
+    return [
+        lock_key(name),
+        fence_key(name),
+        waiters_key(name),
+        queue_key(name),
+        *(signal_key(name, c) for c in clients),
+    ]
 
 
 def resource_key(name: str) -> str:
@@ -105,8 +122,9 @@ def parse_lock_value(raw: bytes) -> tuple[str, int | None, str] | None:
 
 
 def parse_waiter(raw: bytes) -> tuple[int | None, int | None]:
-    """(since_ms, polls) from a waiters-hash value ``<since_ms>:<polls>``."""
-    since, _, polls = display(raw).partition(":")
+    """(since_ms, polls) from a waiters-hash value ``<since_ms>:<polls>[:<last_seen_ms>]``."""
+    since, _, rest = display(raw).partition(":")
+    polls = rest.partition(":")[0]
     return (int(since) if since.isdigit() else None, int(polls) if polls.isdigit() else None)
 
 
@@ -161,6 +179,6 @@ def recognise(rec: KeyRecord) -> Fact | None:
         return RunFact(run_id=rest, meta={display(k): display(v) for k, v in rec.fields.items()})
     if kind == "history" and rec.type == "stream":
         return RunHistoryFact(run_id=rest)
-    if kind in ("fence", "resource", "commands", "signal"):
+    if kind in ("fence", "resource", "commands", "signal", "queue"):
         return AuxiliaryFact(library=LAYOUT, role=kind)
     return None

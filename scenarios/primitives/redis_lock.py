@@ -14,12 +14,14 @@ which deletes whoever holds the lock now: after our lease ran out, that is
 someone else.
 
 Waiting: a waiter either polls (sleeps ``poll_ms`` between attempts: the
-seed's "waiters must keep trying at intervals") or is *woken*: the release
-script pushes one token on ``coordscope:signal:<name>`` and waiters block in
-``BLPOP`` on it, which Redis serves longest-waiting first — so the next
-holder learns of the release within a round trip, in arrival order. A
-waiter never blocks past the holder's remaining lease, so a holder that
-died without releasing costs at most its TTL.
+seed's "waiters must keep trying at intervals"; whoever happens to ask right
+after a release wins, often the releaser itself) or queues and is *woken*:
+it joins ``coordscope:queue:<name>``, a free lock goes only to the oldest
+waiter still polling, and the release pushes a token on that waiter's own
+``coordscope:signal:<name>:<client>`` where it blocks in ``BLPOP`` — FIFO
+hand-offs within a round trip. A waiter never blocks past the holder's
+remaining lease (a holder that died costs at most its TTL), and a queued
+waiter that falls silent for three block periods is dropped from the queue.
 
 Error handling: the scripts are loaded on first use and reloaded after a
 ``NOSCRIPT`` (a restarted node has an empty script cache; redis-py's
@@ -31,7 +33,7 @@ what the scenarios show.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,49 +41,103 @@ from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
 
+# The acquire script, in two flavours built from the same pieces: the plain lock
+# (anyone may take a free lock) and the fair one (only the oldest live waiter may).
+#
 # KEYS[1] - the lock key
 # KEYS[2] - the fencing counter
-# KEYS[3] - the waiters hash
+# KEYS[3] - the waiters hash (client -> since_ms:polls:last_seen_ms), for observers
+# KEYS[4] - the queue of waiters, oldest first (fair flavour only)
 # ARGV[1] - owner (the client's name)
 # ARGV[2] - nonce (random per acquisition)
 # ARGV[3] - ttl in milliseconds
-# ARGV[4] - now, in ms (the caller's clock, for the waiters' "since")
+# ARGV[4] - now, in ms (the caller's clock: "since", and liveness of queued waiters)
 # Returns {fence, value} when granted, {0, current value, its PTTL} when not.
-ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current then
+_WAITING = """
+local function waiting(current, pttl)
     local seen = redis.call('HGET', KEYS[3], ARGV[1])
     local since, polls = ARGV[4], 0
     if seen then
-        local sep = string.find(seen, ':', 1, true)
-        since = string.sub(seen, 1, sep - 1)
-        polls = tonumber(string.sub(seen, sep + 1))
+        local a = string.find(seen, ':', 1, true)
+        local b = string.find(seen, ':', a + 1, true) or (#seen + 1)
+        since = string.sub(seen, 1, a - 1)
+        polls = tonumber(string.sub(seen, a + 1, b - 1)) or 0
     end
-    redis.call('HSET', KEYS[3], ARGV[1], since .. ':' .. (polls + 1))
+    redis.call('HSET', KEYS[3], ARGV[1], since .. ':' .. (polls + 1) .. ':' .. ARGV[4])
     redis.call('PEXPIRE', KEYS[3], 10 * tonumber(ARGV[3]))
-    return {0, current, redis.call('PTTL', KEYS[1])}
+    QUEUE_UP
+    return {0, current, pttl}
 end
+local current = redis.call('GET', KEYS[1])
+if current then
+    return waiting(current, redis.call('PTTL', KEYS[1]))
+end
+"""
+_QUEUE_UP = """if not redis.call('LPOS', KEYS[4], ARGV[1]) then
+        redis.call('RPUSH', KEYS[4], ARGV[1])
+        redis.call('PEXPIRE', KEYS[4], 10 * tonumber(ARGV[3]))
+    end"""
+_OLDEST_FIRST = """
+while true do
+    local head = redis.call('LINDEX', KEYS[4], 0)
+    if not head or head == ARGV[1] then break end
+    local seen = redis.call('HGET', KEYS[3], head) or ''
+    local last = tonumber(string.match(seen, ':(%d+)$')) or 0
+    if tonumber(ARGV[4]) - last <= STALE_MS then
+        return waiting('', 0)  -- someone queued before us and is still there
+    end
+    redis.call('LPOP', KEYS[4])  -- a waiter that went silent: drop it
+    redis.call('HDEL', KEYS[3], head)
+end
+redis.call('LREM', KEYS[4], 1, ARGV[1])
+"""
+_GRANT = """
 local fence = redis.call('INCR', KEYS[2])
-local value = cjson.encode({owner = ARGV[1], fence = fence, nonce = ARGV[2]})
+local value = '{"owner":' .. cjson.encode(ARGV[1]) .. ',"fence":' .. fence .. ',"nonce":"'
+    .. ARGV[2] .. '"}'
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return {fence, value}
 """
+MAX_BLOCK_S = 2.0
+"""A waiter re-checks at least this often (and stays under the client's socket timeout)."""
+STALE_MS = int(3 * MAX_BLOCK_S * 1000)
+"""A queued waiter silent this long is dropped from the queue."""
+
+ACQUIRE = _WAITING.replace("QUEUE_UP", "") + _GRANT
+ACQUIRE_FAIR = (
+    _WAITING.replace("QUEUE_UP", _QUEUE_UP) + _OLDEST_FIRST.replace("STALE_MS", str(STALE_MS)) + _GRANT
+)
 
 # KEYS[1] - the lock key
-# KEYS[2] - the release signal list (waiters BLPOP on it)
 # ARGV[1] - the value we stored when we acquired
-# ARGV[2] - how long an unclaimed signal may linger, in ms
-# Returns 1 when it deleted our lock (and woke one waiter), 0 when it was not ours any more.
+# Returns 1 when it deleted our lock, 0 when the lock was not ours any more.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('DEL', KEYS[1])
-    redis.call('DEL', KEYS[2])
-    redis.call('RPUSH', KEYS[2], '1')
-    redis.call('PEXPIRE', KEYS[2], ARGV[2])
-    return 1
+    return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# KEYS[1] - the lock key
+# KEYS[2] - the queue of waiters
+# ARGV[1] - the value we stored when we acquired
+# ARGV[2] - how long an unclaimed wake-up may linger, in ms
+# ARGV[3] - the prefix of the waiters' signal lists (coordscope:signal:<name>:)
+# Returns 1 when it deleted our lock (and woke the oldest waiter), 0 when it was not ours.
+RELEASE_FAIR = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[1])
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head then
+    local signal = ARGV[3] .. head
+    redis.call('LPUSH', signal, '1')
+    redis.call('LTRIM', signal, 0, 0)
+    redis.call('PEXPIRE', signal, ARGV[2])
+end
+return 1
 """
 
 # KEYS[1] - the lock key
@@ -118,10 +174,6 @@ return {1, seen}
 """
 
 
-MAX_BLOCK_S = 2.0
-"""A waiter re-checks at least this often (and stays under the client's socket timeout)."""
-
-
 @dataclass(frozen=True)
 class Grant:
     fence: int
@@ -136,34 +188,52 @@ class Denied:
 
 
 class RedisLock:
-    """One client's handle on a named lock on one Redis node."""
+    """One client's handle on a named lock on one Redis node.
 
-    def __init__(self, client: Redis, name: str, owner: str, ttl_ms: int) -> None:
+    ``waiting="poll"``: the seed's lock — a waiter retries every ``poll_s``; whoever
+    asks at the right moment gets it (no order at all). ``waiting="signal"``: waiters
+    queue, a free lock goes only to the oldest live waiter, and the release wakes it.
+    """
+
+    def __init__(
+        self, client: Redis, name: str, owner: str, ttl_ms: int, waiting: str = "poll", poll_s: float = 0.05
+    ) -> None:
         self.client = client
         self.name = name
         self.owner = owner
         self.ttl_ms = ttl_ms
+        self.waiting = waiting
+        self.poll_s = poll_s
         self.key = coordscope.lock_key(name)
-        self.signal_key = coordscope.signal_key(name)
-        self._acquire = client.register_script(ACQUIRE)
-        self._release = client.register_script(RELEASE)
+        self.signal_key = coordscope.signal_key(name, owner)
+        fair = waiting == "signal"
+        self._acquire = client.register_script(ACQUIRE_FAIR if fair else ACQUIRE)
+        self._release = client.register_script(RELEASE_FAIR if fair else RELEASE)
         self._extend = client.register_script(EXTEND)
+        # built once: acquire and release are hot paths
+        self._keys = [self.key, coordscope.fence_key(name), coordscope.waiters_key(name)]
+        self._release_keys = [self.key]
+        self._release_tail: list[str | int] = []
+        if fair:
+            self._keys.append(coordscope.queue_key(name))
+            self._release_keys.append(coordscope.queue_key(name))
+            self._release_tail = [10 * ttl_ms, coordscope.signal_key(name, "")]
+        self._nonce_prefix = os.urandom(6).hex()
+        self._grants = 0
 
-    def _acquire_keys(self) -> list[str]:
-        return [self.key, coordscope.fence_key(self.name), coordscope.waiters_key(self.name)]
+    def _acquire_args(self, now_ms: int) -> list[str | int]:
+        # a nonce unique to this handle's every attempt, without a syscall each time
+        self._grants += 1
+        return [self.owner, f"{self._nonce_prefix}{self._grants:x}", self.ttl_ms, now_ms]
 
-    def _acquire_args(self, now_ms: int) -> list[Any]:
-        return [self.owner, secrets.token_hex(8), self.ttl_ms, now_ms]
-
-    @staticmethod
-    def _outcome(reply: Any) -> Grant | Denied:
+    def _outcome(self, reply: Any) -> Grant | Denied:
         if int(reply[0]) == 0:
             return Denied(holder_value=_text(reply[1]), pttl_ms=int(reply[2]))
         return Grant(fence=int(reply[0]), value=_text(reply[1]))
 
     async def try_acquire(self, now_ms: int) -> Grant | Denied:
         """One attempt: a grant, or who holds it (we are then a waiter)."""
-        return self._outcome(await self._acquire(self._acquire_keys(), self._acquire_args(now_ms)))
+        return self._outcome(await self._acquire(self._keys, self._acquire_args(now_ms)))
 
     async def try_acquire_replicated(
         self, now_ms: int, replicas: int, timeout_ms: int
@@ -171,23 +241,24 @@ class RedisLock:
         """One attempt followed by ``WAIT replicas timeout_ms`` on the same connection:
         the outcome and how many replicas acknowledged it."""
         pipe = self.client.pipeline(transaction=False)
-        await self._acquire(self._acquire_keys(), self._acquire_args(now_ms), client=pipe)
+        await self._acquire(self._keys, self._acquire_args(now_ms), client=pipe)
         pipe.execute_command("WAIT", replicas, timeout_ms)
         reply, acks = await pipe.execute()
         return self._outcome(reply), int(acks)
 
-    async def wait_turn(self, denied: Denied, waiting: str, poll_s: float) -> None:
-        """Between two attempts: sleep (``poll``) or block until a release wakes us (``signal``)."""
-        if waiting == "poll":
-            await asyncio.sleep(poll_s)
+    async def wait_turn(self, denied: Denied) -> None:
+        """Between two attempts: sleep (``poll``), or block until the release wakes us
+        (``signal``) — never past the holder's lease, so a dead holder costs its TTL."""
+        if self.waiting == "poll":
+            await asyncio.sleep(self.poll_s)
             return
-        lease_s = denied.pttl_ms / 1000 if denied.pttl_ms > 0 else poll_s
+        lease_s = denied.pttl_ms / 1000 if denied.pttl_ms > 0 else self.poll_s
         await self.client.blpop([self.signal_key], timeout=max(0.001, min(lease_s, MAX_BLOCK_S)))
 
     async def release(self, grant: Grant) -> bool:
-        """Compare-and-delete (and wake a waiter): True when it was still ours."""
-        keys = [self.key, self.signal_key]
-        return int(await self._release(keys=keys, args=[grant.value, 10 * self.ttl_ms])) == 1
+        """Compare-and-delete (and wake the oldest waiter): True when it was still ours."""
+        args: list[str | int] = [grant.value, *self._release_tail]
+        return int(await self._release(keys=self._release_keys, args=args)) == 1
 
     async def extend(self, grant: Grant, ttl_ms: int) -> bool:
         """Compare-and-PEXPIRE: renew our lease (what a watchdog does)."""

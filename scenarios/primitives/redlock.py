@@ -113,10 +113,8 @@ class Redlock:
         async def one(node: str) -> int:
             try:
                 async with asyncio.timeout(max(0.2, self.node_timeout_ms / 1000)):
-                    signal = coordscope.signal_key(self.name)
-                    return int(
-                        await self._release[node](keys=[self.key, signal], args=[attempt.value, self.ttl_ms])
-                    )
+                    return int(await self._release[node](keys=[self.key], args=[attempt.value]))
+
             except NETWORK:
                 return 0
             except redis_errors.ResponseError:

@@ -144,29 +144,45 @@ class ZkLock:
         if self.node is None and self._uncertain:
             self.node, self._czxid = await self._find_mine(), None
             self._uncertain = False
+        created = None
         if self.node is None:
-            self.node, self._czxid = await self._create()
-        mine = self.node.rsplit("/", 1)[1]
+            # ZooKeeper runs a session's requests in order, so the listing sent right
+            # behind the create already sees our node: one round trip, not two.
+            created = self.client.create_async(
+                f"{self.path}/{self.owner}{SUFFIX}",
+                self.owner.encode(),
+                ephemeral=True,
+                sequence=True,
+                include_data=True,
+            )
         while True:
             woken = asyncio.Event()
 
             def wake(_: Any, woken: asyncio.Event = woken) -> None:  # on a kazoo thread
                 self.bridge.call_soon(woken.set)
 
-            children = await self._call(
-                self.client.get_children_async(self.path, watch=wake if self.watch == "parent" else None)
+            listing = self.client.get_children_async(
+                self.path, watch=wake if self.watch == "parent" else None
             )
+            if created is not None:
+                path, stat = await self._call(created)
+                self.node, self._czxid, created = str(path), int(stat.czxid), None
+            assert self.node is not None
+            mine = self.node.rsplit("/", 1)[1]
+            children = await self._call(listing)
             if mine not in children:
                 raise _Requeue
             ahead = sorted((c for c in children if _seq(c) < _seq(mine)), key=_seq)
             if not ahead:
-                stat = await self._call(self.client.exists_async(self.node))
-                if stat is None:
-                    raise _Requeue
+                if self._czxid is None:  # a node we found rather than created
+                    found = await self._call(self.client.exists_async(self.node))
+                    if found is None:
+                        raise _Requeue
+                    self._czxid = found.czxid
                 return ZkHold(
                     node=self.node,
                     seq=_seq(mine),
-                    czxid=stat.czxid,
+                    czxid=self._czxid,
                     wakeups=self._wakeups,
                     requests=self._requests,
                 )
@@ -186,18 +202,6 @@ class ZkLock:
         prefix = f"{self.owner}{SUFFIX}"
         found = sorted((c for c in children if c.startswith(prefix)), key=_seq)
         return f"{self.path}/{found[0]}" if found else None
-
-    async def _create(self) -> tuple[str, int]:
-        path, stat = await self._call(
-            self.client.create_async(
-                f"{self.path}/{self.owner}{SUFFIX}",
-                self.owner.encode(),
-                ephemeral=True,
-                sequence=True,
-                include_data=True,
-            )
-        )
-        return str(path), int(stat.czxid)
 
     async def release(self, patience_s: float = 30.0) -> bool:
         """Delete our node, retrying through disconnections: True when we deleted it,
@@ -241,3 +245,33 @@ async def expire_session(client: KazooClient, hosts: str) -> None:
             thief.close()
 
     await asyncio.to_thread(steal)
+
+
+async def start_sessions(clients: dict[str, KazooClient], timeout_s: float = 15.0) -> None:
+    """Connect every client (each its own session); ConnectionError when one cannot."""
+    try:
+        await asyncio.gather(*(asyncio.to_thread(c.start, timeout_s) for c in clients.values()))
+    except Exception as exc:
+        await close_sessions(clients)
+        hosts = next(iter(clients.values())).hosts if clients else "?"
+        raise ConnectionError(f"cannot connect to ZooKeeper at {hosts}: {exc}") from None
+
+
+async def close_sessions(clients: dict[str, KazooClient]) -> None:
+    """Close every session (their ephemeral nodes go with them)."""
+
+    def close(client: KazooClient) -> None:
+        with contextlib.suppress(Exception):
+            client.stop()
+            client.close()
+
+    await asyncio.gather(*(asyncio.to_thread(close, c) for c in clients.values()))
+
+
+async def remove_tree(bridge: KazooBridge, client: KazooClient, path: str) -> None:
+    """Delete a lock znode and whatever contenders are left in it (best effort)."""
+    with contextlib.suppress(KazooException):
+        for child in await bridge.result(client.get_children_async(path)):
+            with contextlib.suppress(KazooException):
+                await bridge.result(client.delete_async(f"{path}/{child}"))
+        await bridge.result(client.delete_async(path))
