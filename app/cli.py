@@ -256,7 +256,8 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 def _print_op(op: Op) -> None:
     fence = f" fence={op.fence}" if op.fence is not None else ""
-    value = f" value={op.value}" if op.value and op.f in ("read", "write") else ""
+    value = f" value={op.value}" if op.value and len(op.value) <= 40 else ""
+
     note = f"  {op.note}" if op.note else ""
     print(f"{op.t_ms:>7} ms  {op.actor:<10} {op.kind:<6} {op.f:<8}{fence}{value}{note}", flush=True)
 

@@ -70,6 +70,9 @@ Member = tuple[str, str]
 """(node id, key or znode path) — one observation that feeds an entity."""
 
 MAX_RUN_OPS = 5000
+ABANDONED_MS = 5000
+"""A running run with no sign of life for this long is shown abandoned."""
+
 PREVIEW = 120
 
 
@@ -319,9 +322,13 @@ class State:
         return self._entities[kind].get(entity_id)
 
     def refresh_counts(self) -> None:
-        """Re-announce nodes whose key counts changed (called by the flusher)."""
+        """Re-announce nodes whose key counts changed, and runs whose process went quiet
+        (called by the flusher, at least once a second while collectors run)."""
         for node_id in list(self._nodes):
             self._refresh_counts(node_id)
+        for run in list(self._entities["run"].values()):
+            if isinstance(run, Run) and run.status == "running":
+                self._recompute(("run", run.id))
 
     def _refresh_counts(self, node_id: str) -> None:
         node = self._nodes[node_id]
@@ -585,10 +592,18 @@ class State:
         meta = fact.meta
         ops = self._run_ops.get(entity_id, [])
         verdict = _verdict(meta.get("verdict", ""))
+        status, error = meta.get("status", "?"), meta.get("error", "")
+        alive = _int(meta.get("alive_ms"))
+        if status == "running" and alive is not None and self._clock() - alive > ABANDONED_MS:
+            status = "abandoned"
+            error = (
+                f"the process running it ({meta.get('owner', '?')}) stopped answering: "
+                f"no sign of life for over {ABANDONED_MS // 1000} s"
+            )
         return Run(
             id=entity_id,
             scenario=meta.get("scenario", "?"),
-            status=meta.get("status", "?"),
+            status=status,
             params=_json_dict(meta.get("params", "")),
             faults=tuple(_json_list(meta.get("faults"))),
             started_ms=_int(meta.get("started_ms")),
@@ -598,7 +613,7 @@ class State:
             lanes=lanes(ops),
             ops=len(ops),
             last_op=_describe(ops[-1]) if ops else "",
-            error=meta.get("error", ""),
+            error=error,
             table=_json_table(meta.get("table")),
             as_of_ms=rec.read_at_ms,
         )
@@ -668,7 +683,8 @@ class State:
             text = f"run {new.id} ({new.scenario}) {new.verdict.summary}"
         elif new.error:
             text += f": {new.error}"
-        level = {"violated": "warn", "error": "error"}.get(new.status, "info")
+        level = {"violated": "warn", "error": "error", "abandoned": "warn"}.get(new.status, "info")
+
         self.log(level, "runs", text)
 
     def _narrate_lock(self, old: Lock | None, new: Lock | None, cause: str) -> None:

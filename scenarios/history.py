@@ -137,7 +137,8 @@ class RunRecord:
     async def create(
         self, scenario: str, params: dict[str, str | int], faults: list[str], owner: str
     ) -> None:
-        await self._client.hset(
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(
             self.key,
             mapping={
                 "scenario": scenario,
@@ -145,9 +146,19 @@ class RunRecord:
                 "params": json.dumps({k: str(v) for k, v in params.items()}),
                 "faults": json.dumps(faults),
                 "started_ms": str(now_ms()),
+                "alive_ms": str(now_ms()),
                 "owner": owner,
             },
         )
+        pipe.expire(self.key, RETAIN_S)  # even a run whose process dies goes away in time
+        await pipe.execute()
+
+    async def heartbeat(self, every_s: float = 1.0) -> None:
+        """While the run goes: a sign of life, so viewers can tell a run whose process
+        died (it stays "running" in the store) from one that is still working."""
+        while True:
+            await self.update(alive_ms=str(now_ms()))
+            await asyncio.sleep(every_s)
 
     async def update(self, **fields: Any) -> None:
         mapping: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}

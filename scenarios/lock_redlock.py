@@ -157,7 +157,7 @@ async def run(ctx: RunContext) -> Verdict:
     finally:
         listener.cancel()
         await nemesis.settle()
-        await ctx.set_table(plan.rows)
+        await ctx.set_table(plan.rows[:1] + plan.rows[1:][-199:])
     return await judge(ctx, coordscope.lock_key(name), resource)
 
 
@@ -316,7 +316,7 @@ async def _acquire(
             stall_s = 0.0
 
         if _narrate(ctx, actor, lock, plan, attempt):
-            await ctx.set_table(plan.rows[:1] + plan.rows[-199:])
+            await ctx.set_table(plan.rows[:1] + plan.rows[1:][-199:])
         if attempt.held:
             ctx.record(
                 actor,

@@ -243,6 +243,9 @@ class Runner:
     async def _drive(self, run: LocalRun, control: Redis, record: RunRecord) -> None:
         ctx = run.context
         commands = asyncio.create_task(self._commands(run))
+        heartbeat = asyncio.create_task(record.heartbeat())
+        commands.add_done_callback(lambda _: heartbeat.cancel())
+
         module = SCENARIOS[run.spec.name]
         try:
             verdict: Verdict = await module.run(ctx)

@@ -16,6 +16,8 @@ const S = {
   clockOffset: 0,        // server ms - browser ms, from the last snapshot
   scenarios: [],
   selectedRun: null,     // run id shown in the run view
+  selectedLock: null,    // lock id shown in full under the locks table
+
   followNewest: true,
   paused: false,
   filter: "",
@@ -226,6 +228,58 @@ function grantsText(lock) {
   }).join(" ");
 }
 
+// One lock in full: its grants and replicas, or the ZooKeeper queue with who watches whom.
+function renderLockDetail() {
+  const box = $("#lock-detail");
+  const lock = S.selectedLock && S.entities.lock.get(S.selectedLock);
+  for (const tr of document.querySelectorAll("#locks tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.id === S.selectedLock);
+  }
+  if (!lock) { box.hidden = true; box.replaceChildren(); return; }
+  box.hidden = false;
+  const parts = [el("div", {class: "detail-head"},
+    `${lock.name} — ${lock.store}, ${lock.layout}, holder ${lock.holder ?? "free"}` +
+    (lock.fence !== null && lock.fence !== undefined ? `, fence ${lock.fence}` : ""))];
+  if (lock.stale) parts.push(el("div", {class: "stale-note"}, `a node is down: data as of ${fmtTime(lock.as_of_ms)}`));
+  if (lock.detail) parts.push(el("div", {class: "detail-note"}, lock.detail));
+  if (lock.store === "zookeeper") {
+    const chain = el("ol", {class: "chain"});
+    if (lock.holder) {
+      const li = el("li", {class: "chain-holder"});
+      li.append(el("b", {}, lock.holder), el("span", {class: "dim"}, `  ${lock.token ?? ""}  czxid ${lock.fence ?? "?"}`));
+      chain.append(li);
+    }
+    for (const w of lock.waiters) {
+      const li = el("li", {class: "chain-waiter"});
+      li.append(el("span", {class: "arrow"}, "▲ watches " + short(w.watches ?? "?", 48)),
+                el("br"), el("b", {}, w.id),
+                el("span", {class: "dim"}, `  seq ${w.seq ?? "?"}  session ${w.session ?? "?"}` +
+                   (w.since_ms ? `  queued ${fmtTime(w.since_ms)}` : "")));
+      chain.append(li);
+    }
+    if (!lock.waiters.length) chain.append(el("li", {class: "dim"}, "nobody waits"));
+    parts.push(chain);
+  } else {
+    const grants = el("ul", {class: "grants"});
+    for (const g of lock.grants) {
+      const li = el("li", {class: g.token === lock.token ? "grant-agrees" : "grant-differs"});
+      li.append(el("b", {}, g.node), document.createTextNode(`  ${g.holder ?? "?"}  TTL ${fmtMs(g.ttl_ms)}` + (g.stale ? "  (node down)" : "")));
+      for (const r of g.replicas) {
+        const state = r.present && r.same_value ? "has it" : r.present ? "has another value" : "not yet";
+        li.append(el("div", {class: "replica"}, `↳ replica ${r.node}: ${state}`));
+      }
+      grants.append(li);
+    }
+    parts.push(grants);
+    if (lock.waiters.length) {
+      const ws = el("ul", {class: "waiters-list"});
+      for (const w of lock.waiters) ws.append(el("li", {}, `${w.id}` + (w.polls !== null && w.polls !== undefined ? ` — ${w.polls} attempts` : "") + (w.since_ms ? `, since ${fmtTime(w.since_ms)}` : "")));
+      parts.push(el("div", {class: "dim"}, "waiters"), ws);
+    }
+  }
+  box.replaceChildren(...parts);
+}
+
 function renderNodesBar() {
   const bar = $("#nodes-bar");
   bar.replaceChildren(...[...S.entities.node.values()].sort((a, b) => a.id.localeCompare(b.id))
@@ -251,7 +305,18 @@ async function loadScenarios() {
   S.scenarios = await resp.json();
   const box = $("#scenarios");
   box.replaceChildren();
+  // one tab per scenario, one form shown at a time (the first by default)
+  const tabs = el("div", {class: "scenario-tabs", role: "tablist"});
+  box.append(tabs);
+  const show = (name) => {
+    for (const form of box.querySelectorAll("form.scenario")) form.hidden = form.id !== `scenario-${name}`;
+    for (const tab of tabs.children) tab.classList.toggle("active", tab.dataset.name === name);
+  };
   for (const sc of S.scenarios) {
+    const tab = el("button", {type: "button", class: "tab", id: `pick-${sc.name}`, role: "tab", title: sc.title}, sc.name);
+    tab.dataset.name = sc.name;
+    tab.addEventListener("click", () => show(sc.name));
+    tabs.append(tab);
     const card = el("form", {class: "scenario", id: `scenario-${sc.name}`});
     card.append(el("h3", {}, sc.title), el("p", {class: "summary"}, sc.summary),
                 el("p", {class: "invariant"}, "invariant: " + sc.invariant));
@@ -288,7 +353,9 @@ async function loadScenarios() {
     card.addEventListener("submit", (e) => { e.preventDefault(); startRun(sc, card); });
     box.append(card);
   }
+  if (S.scenarios.length) show(S.scenarios[0].name);
 }
+
 
 async function post(url, body) {
   const resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
@@ -534,7 +601,7 @@ function render() {
   if (S.paused) return;
   const dirty = S.dirty;
   S.dirty = new Set();
-  if (dirty.has("lock")) syncTable("locks", "lock", ROWS.lock);
+  if (dirty.has("lock")) { syncTable("locks", "lock", ROWS.lock); renderLockDetail(); }
   if (dirty.has("session")) syncTable("sessions", "session", ROWS.session);
   if (dirty.has("mark")) syncTable("marks", "mark", ROWS.mark);
   if (dirty.has("transaction")) syncTable("transactions", "transaction", ROWS.transaction);
@@ -569,7 +636,14 @@ function init() {
     S.paused = e.target.checked;
     if (!S.paused) { for (const k of KINDS) S.dirty.add(k); S.dirty.add("log"); schedule(); }
   });
+  document.querySelector("#locks tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr");
+    if (!tr) return;
+    S.selectedLock = S.selectedLock === tr.dataset.id ? null : tr.dataset.id;
+    renderLockDetail();
+  });
   $("#run-select").addEventListener("change", (e) => {
+
     S.selectedRun = e.target.value;
     S.followNewest = false;
     S.dirty.add("run");

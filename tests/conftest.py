@@ -21,8 +21,11 @@ from kazoo.client import KazooClient
 
 from app.bus import Bus
 from app.cluster import ClusterInfo, LocalCluster
+from app.config import Settings
+from app.core import environment
 from collectors.observatory import Observatory
 from collectors.state import State
+from scenarios.runner import LocalRun, Runner
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +125,25 @@ async def observing(info: ClusterInfo, scan_interval_s: float = 0.5, **kw: objec
         yield bus
     finally:
         await obs.stop()
+
+
+def settings_for(info: ClusterInfo) -> Settings:
+    """What `coordscope` resolves for the local cluster in ``info``."""
+    return Settings(
+        state_dir=Path(info.state_dir),
+        redis=tuple(info.redis_targets()),
+        zookeeper=tuple(info.zk_targets()),
+        local=info,
+    )
+
+
+async def run_scenario(
+    info: ClusterInfo, cluster: LocalCluster | None, name: str, faults: list[str], **params: str
+) -> LocalRun:
+    """Run a scenario to its end, as `coordscope run` would (no collectors needed)."""
+    runner = Runner(environment(settings_for(info), cluster))
+    started = await runner.start(name, params, faults)
+    return await runner.wait(started.id)
 
 
 @pytest.fixture(autouse=True)

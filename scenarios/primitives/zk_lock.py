@@ -209,15 +209,20 @@ class ZkLock:
         node, self.node = self.node, None
         if node is None:
             return False
+        in_flight = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(patience_s):
                 while True:
                     try:
                         await self._call(self.client.delete_async(node))
                         return True
-                    except (NoNodeError, SessionExpiredError):
+                    except NoNodeError:
+                        # gone: with our session, or by a delete of ours whose reply was lost
+                        return in_flight
+                    except SessionExpiredError:
                         return False
                     except KazooException:
+                        in_flight = True
                         await self._reconnected()
         return False
 
@@ -258,9 +263,11 @@ async def start_sessions(clients: dict[str, KazooClient], timeout_s: float = 15.
 
 
 async def close_sessions(clients: dict[str, KazooClient]) -> None:
-    """Close every session (their ephemeral nodes go with them)."""
+    """Close every session (their ephemeral nodes go with them). Listeners are removed
+    first: a session we close on purpose is not a session lost."""
 
     def close(client: KazooClient) -> None:
+        client.state_listeners.clear()
         with contextlib.suppress(Exception):
             client.stop()
             client.close()

@@ -11,27 +11,21 @@ import pytest
 import redis
 
 from app.cluster import ClusterInfo, LocalCluster
+from app.core import environment
 from collectors.events import Run
 from collectors.layouts import coordscope
 from scenarios.runner import Environment, LocalRun, Runner
-from tests.conftest import observing, redis_client, until
+from tests.conftest import observing, redis_client, run_scenario, settings_for, until
 
 FAST = {"rounds": "3", "hold_ms": "60", "ttl_ms": "600", "poll_ms": "20"}
 
 
 def env(info: ClusterInfo, cluster: LocalCluster | None) -> Environment:
-    return Environment(
-        redis=tuple(info.redis_targets()),
-        masters=tuple(m.name for m in info.masters),
-        zookeeper=tuple(info.zk_targets()),
-        cluster=cluster,
-    )
+    return environment(settings_for(info), cluster)
 
 
 async def run(info: ClusterInfo, cluster: LocalCluster | None, faults: list[str], **params: str) -> LocalRun:
-    runner = Runner(env(info, cluster))
-    started = await runner.start("lock-redis", {**FAST, **params}, faults)
-    return await runner.wait(started.id)
+    return await run_scenario(info, cluster, "lock-redis", faults, **{**FAST, **params})
 
 
 def keys_left(info: ClusterInfo) -> list[bytes]:

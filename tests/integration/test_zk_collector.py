@@ -192,3 +192,77 @@ async def test_session_loss_is_shown_and_the_tree_is_resynced(cluster: ClusterIn
     finally:
         other.stop()
         other.close()
+
+
+async def test_curator_chain_moves_on_when_the_holder_process_dies(
+    cluster: ClusterInfo, zk_root: str, curator: list[CuratorProcess], curator_classes: Path
+) -> None:
+    import time
+
+    path = f"{zk_root}/curator-order-9"
+    connect = cluster.member("zookeeper").address
+    async with observing(cluster) as bus:
+        for _ in range(3):
+            p = CuratorProcess(curator_classes, connect, path)
+            curator.append(p)
+            wait_until(lambda p=p: "WAITING" in p.lines, 30, "a Curator client to queue")
+        await until(
+            bus,
+            lambda st: (lk := zk_lock(st, path)) is not None and len(lk.waiters) == 2,
+            "a holder and two waiters",
+            timeout=10,
+        )
+        lock = zk_lock(bus.state, path)
+        assert lock is not None and lock.holder is not None
+        first, second = lock.waiters
+        assert first.watches == lock.holder and second.watches == first.id  # the chain
+        holder = next(p for p in curator if "HELD" in p.lines)
+        killed = time.monotonic()
+        holder.proc.kill()  # no release: ZooKeeper drops its node when its 2 s session times out
+        await until(
+            bus,
+            lambda st: (lk := zk_lock(st, path)) is not None and lk.holder == first.id,
+            "the first waiter to hold",
+            timeout=10,
+        )
+        moved = time.monotonic() - killed
+        assert moved < 2.0 + 1.0  # the session timeout, then within a second on screen
+
+
+async def test_kazoo_holder_session_closed_moves_the_lock_at_once(cluster: ClusterInfo, zk_root: str) -> None:
+    path = f"{zk_root}/order-8"
+    clients = [zk_client(cluster) for _ in range(3)]
+    try:
+        async with observing(cluster) as bus:
+            locks = [KazooLock(c, path, identifier=f"worker-{i}") for i, c in enumerate(clients)]
+            assert locks[0].acquire(timeout=5)
+            waiting = [threading.Thread(target=lk.acquire, kwargs={"timeout": 20}) for lk in locks[1:]]
+            for queued, t in enumerate(waiting, start=1):
+                t.start()
+                await until(
+                    bus,
+                    lambda st, n=queued: (lk := zk_lock(st, path)) is not None and len(lk.waiters) == n,
+                    "the queue to grow",
+                )
+
+            clients[0].stop()  # the holder's session closes: its node goes now
+            await until(
+                bus,
+                lambda st: (lk := zk_lock(st, path)) is not None and lk.holder == "worker-1",
+                "worker-1 to hold",
+                timeout=2,
+            )
+            locks[1].release()
+            await until(
+                bus,
+                lambda st: (lk := zk_lock(st, path)) is not None and lk.holder == "worker-2",
+                "worker-2 to hold",
+                timeout=2,
+            )
+            locks[2].release()
+            for t in waiting:
+                t.join(5)
+    finally:
+        for c in clients:
+            c.stop()
+            c.close()

@@ -21,8 +21,7 @@ from app.tui.widgets.entity_table import EntityTable
 from app.tui.widgets.lanes import Lanes
 from collectors.events import Run
 from scenarios.runner import catalogue
-from tests.conftest import redis_client, until
-from tests.web.test_api import settings_for
+from tests.conftest import redis_client, settings_for, until
 
 
 class Harness(CoordscopeApp):
@@ -181,3 +180,66 @@ async def test_command_palette_offers_every_scenario_and_fault(tui: tuple[Harnes
         assert f"Run {spec.name}" in titles
         for fault in spec.faults:
             assert f"Run {spec.name} with {fault.name}" in titles
+
+
+async def test_enter_on_a_zookeeper_lock_shows_its_chain(
+    tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo, zk_root: str
+) -> None:
+    import threading
+
+    from kazoo.recipe.lock import Lock as KazooLock
+
+    from app.tui.screens.lock_detail import LockScreen
+    from tests.conftest import zk_client
+
+    app, pilot = tui
+    path = f"{zk_root}/order-7"
+    clients = [zk_client(cluster) for _ in range(2)]
+    try:
+        first = KazooLock(clients[0], path, identifier="worker-A")
+        assert first.acquire(timeout=5)
+        second = KazooLock(clients[1], path, identifier="worker-B")
+        waiter = threading.Thread(target=second.acquire, kwargs={"timeout": 20})
+        waiter.start()
+        await rendered(
+            pilot, lambda: column(table(app, "locks"), "waiters") == ["worker-B"], "the lock with its waiter"
+        )
+        table(app, "locks").focus()
+        await pilot.press("enter")
+        await rendered(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
+        body = str(app.screen.query_one("#lock-body").render())
+        assert "worker-A" in body and "worker-B" in body and "watches" in body
+        first.release()
+        await rendered(
+            pilot,
+            lambda: "nobody waits" in str(app.screen.query_one("#lock-body").render()),
+            "the hand-over, live",
+        )
+        await pilot.press("escape")
+        second.release()
+        waiter.join(5)
+    finally:
+        for c in clients:
+            c.stop()
+            c.close()
+
+
+async def test_a_redlock_run_shows_its_attempts_table(tui: tuple[Harness, Pilot[None]]) -> None:
+    from textual.widgets import DataTable
+
+    app, pilot = tui
+    run = await app.core.start_run("lock-redlock", {"rounds": "2", "hold_ms": "50"}, [])
+    app.action_run_view(run.id)
+    await rendered(
+        pilot,
+        lambda: isinstance(app.screen, RunScreen) and bool(app.screen.query("#run-table")),
+        "the run view",
+    )
+    screen = app.screen
+    assert isinstance(screen, RunScreen)
+    attempts = screen.query_one("#run-table", DataTable)
+
+    await rendered(pilot, lambda: attempts.row_count >= 4, "the attempts", timeout=20)
+    cells = [str(c) for c in attempts.get_column_at(2)]
+    assert all(set(c) <= set("■□✖") and len(c) == 3 for c in cells), cells
+    await app.core.runner.wait(run.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,21 +11,11 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.cluster import ClusterInfo
-from app.config import Settings
 from app.core import Core
 from app.web import create_app
-from tests.conftest import redis_client
+from tests.conftest import redis_client, settings_for
 
 FAST = {"rounds": "3", "hold_ms": "60", "ttl_ms": "600", "poll_ms": "20"}
-
-
-def settings_for(info: ClusterInfo) -> Settings:
-    return Settings(
-        state_dir=Path(info.state_dir),
-        redis=tuple(info.redis_targets()),
-        zookeeper=tuple(info.zk_targets()),
-        local=info,
-    )
 
 
 @pytest.fixture

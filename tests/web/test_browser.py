@@ -13,8 +13,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from app.cluster import ClusterInfo, free_port
 from app.core import Core
 from app.web import create_app, server
-from tests.conftest import redis_client
-from tests.web.test_api import settings_for
+from tests.conftest import redis_client, settings_for
 
 pytestmark = pytest.mark.browser
 
@@ -98,3 +97,40 @@ def test_hostile_key_names_are_text(web: str, page: Page, cluster: ClusterInfo) 
     shown = page.locator("#locks tbody td.name").all_text_contents()
     assert sorted(shown) == sorted(names)
     assert page.locator("#locks img, #locks script, #log img").count() == 0
+
+
+def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: ClusterInfo, zk_root: str) -> None:
+    import threading
+
+    from kazoo.recipe.lock import Lock as KazooLock
+
+    from tests.conftest import zk_client
+
+    path = f"{zk_root}/order-7"
+    clients = [zk_client(cluster) for _ in range(3)]
+    locks = [KazooLock(c, path, identifier=f"worker-{x}") for c, x in zip(clients, "ABC", strict=True)]
+    try:
+        assert locks[0].acquire(timeout=5)
+        waiting = [threading.Thread(target=lk.acquire, kwargs={"timeout": 20}) for lk in locks[1:]]
+        for t in waiting:
+            t.start()
+        page.goto(web)
+        row = page.locator("#locks tbody tr", has_text=path)
+        expect(row).to_contain_text("worker-A", timeout=10_000)
+        expect(row.locator("td.waiters")).to_contain_text("worker-C", timeout=10_000)
+        row.click()
+        chain = page.locator("#lock-detail .chain li")
+        expect(chain).to_have_count(3)
+        expect(chain.nth(0)).to_contain_text("worker-A")
+        expect(chain.nth(1)).to_contain_text("worker-B")
+        expect(chain.nth(2)).to_contain_text("watches")
+        locks[0].release()
+        expect(chain.nth(0)).to_contain_text("worker-B", timeout=5_000)  # live
+        locks[1].release()
+        locks[2].release()
+        for t in waiting:
+            t.join(5)
+    finally:
+        for c in clients:
+            c.stop()
+            c.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, Header, Input, RichLog, Static
+from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 
 from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
+from app.tui.screens.lock_detail import LockScreen
 from app.tui.text import printable, safe
 from app.tui.widgets import columns
 from app.tui.widgets.columns import clock
@@ -120,6 +121,10 @@ class DashboardScreen(LiveScreen):
         if event.input.id == "filter":
             self.needle = event.value.strip().lower()
             self.redraw()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "locks" and event.row_key.value is not None:
+            self.app.push_screen(LockScreen(self.model, str(event.row_key.value)))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":

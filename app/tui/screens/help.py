@@ -16,6 +16,8 @@ Keys
   /        filter every table             esc      clear the filter / go back
   p        pause updates (again: resume)  s        stop the run shown (run view)
   d        dashboard                      q        quit
+  enter    a lock in full (grants, replicas; ZooKeeper: the queue, who watches whom)
+
   ?        this help
 
 Panels

@@ -15,6 +15,7 @@ STATUS_STYLE = {
     "down": "bold red",
     "lost": "bold red",
     "suspended": "yellow",
+    "abandoned": "yellow",
     "connecting": "yellow",
     "running": "yellow",
     "held": "bold green",
