@@ -448,6 +448,8 @@ def _bind_problem(port: int, host: str = "127.0.0.1") -> str | None:
     """Why we could not listen on host:port, or None when we can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as uvicorn will: a port whose last connections linger in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -81,6 +81,10 @@ class Lock:
     token: str | None = None
     fence: int | None = None
     ttl_ms: int | None = None
+    holders: tuple[str, ...] = ()
+    """Everyone who holds. Redis: every distinct holder the grants name, most granted
+    first; more than one means the lock is split (a failover, a RedLock gone wrong).
+    ZooKeeper: every reader sharing a read lock."""
     expires_at_ms: int | None = None
     """Wall-clock deadline computed from PTTL when the key was read."""
     waiters: tuple[Waiter, ...] = ()

@@ -41,6 +41,8 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.keyspace_notifications import KeyspaceChannel
 
 from collectors.events import Node
@@ -54,7 +56,7 @@ MAX_FIELDS = 512
 MAX_ITEMS = 16
 MAX_STREAM_READ = 1000
 BATCH = 512
-HEALTH_EVERY_S = 1.0
+HEALTH_EVERY_S = 0.5
 CONFIG_EVERY_S = 2.0
 
 NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -144,6 +146,10 @@ class RedisCollector:
 
     def _client_for(self, *, pubsub: bool) -> Redis:
         t = self.target
+        # Reads retry once at once, then fail: a dead node must show as down within a
+        # health period, not after redis-py's backoff. The pub/sub connection keeps
+        # redis-py's own retries: its silent re-subscribe is a gap we detect.
+        retry = Retry(NoBackoff(), 3) if pubsub else Retry(NoBackoff(), 1)
         return Redis(
             host=t.host,
             port=t.port,
@@ -156,6 +162,7 @@ class RedisCollector:
             socket_timeout=None if pubsub else 5.0,
             decode_responses=False,
             client_name="coordscope-watch" if pubsub else "coordscope-read",
+            retry=retry,
         )
 
     async def _watch(self) -> None:

@@ -420,6 +420,7 @@ class State:
         fence = ttl_ms = expires = None
         layout = "coordscope" if name.startswith("coordscope:") else "?"
         detail = ""
+        holders: tuple[str, ...] = ()
         if grants:
             tally: dict[str | None, int] = defaultdict(int)
             for g in grants:
@@ -434,12 +435,15 @@ class State:
                 layout = "node-redlock" if layout != "token" else "redlock"
             if len(tally) > 1:
                 detail = f"{len(tally)} different holders across {len(grants)} masters"
+            ranked = sorted(grants, key=lambda g: (-tally[g.token], g.node))
+            holders = tuple(dict.fromkeys(g.holder for g in ranked if g.holder is not None))
         return Lock(
             id=entity_id,
             store="redis",
             name=name,
             layout=layout,
             holder=holder,
+            holders=holders,
             token=token,
             fence=fence,
             ttl_ms=ttl_ms,
@@ -493,6 +497,7 @@ class State:
             name=path,
             layout=fact.layout,
             holder=lead.ident if lead else None,
+            holders=tuple(c.ident for c in holders),
             token=lead.node if lead else None,
             fence=lead_rec.czxid if lead_rec else None,
             waiters=tuple(waiters),
@@ -593,7 +598,7 @@ class State:
         ops = self._run_ops.get(entity_id, [])
         verdict = _verdict(meta.get("verdict", ""))
         status, error = meta.get("status", "?"), meta.get("error", "")
-        alive = _int(meta.get("alive_ms"))
+        alive = _int(meta.get("alive_ms")) or _int(meta.get("started_ms"))
         if status == "running" and alive is not None and self._clock() - alive > ABANDONED_MS:
             status = "abandoned"
             error = (

@@ -69,6 +69,13 @@ SPEC = ScenarioSpec(
         Param("ttl_ms", "4000", "lease of the lock", minimum=500, maximum=60000),
         Param("hold_ms", "1500", "how long client-a works under the lock", minimum=100, maximum=20000),
         Param(
+            "rejoin_ms",
+            "2500",
+            "how long after the failover the old master is back (as a replica)",
+            minimum=0,
+            maximum=30000,
+        ),
+        Param(
             "fencing",
             "on",
             "the resource rejects writes with a lower token than it has seen",
@@ -240,13 +247,17 @@ async def _failover_before_replication(
             _work_and_release(ctx, A, lock_a, grant_a, resource, ctx.number("hold_ms"))
         )
     await asyncio.sleep(0.2)
-    await _fail_over(ctx, master, replica, "the lock never reached the replica")
-    lock_b = _lock(ctx, replica, B)
-    grant_b = await _take(ctx, B, lock_b, 10)
-    if grant_b is not None:
-        await _work_and_release(ctx, B, lock_b, grant_b, resource, 300)
-    if work_a is not None:
-        await work_a
+    rejoin = await _fail_over(ctx, master, replica, "the lock never reached the replica")
+    try:
+        lock_b = _lock(ctx, replica, B)
+        grant_b = await _take(ctx, B, lock_b, 10)
+        if grant_b is not None:
+            await _work_and_release(ctx, B, lock_b, grant_b, resource, ctx.number("hold_ms"))
+        if work_a is not None:
+            await work_a
+        await rejoin
+    finally:
+        rejoin.cancel()
 
 
 async def _failover_after_extend(
@@ -272,20 +283,24 @@ async def _failover_after_extend(
     )
     value = await resource.read()
     ctx.record(A, "ok", "read", key=resource.key, value=str(value))
-    await _fail_over(ctx, master, replica, "the renewal never reached the replica")
-    # the promoted replica still has the original deadline; client-b waits for it
-    lock_b = _lock(ctx, replica, B)
-    grant_b = await _take(ctx, B, lock_b, ttl / 1000 + 10)
-    if grant_b is not None:
-        value_b = await resource.read()
-        ctx.record(B, "ok", "read", key=resource.key, value=str(value_b))
-        await write(ctx, B, resource, value_b + 1, grant_b.fence)
-    # client-a, still inside its renewed lease as far as it knows, finishes its work
-    await write(ctx, A, resource, value + 1, grant_a.fence)
-    if grant_b is not None:
-        ctx.record(B, "invoke", "release", key=lock_b.key)
-        released = await lock_b.release(grant_b)
-        ctx.record(B, "ok" if released else "fail", "release", key=lock_b.key)
+    rejoin = await _fail_over(ctx, master, replica, "the renewal never reached the replica")
+    try:
+        # the promoted replica still has the original deadline; client-b waits for it
+        lock_b = _lock(ctx, replica, B)
+        grant_b = await _take(ctx, B, lock_b, ttl / 1000 + 10)
+        if grant_b is not None:
+            value_b = await resource.read()
+            ctx.record(B, "ok", "read", key=resource.key, value=str(value_b))
+            await write(ctx, B, resource, value_b + 1, grant_b.fence)
+        # client-a, still inside its renewed lease as far as it knows, finishes its work
+        await write(ctx, A, resource, value + 1, grant_a.fence)
+        if grant_b is not None:
+            ctx.record(B, "invoke", "release", key=lock_b.key)
+            released = await lock_b.release(grant_b)
+            ctx.record(B, "ok" if released else "fail", "release", key=lock_b.key)
+        await rejoin
+    finally:
+        rejoin.cancel()
 
 
 async def _stall_replication(ctx: RunContext, master: str, replica: str, fault: str) -> None:
@@ -306,8 +321,9 @@ async def _stall_replication(ctx: RunContext, master: str, replica: str, fault: 
     )
 
 
-async def _fail_over(ctx: RunContext, master: str, replica: str, why: str) -> None:
-    """What Sentinel does: promote the replica, and bring the old master back as its replica."""
+async def _fail_over(ctx: RunContext, master: str, replica: str, why: str) -> asyncio.Task[None]:
+    """What Sentinel does: promote the replica; the old master comes back later as its
+    replica (the returned task)."""
     cluster = ctx.env.cluster
     assert cluster is not None
     ctx.record(NEMESIS, "info", "fault", value="kill-master", note=f"SIGKILL {master}: {why}")
@@ -323,6 +339,15 @@ async def _fail_over(ctx: RunContext, master: str, replica: str, why: str) -> No
         value="kill-master",
         note=f"{replica} promoted (REPLICAOF NO ONE): clients follow it",
     )
+    return asyncio.create_task(_rejoin(ctx, master, replica))
+
+
+async def _rejoin(ctx: RunContext, master: str, replica: str) -> None:
+    """Some time later (``rejoin_ms``) the old master is back, empty, as the new one's replica.
+    Until then the store still shows its last grant, beside the promoted replica's."""
+    cluster = ctx.env.cluster
+    assert cluster is not None
+    await asyncio.sleep(ctx.number("rejoin_ms") / 1000)
     await asyncio.to_thread(cluster.restart, master)
     await _follow(ctx, master, replica)
     ctx.record(NEMESIS, "info", "rejoin", note=f"{master} restarted empty, now a replica of {replica}")

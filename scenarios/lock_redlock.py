@@ -113,6 +113,8 @@ class _Plan:
     pending: list[str] = field(default_factory=list)
     acquisitions: int = 0
     rows: list[list[str]] = field(default_factory=list)
+    busy: int = 0
+    """Attempts that found the lock taken on every master (counted, not listed)."""
 
     def next_fault(self) -> str | None:
         """A fault due at the acquisition about to start."""
@@ -158,6 +160,13 @@ async def run(ctx: RunContext) -> Verdict:
         listener.cancel()
         await nemesis.settle()
         await ctx.set_table(plan.rows[:1] + plan.rows[1:][-199:])
+        ctx.record(
+            "runner",
+            "info",
+            "attempts",
+            note=f"{len(plan.rows) - 1} attempts listed; {plan.busy} more found the "
+            "lock taken on every master",
+        )
     return await judge(ctx, coordscope.lock_key(name), resource)
 
 
@@ -301,7 +310,9 @@ async def _acquire(
     ctx: RunContext, actor: str, lock: Redlock, plan: _Plan, elapsed_check: bool, stall_s: float
 ) -> Attempt | None:
     deadline = time.monotonic() + max(20.0, 10 * lock.ttl_ms / 1000)
+    tries = 0
     while time.monotonic() < deadline and not ctx.stopping.is_set():
+        tries += 1
         stalled: list[bool] = []
 
         def stall(stalled: list[bool] = stalled, ms: int = int(stall_s * 1000)) -> None:
@@ -325,7 +336,7 @@ async def _acquire(
                 key=lock.key,
                 ttl_ms=attempt.validity_ms,
                 note=f"{attempt.row()} {attempt.granted}/{len(attempt.cells)}, "
-                f"validity {attempt.validity_ms} ms",
+                f"validity {attempt.validity_ms} ms, after {tries - 1} attempt(s)",
             )
             return attempt
         await asyncio.sleep(random.uniform(0.02, 0.08))
@@ -334,7 +345,13 @@ async def _acquire(
 
 
 def _narrate(ctx: RunContext, actor: str, lock: Redlock, plan: _Plan, attempt: Attempt) -> bool:
-    """Record an attempt (op and table row); True when the table is worth publishing now."""
+    """Record an attempt (op and table row); True when the table is worth publishing now.
+
+    An attempt that found the lock taken everywhere (□□□) says nothing new: it is only
+    counted, so the table and the lanes show the attempts where something happened."""
+    if not attempt.held and attempt.granted == 0 and "error" not in attempt.cells.values():
+        plan.busy += 1
+        return False
     quorum = attempt.granted >= lock.quorum
     if attempt.held:
         result = "held" if attempt.validity_ms > 0 else "held (no validity left!)"

@@ -169,11 +169,23 @@ function ttlCell(expiresAt, ttl) {
           cls: "ttl" + (left !== null && left < 1000 ? " ttl-low" : ""), ttl: expiresAt || ""};
 }
 
+function holderCell(l) {
+  const many = (l.holders || []).length > 1;
+  if (!l.holder) return {text: "free", cls: "holder free"};
+  if (many && l.store === "redis") {
+    // grants naming different holders: the lock is split, which is the failure itself
+    const text = l.holders.join(" ≠ ");
+    return {text, cls: "holder split", title: `split: ${text}`};
+  }
+  const text = many ? l.holders.join(", ") : l.holder;
+  return {text, cls: "holder", title: text};
+}
+
 const ROWS = {
   lock: (l) => [
     {text: l.store},
     {text: l.name, cls: "name", title: l.detail || l.key},
-    {text: l.holder ?? "free", cls: "holder" + (l.holder ? "" : " free"), title: l.holder || ""},
+    holderCell(l),
     {text: l.layout},
     {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}` : short(l.token, 14),
      title: l.token || ""},

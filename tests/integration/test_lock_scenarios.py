@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
 
 from app.cluster import ClusterInfo, LocalCluster
-from collectors.events import Run
+from collectors.events import Lock, Run
+from collectors.state import State
 from scenarios.runner import LocalRun
 from tests.conftest import observing, redis_client, run_scenario, until, zk_client
 
@@ -112,8 +115,17 @@ def replica_follows_master(info: ClusterInfo) -> bool:
 async def test_failover_before_replication_gives_two_holders(
     cluster: ClusterInfo, local_cluster: LocalCluster
 ) -> None:
+    def split(st: State) -> bool:
+        return any(
+            isinstance(lk, Lock) and {"client-a", "client-b"} <= set(lk.holders) for lk in st.entities("lock")
+        )
+
     async with observing(cluster) as bus:
+        # while the old master is down, its last grant still stands beside the promoted
+        # replica's: the screens show the lock split between the two clients
+        seen_split = asyncio.create_task(until(bus, split, "a lock held by both clients", timeout=30))
         done = await run_scenario(cluster, local_cluster, "lock-failover", ["kill-master"])
+        await seen_split
         assert done.status == "violated", done.error
         assert done.verdict is not None and set(done.verdict.actors) == {"client-a", "client-b"}
         assert any("fencing could not tell them apart" in f for f in done.verdict.findings)

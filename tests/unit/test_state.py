@@ -77,6 +77,7 @@ def test_two_different_holders_across_masters_are_both_shown() -> None:
     state.apply_key(rec("redis-3", "coordscope:lock:x", lock_value("client-2", 2, "b")))
     (lock,) = locks(state).values()
     assert {g.holder for g in lock.grants} == {"client-1", "client-2"}
+    assert lock.holder == "client-2" and lock.holders == ("client-2", "client-1")  # most granted first
     assert "2 different holders" in lock.detail
 
 
@@ -273,3 +274,35 @@ def test_events_carry_increasing_sequence_numbers() -> None:
     state.apply_key(rec("redis-1", "acct:2:lock", TOKEN))
     seqs = [e.seq for e in state.drain()]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def run_meta(**fields: str) -> KeyRecord:
+    meta = {
+        b"scenario": b"lock-redis",
+        b"status": b"running",
+        **{k.encode(): v.encode() for k, v in fields.items()},
+    }
+    return KeyRecord(
+        node="redis-3",
+        raw_key=run_key("r2").encode(),
+        type="hash",
+        ttl_ms=None,
+        read_at_ms=1,
+        fields=meta,
+        size=len(meta),
+    )
+
+
+def test_a_run_whose_process_went_quiet_is_shown_abandoned() -> None:
+    now = [10_000]
+    state = State(clock=lambda: now[0])
+    state.apply_key(run_meta(started_ms="9000", alive_ms="9500"))
+    assert (run := state.get("run", "r2")) is not None and isinstance(run, Run) and run.status == "running"
+    now[0] = 9500 + 5001  # the heartbeat stopped: the flusher's periodic pass notices
+    state.refresh_counts()
+    run = state.get("run", "r2")
+    assert isinstance(run, Run) and run.status == "abandoned" and "no sign of life" in run.error
+    # a run written before heartbeats existed is judged by when it started
+    state.apply_key(run_meta(started_ms="1000"))
+    run = state.get("run", "r2")
+    assert isinstance(run, Run) and run.status == "abandoned"

@@ -64,6 +64,17 @@ def _grants(lock: Lock) -> Text:
     return out
 
 
+def _holder(lock: Lock) -> Text:
+    if not lock.holder:
+        return safe("free", "dim")
+    if len(lock.holders) > 1 and lock.store == "redis":
+        # grants that name different holders: the lock is split, which is the failure itself
+        return safe(" ≠ ".join(lock.holders), "bold red", limit=34)
+    if len(lock.holders) > 1:
+        return safe(", ".join(lock.holders), "bold", limit=34)
+    return safe(lock.holder, "bold", limit=34)
+
+
 def _fence(lock: Lock) -> Text:
     if lock.fence is not None:
         return safe(f"#{lock.fence}")
@@ -72,9 +83,7 @@ def _fence(lock: Lock) -> Text:
 
 LOCKS = [
     Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=40)),
-    Column(
-        "holder", "holder", lambda lk: safe(lk.holder, "bold", limit=34) if lk.holder else safe("free", "dim")
-    ),
+    Column("holder", "holder", _holder),
     Column("ttl", "TTL", lambda lk: ttl_text(lk.expires_at_ms, lk.ttl_ms), ticking=True),
     Column("fence", "fence/token", _fence),
     Column("waiters", "waiters", _waiters),
