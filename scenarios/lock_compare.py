@@ -128,8 +128,10 @@ async def _redis_client(
     samples: list[Sample],
     started: float,
 ) -> None:
-    lock = RedisLock(
-        ctx.client(node), name, actor, 5000, ctx.choice("redis_waiting"), ctx.number("poll_ms") / 1000
+    lock = ctx.closing(
+        RedisLock(
+            ctx.client(node), name, actor, 5000, ctx.choice("redis_waiting"), ctx.number("poll_ms") / 1000
+        )
     )
     waiting = lock.waiting
 

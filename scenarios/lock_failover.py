@@ -219,7 +219,7 @@ async def _work_and_release(
 
 
 def _lock(ctx: RunContext, node: str, actor: str) -> RedisLock:
-    return RedisLock(ctx.client(node), ctx.run_id, actor, ctx.number("ttl_ms"))
+    return ctx.closing(RedisLock(ctx.client(node), ctx.run_id, actor, ctx.number("ttl_ms")))
 
 
 async def _healthy(ctx: RunContext, master: str, name: str, resource: FencedResource) -> None:

@@ -131,8 +131,10 @@ async def _client(
     ctx: RunContext, actor: str, lock_node: str, name: str, resource: FencedResource, plan: FaultPlan
 ) -> None:
     ttl = ctx.number("ttl_ms")
-    lock = RedisLock(
-        ctx.client(lock_node), name, actor, ttl, ctx.choice("waiting"), ctx.number("poll_ms") / 1000
+    lock = ctx.closing(
+        RedisLock(
+            ctx.client(lock_node), name, actor, ttl, ctx.choice("waiting"), ctx.number("poll_ms") / 1000
+        )
     )
     poll_s = ctx.number("poll_ms") / 1000
     for _ in range(ctx.number("rounds")):

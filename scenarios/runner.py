@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -56,6 +56,13 @@ def spec_of(name: str) -> ScenarioSpec:
     if name not in SCENARIOS:
         raise ScenarioError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     return SCENARIOS[name].SPEC  # type: ignore[no-any-return]
+
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
 
 
 class ClusterControl(Protocol):
@@ -123,7 +130,7 @@ class RunContext:
     live_faults: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     actors: list[str] = field(default_factory=list)
-    _clients: list[Redis] = field(default_factory=list)
+    _closing: list[Closable] = field(default_factory=list)
     _cleanup: list[tuple[str, str]] = field(default_factory=list)
     _record: RunRecord | None = None
     reported_violation: bool = False
@@ -135,9 +142,13 @@ class RunContext:
         return str(self.params[name])
 
     def client(self, node_id: str) -> Redis:
-        c = self.env.client(node_id)
-        self._clients.append(c)
-        return c
+        """A client of its own on a node (closed when the run ends)."""
+        return self.closing(self.env.client(node_id))
+
+    def closing(self, thing: C) -> C:
+        """Close this when the run ends (after the cleanup; the last registered first)."""
+        self._closing.append(thing)
+        return thing
 
     def record(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
         return self.history.record(actor, kind, f, **kw)
@@ -279,7 +290,7 @@ class Runner:
         await record.finish(run.status, verdict_json, run.error)
         if ctx.params.get("keep") != "on":
             await _cleanup(ctx)
-        for c in ctx._clients:
+        for c in reversed(ctx._closing):
             with contextlib.suppress(Exception):
                 await c.aclose()
         with contextlib.suppress(Exception):

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from collectors.layouts import coordscope
 
@@ -174,17 +174,36 @@ return {1, seen}
 """
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     fence: int
     value: str
 
 
-@dataclass(frozen=True)
-class Denied:
+class Denied(NamedTuple):
     holder_value: str
     pttl_ms: int
     """The holder's remaining lease (-1: no TTL)."""
+
+
+class _Script:
+    """A Lua script called by its SHA straight through ``execute_command``.
+
+    redis-py's ``Script`` does the same with more work per call (an import, tuple
+    copies, a pipeline check); on the lock's hot path that overhead is what an
+    uncontended acquire+release pays on top of the round trips. A ``NOSCRIPT``
+    (a restarted node has an empty script cache) loads the script and retries.
+    Pipelines use the ``Script`` object, which registers itself with them."""
+
+    def __init__(self, client: Redis, source: str) -> None:
+        self.client = client
+        self.script = client.register_script(source)
+        self.sha = self.script.sha
+
+    async def __call__(self, keys: list[str], args: list[str | int]) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            return await self.script(keys, args)
 
 
 class RedisLock:
@@ -198,7 +217,10 @@ class RedisLock:
     def __init__(
         self, client: Redis, name: str, owner: str, ttl_ms: int, waiting: str = "poll", poll_s: float = 0.05
     ) -> None:
-        self.client = client
+        # The handle's own connection (taken from the client's pool on first use and
+        # kept until aclose): the hot path skips a pool checkout per command, and a
+        # waiter blocked in BLPOP holds only its own connection.
+        self.client = client.client()
         self.name = name
         self.owner = owner
         self.ttl_ms = ttl_ms
@@ -207,9 +229,9 @@ class RedisLock:
         self.key = coordscope.lock_key(name)
         self.signal_key = coordscope.signal_key(name, owner)
         fair = waiting == "signal"
-        self._acquire = client.register_script(ACQUIRE_FAIR if fair else ACQUIRE)
-        self._release = client.register_script(RELEASE_FAIR if fair else RELEASE)
-        self._extend = client.register_script(EXTEND)
+        self._acquire = _Script(self.client, ACQUIRE_FAIR if fair else ACQUIRE)
+        self._release = _Script(self.client, RELEASE_FAIR if fair else RELEASE)
+        self._extend = _Script(self.client, EXTEND)
         # built once: acquire and release are hot paths
         self._keys = [self.key, coordscope.fence_key(name), coordscope.waiters_key(name)]
         self._release_keys = [self.key]
@@ -241,7 +263,7 @@ class RedisLock:
         """One attempt followed by ``WAIT replicas timeout_ms`` on the same connection:
         the outcome and how many replicas acknowledged it."""
         pipe = self.client.pipeline(transaction=False)
-        await self._acquire(self._keys, self._acquire_args(now_ms), client=pipe)
+        await self._acquire.script(self._keys, self._acquire_args(now_ms), client=pipe)
         pipe.execute_command("WAIT", replicas, timeout_ms)
         reply, acks = await pipe.execute()
         return self._outcome(reply), int(acks)
@@ -258,15 +280,19 @@ class RedisLock:
     async def release(self, grant: Grant) -> bool:
         """Compare-and-delete (and wake the oldest waiter): True when it was still ours."""
         args: list[str | int] = [grant.value, *self._release_tail]
-        return int(await self._release(keys=self._release_keys, args=args)) == 1
+        return int(await self._release(self._release_keys, args)) == 1
 
     async def extend(self, grant: Grant, ttl_ms: int) -> bool:
         """Compare-and-PEXPIRE: renew our lease (what a watchdog does)."""
-        return int(await self._extend(keys=[self.key], args=[grant.value, ttl_ms])) == 1
+        return int(await self._extend([self.key], [grant.value, ttl_ms])) == 1
 
     async def release_naive(self) -> bool:
         """Plain DEL: deletes the lock whoever holds it (the bug the seed warns about)."""
         return int(await self.client.delete(self.key)) == 1
+
+    async def aclose(self) -> None:
+        """Give the handle's connection back to the pool."""
+        await self.client.aclose()
 
 
 class FencedResource:

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.core import environment
 from collectors.events import Run
 from collectors.layouts import coordscope
+from collectors.state import now_ms
+from scenarios.primitives.redis_lock import Grant, RedisLock
 from scenarios.runner import Environment, LocalRun, Runner
 from tests.conftest import observing, redis_client, run_scenario, settings_for, until
 
@@ -197,3 +200,24 @@ def test_cli_state_json_shows_third_party_locks(cluster: ClusterInfo) -> None:
     assert found["holder"] == lock.local.token.decode() and found["layout"] == "redis-py"
     assert {n["id"] for n in state["nodes"]} == {"redis-1", "redis-2", "redis-3", "replica-1", "zookeeper"}
     lock.release()
+
+
+async def test_the_lock_handle_survives_an_emptied_script_cache_and_returns_its_connection(
+    cluster: ClusterInfo,
+) -> None:
+    port = cluster.member("redis-2").port
+    client = AsyncRedis(port=port)
+    lock = RedisLock(client, "handle-test", "client-x", ttl_ms=5000)
+    try:
+        grant = await lock.try_acquire(now_ms())
+        assert isinstance(grant, Grant) and await lock.release(grant)
+        await client.script_flush()  # what a restarted node looks like to a script caller
+        again = await lock.try_acquire(now_ms())
+        assert isinstance(again, Grant) and again.fence == grant.fence + 1
+        assert await lock.extend(again, 4000) and await lock.release(again)
+        await client.delete(coordscope.fence_key("handle-test"))
+    finally:
+        await lock.aclose()
+        pool = client.connection_pool
+        assert not pool._in_use_connections, "the handle kept its connection after aclose"  # type: ignore[attr-defined]
+        await client.aclose()
