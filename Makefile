@@ -27,6 +27,7 @@ setup: $(STAMP)
 bench: $(STAMP)
 	@scripts/ensure-system demo
 	$(BIN)/python bench/keyspace.py
+	$(BIN)/python bench/locks.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
