@@ -83,8 +83,11 @@ class Lock:
     ttl_ms: int | None = None
     holders: tuple[str, ...] = ()
     """Everyone who holds. Redis: every distinct holder the grants name, most granted
-    first; more than one means the lock is split (a failover, a RedLock gone wrong).
-    ZooKeeper: every reader sharing a read lock."""
+    first. ZooKeeper: every reader sharing a read lock."""
+    split: bool = False
+    """Redis grants that name different holders, none of them on a majority of the
+    grants: the promoted replica and the dead master after a failover, RedLock
+    contenders that each took some masters. ``holder`` is then only the first."""
     expires_at_ms: int | None = None
     """Wall-clock deadline computed from PTTL when the key was read."""
     waiters: tuple[Waiter, ...] = ()

@@ -421,6 +421,7 @@ class State:
         layout = "coordscope" if name.startswith("coordscope:") else "?"
         detail = ""
         holders: tuple[str, ...] = ()
+        split = False
         if grants:
             tally: dict[str | None, int] = defaultdict(int)
             for g in grants:
@@ -437,6 +438,7 @@ class State:
                 detail = f"{len(tally)} different holders across {len(grants)} masters"
             ranked = sorted(grants, key=lambda g: (-tally[g.token], g.node))
             holders = tuple(dict.fromkeys(g.holder for g in ranked if g.holder is not None))
+            split = len(holders) > 1 and 2 * tally[token] <= len(grants)
         return Lock(
             id=entity_id,
             store="redis",
@@ -444,6 +446,7 @@ class State:
             layout=layout,
             holder=holder,
             holders=holders,
+            split=split,
             token=token,
             fence=fence,
             ttl_ms=ttl_ms,
@@ -689,7 +692,6 @@ class State:
         elif new.error:
             text += f": {new.error}"
         level = {"violated": "warn", "error": "error", "abandoned": "warn"}.get(new.status, "info")
-
         self.log(level, "runs", text)
 
     def _narrate_lock(self, old: Lock | None, new: Lock | None, cause: str) -> None:
@@ -698,6 +700,11 @@ class State:
         where = ",".join((old.nodes if old else ()) or lock.nodes) or lock.store
         before = old.holder if old else None
         after = new.holder if new else None
+        if new is not None and new.split and not (old is not None and old.split):
+            where_each = ", ".join(
+                f"{g.holder} on {g.node}{' (down)' if g.stale else ''}" for g in new.grants if g.holder
+            )
+            self.log("warn", where, f"{lock.name}: split, no holder has a majority: {where_each}")
         if before == after:
             return
         if after is not None and before is None:

@@ -172,13 +172,21 @@ function ttlCell(expiresAt, ttl) {
 function holderCell(l) {
   const many = (l.holders || []).length > 1;
   if (!l.holder) return {text: "free", cls: "holder free"};
-  if (many && l.store === "redis") {
+  if (l.split) {
     // grants naming different holders: the lock is split, which is the failure itself
     const text = l.holders.join(" ≠ ");
     return {text, cls: "holder split", title: `split: ${text}`};
   }
-  const text = many ? l.holders.join(", ") : l.holder;
-  return {text, cls: "holder", title: text};
+  if (many && l.store === "zookeeper") {
+    const text = l.holders.join(", ");  // readers sharing a read lock
+    return {text, cls: "holder", title: text};
+  }
+  if (many) {
+    // a minority of grants names someone else (a RedLock contender mid-attempt)
+    return {text: `${l.holder} +${l.holders.length - 1} minority`, cls: "holder",
+            title: `majority: ${l.holder}; minority: ${l.holders.slice(1).join(", ")}`};
+  }
+  return {text: l.holder, cls: "holder", title: l.holder};
 }
 
 const ROWS = {
@@ -250,7 +258,8 @@ function renderLockDetail() {
   if (!lock) { box.hidden = true; box.replaceChildren(); return; }
   box.hidden = false;
   const parts = [el("div", {class: "detail-head"},
-    `${lock.name} — ${lock.store}, ${lock.layout}, holder ${lock.holder ?? "free"}` +
+    `${lock.name} — ${lock.store}, ${lock.layout}, ` +
+    (lock.split ? `split: ${lock.holders.join(" ≠ ")}` : `holder ${lock.holder ?? "free"}`) +
     (lock.fence !== null && lock.fence !== undefined ? `, fence ${lock.fence}` : ""))];
   if (lock.stale) parts.push(el("div", {class: "stale-note"}, `a node is down: data as of ${fmtTime(lock.as_of_ms)}`));
   if (lock.detail) parts.push(el("div", {class: "detail-note"}, lock.detail));

@@ -117,7 +117,8 @@ async def test_failover_before_replication_gives_two_holders(
 ) -> None:
     def split(st: State) -> bool:
         return any(
-            isinstance(lk, Lock) and {"client-a", "client-b"} <= set(lk.holders) for lk in st.entities("lock")
+            isinstance(lk, Lock) and lk.split and {"client-a", "client-b"} <= set(lk.holders)
+            for lk in st.entities("lock")
         )
 
     async with observing(cluster) as bus:

@@ -78,6 +78,18 @@ def test_two_different_holders_across_masters_are_both_shown() -> None:
     (lock,) = locks(state).values()
     assert {g.holder for g in lock.grants} == {"client-1", "client-2"}
     assert lock.holder == "client-2" and lock.holders == ("client-2", "client-1")  # most granted first
+    assert not lock.split  # client-2 has a majority: client-1's grant is a minority
+
+
+def test_grants_with_no_majority_holder_are_a_split_lock_and_say_so() -> None:
+    state = cluster_state()
+    state.apply_key(rec("redis-1", "coordscope:lock:x", lock_value("client-a", 1, "a")))
+    state.drain()
+    state.apply_key(rec("redis-2", "coordscope:lock:x", lock_value("client-b", 1, "b")))
+    (lock,) = locks(state).values()
+    assert lock.split and set(lock.holders) == {"client-a", "client-b"}
+    said = [e.text for e in state.drain() if isinstance(e, Logged)]
+    assert any("split" in t and "client-a on redis-1" in t and "client-b on redis-2" in t for t in said), said
     assert "2 different holders" in lock.detail
 
 

@@ -57,7 +57,9 @@ class DashboardScreen(LiveScreen):
             with VerticalScroll(id="right"):
                 with Panel(id="panel-log"):
                     yield Static("Event log", classes="panel-title")
-                    yield RichLog(id="log", max_lines=500, markup=False, wrap=True)
+                    # min_width: RichLog renders at least 78 cells wide by default, which
+                    # crops every wrapped line in a narrower panel
+                    yield RichLog(id="log", max_lines=500, markup=False, wrap=True, min_width=20)
                 yield from self._panel("key")
         yield Footer()
 

@@ -31,8 +31,11 @@ def describe(lock: Lock) -> Text:
     _line(
         text,
         (f"{lock.store} · {lock.layout} · ", "dim"),
-        ("holder ", "dim"),
-        (lock.holder or "free", "bold green" if lock.holder else "dim"),
+        ("split " if lock.split else "holder ", "bold red" if lock.split else "dim"),
+        (
+            " ≠ ".join(lock.holders) if lock.split else (lock.holder or "free"),
+            "bold red" if lock.split else "bold green" if lock.holder else "dim",
+        ),
         (f" · fence {lock.fence}" if lock.fence is not None else "", ""),
         (f" · TTL {ttl}", "yellow" if lock.expires_at_ms else "dim"),
     )

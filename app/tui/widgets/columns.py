@@ -67,12 +67,16 @@ def _grants(lock: Lock) -> Text:
 def _holder(lock: Lock) -> Text:
     if not lock.holder:
         return safe("free", "dim")
-    if len(lock.holders) > 1 and lock.store == "redis":
-        # grants that name different holders: the lock is split, which is the failure itself
+    if lock.split:
+        # grants that name different holders, none on a majority: the failure itself
         return safe(" ≠ ".join(lock.holders), "bold red", limit=34)
+    if len(lock.holders) > 1 and lock.store == "zookeeper":
+        return safe(", ".join(lock.holders), "bold", limit=34)  # readers sharing a read lock
+    text = safe(lock.holder, "bold", limit=34)
     if len(lock.holders) > 1:
-        return safe(", ".join(lock.holders), "bold", limit=34)
-    return safe(lock.holder, "bold", limit=34)
+        # a minority of grants names someone else (a RedLock contender mid-attempt)
+        text.append_text(safe(f" +{len(lock.holders) - 1} minority", "dim"))
+    return text
 
 
 def _fence(lock: Lock) -> Text:
@@ -82,13 +86,13 @@ def _fence(lock: Lock) -> Text:
 
 
 LOCKS = [
-    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=40)),
+    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=32)),
     Column("holder", "holder", _holder),
     Column("ttl", "TTL", lambda lk: ttl_text(lk.expires_at_ms, lk.ttl_ms), ticking=True),
-    Column("fence", "fence/token", _fence),
+    Column("fence", "fence", _fence),
     Column("waiters", "waiters", _waiters),
-    Column("layout", "layout", lambda lk: safe(lk.layout)),
     Column("grants", "where", _grants),
+    Column("layout", "layout", lambda lk: safe(lk.layout)),
 ]
 
 
