@@ -67,8 +67,8 @@ def first_overlap(ops: list[Op]) -> tuple[_Hold, _Hold] | None:
     worst: tuple[_Hold, _Hold] | None = None
     for i, a in enumerate(accepted):
         for b in accepted[i + 1 :]:
-            if a.actor == b.actor:
-                continue
+            if a.actor == b.actor or a.write.key != b.write.key:
+                continue  # the same client, or two resources (lock-compare runs two locks)
             if a.start < b.end and b.start < a.end:
                 pair = (a, b) if a.start <= b.start else (b, a)
                 if worst is None or max(pair[0].start, pair[1].start) < max(worst[0].start, worst[1].start):

@@ -42,7 +42,7 @@ from collectors.runs import NEMESIS
 from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.lockwork import judge, write
 from scenarios.primitives.redis_lock import FencedResource
-from scenarios.primitives.redlock import Attempt, Redlock
+from scenarios.primitives.redlock import CELL, Attempt, Redlock
 
 if TYPE_CHECKING:
     from scenarios.runner import RunContext
@@ -143,7 +143,7 @@ async def run(ctx: RunContext) -> Verdict:
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     resource = FencedResource(ctx.client(resource_node), name, fencing=False)
     plan = _Plan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
-    plan.rows.append(["t ms", "client", " ".join(masters), "granted", "elapsed", "validity", "result"])
+    plan.rows.append(["t ms", "client", *masters, "granted", "elapsed", "validity", "result"])
     ctx.record(
         "runner",
         "info",
@@ -376,7 +376,7 @@ def _narrate(ctx: RunContext, actor: str, lock: Redlock, plan: _Plan, attempt: A
         [
             str(op.t_ms),
             actor,
-            attempt.row(),
+            *(CELL[attempt.cells[node]] for node in attempt.cells),  # one column per master
             f"{attempt.granted}/{len(attempt.cells)}",
             f"{attempt.elapsed_ms} ms",
             f"{attempt.validity_ms} ms",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collectors.runs import Op, lanes
-from scenarios.checker import check_mutex
+from scenarios.checker import check_mutex, first_overlap
 
 
 class H:
@@ -94,3 +94,21 @@ def test_lanes_clip_leases_at_release_and_keep_them_past_a_pause() -> None:
     assert (fault.kind, fault.start_ms, fault.end_ms, fault.label) == ("fault", 210, 260, "kill-node")
     c3 = by_actor["client-3"]
     assert c3.spans[0].outcome == "crashed" and c3.ticks[0].kind == "crash"
+
+
+def test_overlapping_holds_on_two_different_resources_are_not_a_violation() -> None:
+    # lock-compare: a Redis client and a ZooKeeper client hold their own locks at once
+    h = H()
+    h.op(0, "redis-1", "ok", "acquire", fence=1)
+    h.op(0, "zk-1", "ok", "acquire", fence=7)
+    h.op(5, "redis-1", "ok", "write", fence=1, key="R-redis")
+    h.op(6, "zk-1", "ok", "write", fence=7, key="R-zk")
+    h.op(7, "redis-1", "ok", "release")
+    h.op(8, "zk-1", "ok", "release")
+    assert first_overlap(h.ops) is None
+    h.op(9, "zk-2", "ok", "acquire", fence=8)
+    h.op(10, "zk-3", "ok", "acquire", fence=9)
+    h.op(11, "zk-2", "ok", "write", fence=8, key="R-zk")
+    h.op(12, "zk-3", "ok", "write", fence=9, key="R-zk")
+    pair = first_overlap(h.ops)
+    assert pair is not None and {pair[0].actor, pair[1].actor} == {"zk-2", "zk-3"}
