@@ -117,8 +117,17 @@ def alive(member: Member) -> bool:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     # redis-server rewrites its command line, so we recognise our processes by their
-    # working directory: each member runs in its own folder of the state folder.
-    return cwd == member.dir
+    # working directory: each member runs in its own folder of the state folder. A JVM
+    # may step out of it for a moment while starting; its command line still names
+    # the member's config file, inside that folder.
+    if cwd == member.dir:
+        return True
+    try:
+        argv = Path(f"/proc/{member.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    inside = member.dir.rstrip("/").encode() + b"/"
+    return member.kind == "zookeeper" and any(a.startswith(inside) for a in argv)
 
 
 def _which(binary: str, install: str) -> str:
@@ -230,6 +239,9 @@ class LocalCluster:
                     java,
                     "-Xmx256m",
                     "-XX:+UseSerialGC",
+                    # no hsperfdata: HotSpot chdirs into /tmp/hsperfdata_<user> while it
+                    # creates that file, which made the JVM look like someone else's process
+                    "-XX:-UsePerfData",
                     "-Dzookeeper.admin.enableServer=false",
                     "-cp",
                     str(jar),

@@ -27,7 +27,7 @@ from collectors.layouts import coordscope
 from collectors.state import now_ms
 from scenarios.catalogue import Param, ScenarioError, ScenarioSpec
 from scenarios.checker import check_mutex
-from scenarios.lockwork import write
+from scenarios.lockwork import record_grant, write
 from scenarios.measure import Contention, Sample, contention
 from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
 from scenarios.primitives.zk_lock import (
@@ -148,15 +148,7 @@ async def _redis_client(
         # requests: every attempt, plus a BLPOP per wait when woken by signal
         requests = attempts + (attempts - 1 if waiting == "signal" else 0) + 1
         samples.append(Sample(actor, asked, _ms_since(started), requests, attempts - 1))
-        ctx.record(
-            actor,
-            "ok",
-            "acquire",
-            key=lock.key,
-            fence=outcome.fence,
-            ttl_ms=lock.ttl_ms,
-            note=f"after {attempts - 1} {'poll(s)' if waiting == 'poll' else 'wake-up(s)'}",
-        )
+        record_grant(ctx, actor, lock, outcome, attempts)
         await _work(ctx, actor, resource, outcome.fence)
         ctx.record(actor, "invoke", "release", key=lock.key)
         released = await lock.release(outcome)

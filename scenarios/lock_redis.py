@@ -37,7 +37,7 @@ from collectors.layouts import coordscope
 from collectors.runs import NEMESIS
 from collectors.state import now_ms
 from scenarios.catalogue import FaultSpec, Param, ScenarioSpec
-from scenarios.lockwork import COMMON_PARAMS, FaultPlan, critical_section, judge, with_helpers
+from scenarios.lockwork import COMMON_PARAMS, FaultPlan, critical_section, judge, record_grant, with_helpers
 from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
 
 if TYPE_CHECKING:
@@ -152,7 +152,6 @@ async def _client(
 
 async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) -> Grant | None:
     ctx.record(actor, "invoke", "acquire", key=lock.key)
-    waiting = ctx.choice("waiting")
     attempts = 0
     failing = False
     deadline = time.monotonic() + max(15.0, 8 * lock.ttl_ms / 1000)
@@ -162,16 +161,7 @@ async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) 
             outcome = await lock.try_acquire(now_ms())
             failing = False
             if isinstance(outcome, Grant):
-                verb = "poll(s)" if waiting == "poll" else "wake-up(s)"
-                ctx.record(
-                    actor,
-                    "ok",
-                    "acquire",
-                    key=lock.key,
-                    fence=outcome.fence,
-                    ttl_ms=lock.ttl_ms,
-                    note=f"after {attempts - 1} {verb}",
-                )
+                record_grant(ctx, actor, lock, outcome, attempts)
                 return outcome
             await lock.wait_turn(outcome)
 

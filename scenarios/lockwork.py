@@ -27,7 +27,7 @@ from collectors.events import Verdict
 from collectors.runs import CHECKER
 from scenarios.catalogue import Param
 from scenarios.checker import check_mutex, first_overlap
-from scenarios.primitives.redis_lock import FencedResource
+from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
 
 if TYPE_CHECKING:
     from scenarios.runner import RunContext
@@ -118,6 +118,20 @@ async def critical_section(
     await asyncio.sleep(ctx.number("hold_ms") / 1000)
     await write(ctx, actor, resource, value + 1, fence)
     return True
+
+
+def record_grant(ctx: RunContext, actor: str, lock: RedisLock, grant: Grant, attempts: int) -> None:
+    """The Redis lock's ``ok acquire``, with how many polls or wake-ups it took."""
+    verb = "poll(s)" if lock.waiting == "poll" else "wake-up(s)"
+    ctx.record(
+        actor,
+        "ok",
+        "acquire",
+        key=lock.key,
+        fence=grant.fence,
+        ttl_ms=lock.ttl_ms,
+        note=f"after {attempts - 1} {verb}",
+    )
 
 
 async def write(ctx: RunContext, actor: str, resource: FencedResource, value: int, fence: int | None) -> None:

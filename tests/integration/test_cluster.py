@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
-from app.cluster import ClusterError, LocalCluster, alive
+from app.cluster import ClusterError, LocalCluster, Member, alive
 
 
 def test_up_twice_reuses_and_down_stops_exactly_those_pids(tmp_path: Path) -> None:
@@ -66,3 +67,30 @@ def test_missing_binary_gives_one_line_with_the_install_command(tmp_path: Path) 
     assert out.stderr.strip() == (
         "coordscope: error: redis-server not found: install it with `sudo apt-get install redis-server`"
     )
+
+
+def test_a_member_that_steps_out_of_its_folder_is_still_recognised_by_its_config(tmp_path: Path) -> None:
+    # HotSpot chdirs into /tmp/hsperfdata_<user> for a moment while it starts: a JVM member
+    # must not look like someone else's process then (it made `up` give up on ZooKeeper)
+    folder = tmp_path / "zookeeper"
+    folder.mkdir()
+    config = folder / "zoo.cfg"
+    config.write_text("")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(config)], cwd=tmp_path)
+    try:
+        zk = Member(
+            name="zookeeper",
+            kind="zookeeper",
+            port=1,
+            role="standalone",
+            dir=str(folder),
+            argv=(),
+            pid=proc.pid,
+        )
+        assert alive(zk)
+        assert not alive(replace(zk, kind="redis"))  # redis is known by its folder only
+        assert not alive(replace(zk, dir=str(tmp_path / "elsewhere")))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not alive(zk)
