@@ -316,7 +316,10 @@ class LocalCluster:
     def _await_ready(self, m: Member) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not alive(m):
+            child = self._children.get(m.pid)
+            # our own child: ask the kernel whether it exited (its /proc entries can read
+            # oddly for a moment while it starts); one from an earlier `up`: by /proc
+            if (child.poll() is not None) if child is not None else not alive(m):
                 log = Path(m.dir) / ("process.log" if m.kind == "zookeeper" else "redis.log")
                 tail = _tail(log)
                 raise ClusterError(f"{m.name} exited while starting; its log says: {tail}")

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from app.cluster import ClusterError, LocalCluster, Member, alive
+from tests.conftest import wait_until
 
 
 def test_up_twice_reuses_and_down_stops_exactly_those_pids(tmp_path: Path) -> None:
@@ -78,6 +79,9 @@ def test_a_member_that_steps_out_of_its_folder_is_still_recognised_by_its_config
     config.write_text("")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(config)], cwd=tmp_path)
     try:
+        # the command line of a process that has just been spawned can read empty for a moment
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        wait_until(lambda: cmdline.read_bytes() != b"", 5, "the child's command line")
         zk = Member(
             name="zookeeper",
             kind="zookeeper",

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from app.cluster import ClusterInfo, free_port
 from app.core import Core
 from app.web import create_app, server
-from tests.conftest import redis_client, settings_for
+from tests.conftest import redis_client, settings_for, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -112,8 +112,9 @@ def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: Cluste
     try:
         assert locks[0].acquire(timeout=5)
         waiting = [threading.Thread(target=lk.acquire, kwargs={"timeout": 20}) for lk in locks[1:]]
-        for t in waiting:
+        for queued, t in enumerate(waiting, start=2):  # B queues before C, for sure
             t.start()
+            wait_until(lambda n=queued: len(clients[0].get_children(path)) == n, 10, f"{queued} contenders")
         page.goto(web)
         row = page.locator("#locks tbody tr", has_text=path)
         expect(row).to_contain_text("worker-A", timeout=10_000)
@@ -126,10 +127,9 @@ def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: Cluste
         expect(chain.nth(2)).to_contain_text("watches")
         locks[0].release()
         expect(chain.nth(0)).to_contain_text("worker-B", timeout=5_000)  # live
-        locks[1].release()
-        locks[2].release()
-        for t in waiting:
-            t.join(5)
+        for lock, t in zip(locks[1:], waiting, strict=True):
+            t.join(10)  # its acquire has returned: it holds
+            lock.release()
     finally:
         for c in clients:
             c.stop()
