@@ -8,8 +8,11 @@ on a condition (:func:`wait_until`, ``bus.wait_for``), never a bare sleep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -153,3 +156,25 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
+            item.fixturenames.append("_tasks_dumped_before_the_timeout")
+
+
+@pytest.fixture
+async def _tasks_dumped_before_the_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """pytest-timeout shows threads, not asyncio tasks: print every task's stack shortly
+    before it fires, so a hung await says where it hangs."""
+
+    def dump() -> None:
+        print("\n=== asyncio tasks still pending ===", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=15, file=sys.stderr)
+
+    timeout = float(request.config.getini("timeout") or 90)
+    handle = asyncio.get_running_loop().call_later(max(1.0, timeout - 5), dump)
+    yield
+    handle.cancel()
