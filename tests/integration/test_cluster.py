@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app.cluster import ClusterError, LocalCluster, Member, alive
-from tests.conftest import wait_until
+from tests.conftest import run_scenario, wait_until
 
 
 def test_up_twice_reuses_and_down_stops_exactly_those_pids(tmp_path: Path) -> None:
@@ -46,11 +46,19 @@ def test_up_twice_reuses_and_down_stops_exactly_those_pids(tmp_path: Path) -> No
     assert cluster.down() == []
 
 
-def test_five_masters_for_redlock(tmp_path: Path) -> None:
+async def test_five_masters_for_redlock(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "five")
     try:
         info, _ = cluster.up(masters=5)
         assert [m.name for m in info.masters] == [f"redis-{i}" for i in range(1, 6)]
+        done = await run_scenario(
+            info, cluster, "lock-redlock", ["kill-minority"], rounds="2", ttl_ms="1500", hold_ms="50"
+        )
+        assert done.status == "held", done.error  # 2 of 5 down: the other 3 are a majority
+        start = next(op.note for op in done.context.history.ops if op.f == "start")
+        assert "redis-5" in start and "quorum 3" in start, start
+        attempts = [op.note for op in done.context.history.ops if op.f == "attempt"]
+        assert attempts and all("/5 " in note for note in attempts), attempts  # a cell per master
     finally:
         cluster.down()
 
