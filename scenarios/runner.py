@@ -282,8 +282,7 @@ class Runner:
         """Write how the run ended, clean up its keys, close its connections."""
         ctx = run.context
         commands.cancel()
-        with contextlib.suppress(BaseException):
-            await commands
+        await asyncio.wait({commands}, timeout=3.0)  # bounded: the run's end must not hang on it
         ctx.record("runner", "info", "end", note=run.status)
         await ctx.history.close()
         verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None

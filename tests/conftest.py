@@ -164,6 +164,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.fixturenames.append("_tasks_dumped_before_the_timeout")
 
 
+def _await_chain(awaitable: object) -> Iterator[str]:
+    """Every frame a task is suspended in, outermost first, down to the future it waits on
+    (Task.print_stack shows only the outermost coroutine)."""
+    for _ in range(60):
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        frame = frame or getattr(awaitable, "ag_frame", None)
+        if frame is not None:
+            yield f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        nxt = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+        nxt = nxt or getattr(awaitable, "ag_await", None)
+        if nxt is None:
+            if frame is None:
+                yield repr(awaitable)
+            return
+        awaitable = nxt
+
+
 @pytest.fixture
 async def _tasks_dumped_before_the_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """pytest-timeout shows threads, not asyncio tasks: print every task's stack shortly
@@ -172,7 +189,9 @@ async def _tasks_dumped_before_the_timeout(request: pytest.FixtureRequest) -> As
     def dump() -> None:
         print("\n=== asyncio tasks still pending ===", file=sys.stderr)
         for task in asyncio.all_tasks():
-            task.print_stack(limit=15, file=sys.stderr)
+            print(f"{task!r} awaits:", file=sys.stderr)
+            for line in _await_chain(task.get_coro()):
+                print(f"    {line}", file=sys.stderr)
 
     timeout = float(request.config.getini("timeout") or 90)
     handle = asyncio.get_running_loop().call_later(max(1.0, timeout - 5), dump)
