@@ -145,8 +145,17 @@ function syncTable(tableId, kind, rowsFor, limit) {
     }
     cells.forEach((cell, i) => {
       const td = tr.cells[i];
-      const text = cell.text ?? "";
-      if (td.textContent !== String(text)) td.textContent = String(text);
+      if (cell.parts) {
+        // pieces that wrap between each other, never inside one ("redis-" / "3■")
+        const joined = cell.parts.join(" ");
+        if (td.dataset.parts !== joined) {
+          td.dataset.parts = joined;
+          td.replaceChildren(...cell.parts.flatMap((p, k) => [...(k ? [" "] : []), el("span", {class: "part"}, p)]));
+        }
+      } else {
+        const text = cell.text ?? "";
+        if (td.textContent !== String(text)) td.textContent = String(text);
+      }
       const cls = cell.cls || "";
       if (td.className !== cls) td.className = cls;
       if (cell.title !== undefined && td.title !== cell.title) td.title = cell.title;
@@ -172,21 +181,24 @@ function ttlCell(expiresAt, ttl) {
 function holderCell(l) {
   const many = (l.holders || []).length > 1;
   if (!l.holder) return {text: "free", cls: "holder free"};
+  // parts wrap between each other, so a long holder cell grows down, not across
   if (l.split) {
     // grants naming different holders: the lock is split, which is the failure itself
     const text = l.holders.join(" ≠ ");
-    return {text, cls: "holder split", title: `split: ${text}`};
+    return {parts: l.holders.flatMap((h, i) => i ? ["≠", h] : [h]), cls: "holder split",
+            title: `split: ${text}`};
   }
   if (many && l.store === "zookeeper") {
     const text = l.holders.join(", ");  // readers sharing a read lock
-    return {text, cls: "holder", title: text};
+    return {parts: l.holders.map((h, i) => i < l.holders.length - 1 ? `${h},` : h), cls: "holder",
+            title: text};
   }
   if (many) {
     // a minority of grants names someone else (a RedLock contender mid-attempt)
-    return {text: `${l.holder} +${l.holders.length - 1} minority`, cls: "holder",
+    return {parts: [l.holder, `+${l.holders.length - 1} minority`], cls: "holder",
             title: `majority: ${l.holder}; minority: ${l.holders.slice(1).join(", ")}`};
   }
-  return {text: l.holder, cls: "holder", title: l.holder};
+  return {parts: [l.holder], cls: "holder", title: l.holder};
 }
 
 const ROWS = {
@@ -195,11 +207,11 @@ const ROWS = {
     {text: l.name, cls: "name", title: l.detail || l.key},
     holderCell(l),
     {text: l.layout},
-    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}` : short(l.token, 14),
+    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}` : short(l.token, 11),
      title: l.token || ""},
     ttlCell(l.expires_at_ms, l.ttl_ms),
-    {text: waitersText(l), cls: "waiters", title: l.waiters.map(w => w.id).join(", ")},
-    {text: grantsText(l), cls: "grants"},
+    {parts: waiterParts(l), cls: "waiters", title: l.waiters.map(w => w.id).join(", ")},
+    {parts: grantParts(l), cls: "grants"},
   ],
   session: (s) => [
     {text: short(s.session_id, 24), title: s.key},
@@ -224,7 +236,7 @@ const ROWS = {
     {text: n.master ? `${n.role} of ${n.master}` : n.role},
     {text: n.status, cls: "status status-" + n.status, title: n.detail},
     {text: n.status === "up" ? "now" : fmtTime(n.as_of_ms)},
-    {text: n.keys}, {text: n.events}, {text: n.gaps}, {text: short(n.feed, 40), title: n.feed},
+    {text: n.keys}, {text: n.events}, {text: n.gaps}, {text: n.feed, cls: "feed", title: n.feed},
   ],
   key: (k) => [
     {text: k.store}, {text: k.node}, {text: k.key, cls: "name"}, {text: k.type},
@@ -232,20 +244,21 @@ const ROWS = {
   ],
 };
 
-function waitersText(lock) {
-  if (!lock.waiters.length) return "–";
-  return lock.waiters.map(w => w.polls !== null && w.polls !== undefined
+function waiterParts(lock) {
+  if (!lock.waiters.length) return ["–"];
+  const parts = lock.waiters.map(w => w.polls !== null && w.polls !== undefined
     ? `${w.id} (${w.polls} polls)` : w.watches ? `${short(w.id, 16)}→${short(w.watches, 12)}`
-    : short(w.id, 16)).join(", ");
+    : short(w.id, 16));
+  return parts.map((p, i) => i < parts.length - 1 ? `${p},` : p);
 }
 
-function grantsText(lock) {
-  if (lock.store !== "redis" || !lock.grants.length) return lock.nodes.join(",");
-  return lock.grants.map(g => {
+function grantParts(lock) {
+  if (lock.store !== "redis" || !lock.grants.length) return lock.nodes;
+  return lock.grants.flatMap(g => {
     const mark = g.token === lock.token ? "■" : "□";
     const reps = g.replicas.map(r => r.present && r.same_value ? `${r.node}✓` : `${r.node}✗`);
-    return `${g.node}${mark}` + (reps.length ? ` (${reps.join(" ")})` : "");
-  }).join(" ");
+    return [`${g.node}${mark}`, ...(reps.length ? [`(${reps.join(" ")})`] : [])];
+  });
 }
 
 // One lock in full: its grants and replicas, or the ZooKeeper queue with who watches whom.

@@ -72,6 +72,15 @@ def test_pressing_run_shows_a_holder_then_the_verdict(web: str, page: Page) -> N
     page.click("#run-lock-redis")
     holder = page.locator("#locks tbody tr td.holder")
     expect(holder.first).to_contain_text("client-", timeout=10_000)
+    # grants and holders wrap between pieces, never inside a name, and the row fits its panel
+    grants = page.locator("#locks tbody tr td.grants span.part")
+    expect(grants.first).to_have_text("redis-1■")
+    expect(page.locator("#locks tbody tr td.waiters span.part").first).to_contain_text("client-")
+    for table in ("#locks", "#nodes"):
+        width, room = page.evaluate(
+            f"(t => [t.offsetWidth, t.closest('.panel').clientWidth])(document.querySelector('{table}'))"
+        )
+        assert width <= room, f"{table} is {width}px wide in a panel with room for {room}px"
     expect(page.locator("#lanes rect.span-hold").first).to_be_visible()
     expect(page.locator("#run-status")).to_have_text("violated", timeout=30_000)
     verdict = page.locator("#verdict")

@@ -82,17 +82,17 @@ def _holder(lock: Lock) -> Text:
 def _fence(lock: Lock) -> Text:
     if lock.fence is not None:
         return safe(f"#{lock.fence}")
-    return safe(lock.token or "–", limit=14)
+    return safe(lock.token or "–", limit=12)
 
 
 LOCKS = [
-    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=32)),
+    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=30)),
     Column("holder", "holder", _holder),
     Column("ttl", "TTL", lambda lk: ttl_text(lk.expires_at_ms, lk.ttl_ms), ticking=True),
-    Column("fence", "fence", _fence),
+    Column("fence", "fence/token", _fence),
     Column("waiters", "waiters", _waiters),
-    Column("grants", "where", _grants),
     Column("layout", "layout", lambda lk: safe(lk.layout)),
+    Column("grants", "where", _grants),
 ]
 
 
