@@ -207,7 +207,8 @@ const ROWS = {
     {text: l.name, cls: "name", title: l.detail || l.key},
     holderCell(l),
     {text: l.layout},
-    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}` : short(l.token, 11),
+    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}`
+       : !l.token || l.token === l.holder ? "–" : short(l.token, 11),  // a bare token is the holder
      title: l.token || ""},
     ttlCell(l.expires_at_ms, l.ttl_ms),
     {parts: waiterParts(l), cls: "waiters", title: l.waiters.map(w => w.id).join(", ")},

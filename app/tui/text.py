@@ -31,7 +31,10 @@ def printable(value: object, limit: int = 0) -> str:
 
 def safe(value: object, style: str = "", limit: int = 0, wrap: bool = False) -> Text:
     """A Text that renders exactly these characters (no markup, no escapes)."""
-    return Text(printable(value, limit), style=style, no_wrap=not wrap, overflow="ellipsis")
+    # wrapped text folds a word longer than the line (a key name) instead of cutting it
+    return Text(
+        printable(value, limit), style=style, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis"
+    )
 
 
 def fmt_ms(ms: int | None) -> str:

@@ -64,15 +64,19 @@ def _grants(lock: Lock) -> Text:
     return out
 
 
+HOLDER_LIMIT = 24
+"""Enough to tell tokens apart; enter shows a lock's holder in full."""
+
+
 def _holder(lock: Lock) -> Text:
     if not lock.holder:
         return safe("free", "dim")
     if lock.split:
         # grants that name different holders, none on a majority: the failure itself
-        return safe(" ≠ ".join(lock.holders), "bold red", limit=34)
+        return safe(" ≠ ".join(lock.holders), "bold red", limit=HOLDER_LIMIT + 10)
     if len(lock.holders) > 1 and lock.store == "zookeeper":
-        return safe(", ".join(lock.holders), "bold", limit=34)  # readers sharing a read lock
-    text = safe(lock.holder, "bold", limit=34)
+        return safe(", ".join(lock.holders), "bold", limit=HOLDER_LIMIT + 10)  # readers sharing
+    text = safe(lock.holder, "bold", limit=HOLDER_LIMIT)
     if len(lock.holders) > 1:
         # a minority of grants names someone else (a RedLock contender mid-attempt)
         text.append_text(safe(f" +{len(lock.holders) - 1} minority", "dim"))
@@ -82,17 +86,21 @@ def _holder(lock: Lock) -> Text:
 def _fence(lock: Lock) -> Text:
     if lock.fence is not None:
         return safe(f"#{lock.fence}")
-    return safe(lock.token or "–", limit=12)
+    if not lock.token or lock.token == lock.holder:
+        return safe("–", "dim")  # a bare token is the holder: it is in that column already
+    return safe(lock.token, limit=11)
 
 
 LOCKS = [
-    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=30)),
+    Column("name", "lock", lambda lk: safe(lk.name, "dim italic" if lk.stale else "", limit=26)),
     Column("holder", "holder", _holder),
     Column("ttl", "TTL", lambda lk: ttl_text(lk.expires_at_ms, lk.ttl_ms), ticking=True),
     Column("fence", "fence/token", _fence),
-    Column("waiters", "waiters", _waiters),
+    # fixed widths: a DataTable column only ever grows, so one RedLock run would push
+    # every later column off the screen for good
+    Column("grants", "where", _grants, width=22),
+    Column("waiters", "waiters", _waiters, width=16),
     Column("layout", "layout", lambda lk: safe(lk.layout)),
-    Column("grants", "where", _grants),
 ]
 
 
