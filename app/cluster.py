@@ -12,10 +12,15 @@ it started is recorded in ``<state>/cluster.json``; ``up`` again finds it
 there (and restarts any member that died), ``down`` stops exactly those
 PIDs. A PID is only ever signalled after checking that its working
 directory is still its member's folder, so a recycled PID is never touched.
+``up``, ``down`` and ``restart`` hold a lock on the state folder, across
+processes: a scenario restarting a node while ``down`` runs would otherwise
+start a server that no state file records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -24,7 +29,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -172,12 +177,27 @@ class LocalCluster:
             return None
         return info
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One of up / down / restart at a time on this state folder, in any process."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     # ------------------------------------------------------------------ up / down
 
     def up(self, masters: int | None = None) -> tuple[ClusterInfo, bool]:
         """Start the cluster, or find it running. Returns (info, started_anything)."""
         if masters is not None and masters < 1:
             raise ClusterError("--masters must be at least 1")
+        with self._exclusive():
+            return self._up(masters)
+
+    def _up(self, masters: int | None) -> tuple[ClusterInfo, bool]:
         info = self.load()
         if info is not None and masters is not None:
             have = sum(1 for m in info.members if m.name.startswith("redis-"))
@@ -201,7 +221,7 @@ class LocalCluster:
             for m in info.members:
                 self._await_ready(m)
         except ClusterError:
-            self.down()
+            self._down()
             raise
         return info, started
 
@@ -330,6 +350,10 @@ class LocalCluster:
 
     def down(self) -> list[str]:
         """Stop every recorded member; returns the names of those that were running."""
+        with self._exclusive():
+            return self._down()
+
+    def _down(self) -> list[str]:
         info = self.load()
         if info is None:
             return []
@@ -376,14 +400,15 @@ class LocalCluster:
 
     def restart(self, name: str) -> Member:
         """Start a member again on the same port (empty: there is no persistence)."""
-        info = self._require()
-        m = info.member(name)
-        if alive(m):
-            raise ClusterError(f"{name} is already running")
-        m = self._spawn(m)
-        self._save(replace(info, members=tuple(m if x.name == name else x for x in info.members)))
-        self._await_ready(m)
-        return m
+        with self._exclusive():
+            info = self._require()  # after a `down`: no cluster, nothing to start
+            m = info.member(name)
+            if alive(m):
+                raise ClusterError(f"{name} is already running")
+            m = self._spawn(m)
+            self._save(replace(info, members=tuple(m if x.name == name else x for x in info.members)))
+            self._await_ready(m)
+            return m
 
     def pause(self, name: str) -> Member:
         m = self._require().member(name)

@@ -186,12 +186,15 @@ class _Nemesis:
         self.killable = killable
         self.minority = minority
         self.background: list[asyncio.Task[None]] = []
+        self.killed: set[str] = set()
+        """Down by our hand: the only nodes we bring back (not one a user stopped)."""
 
     async def kill(self, nodes: list[str], why: str) -> None:
         cluster = self.ctx.env.cluster
         assert cluster is not None
         self.ctx.record(NEMESIS, "info", "fault", value="kill", note=f"SIGKILL {', '.join(nodes)}: {why}")
         for node in nodes:
+            self.killed.add(node)
             await asyncio.to_thread(cluster.kill, node)
 
     async def restart(self, nodes: list[str], why: str) -> None:
@@ -200,6 +203,7 @@ class _Nemesis:
         for node in nodes:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(cluster.restart, node)
+                self.killed.discard(node)
         self.ctx.record(NEMESIS, "info", "heal", note=f"{', '.join(nodes)} restarted empty: {why}")
 
     def later(self, delay_s: float, nodes: list[str], why: str) -> None:
@@ -223,13 +227,13 @@ class _Nemesis:
         self.ctx.record(NEMESIS, "info", "heal", value="clock-jump")
 
     async def settle(self) -> None:
-        """Wait for pending restarts, and bring back anything still down."""
+        """Wait for pending restarts, and bring back what we killed that is still down."""
         for task in self.background:
             with contextlib.suppress(Exception):
                 await task
         cluster = self.ctx.env.cluster
         if cluster is not None:
-            for node in self.killable:
+            for node in sorted(self.killed):
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(cluster.restart, node)  # refuses a running one
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,3 +108,48 @@ def test_a_member_that_steps_out_of_its_folder_is_still_recognised_by_its_config
         proc.kill()
         proc.wait()
     assert not alive(zk)
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """PIDs whose working directory is inside ``folder`` (what a leaked member looks like)."""
+    inside = str(folder.resolve()) + "/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (os.readlink(entry / "cwd") + "/").startswith(inside):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_restart_racing_down_leaves_no_server_behind(tmp_path: Path) -> None:
+    """A scenario bringing a killed node back while `down` runs (from another process:
+    `coordscope down` during a run) once started a server no state file recorded."""
+    state = tmp_path / "race"
+    cluster = LocalCluster(state)
+    cluster.up()
+    try:
+        cluster.kill("redis-2")
+        other = LocalCluster(state)  # the scenario's process has its own handle
+        go = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def restart() -> None:
+            go.wait()
+            try:
+                other.restart("redis-2")
+            except ClusterError as exc:  # down went first: nothing left to restart
+                errors.append(exc)
+
+        racer = threading.Thread(target=restart)
+        racer.start()
+        go.wait()
+        cluster.down()
+        racer.join(30)
+        if not errors:  # the restart went first: down must have stopped it too
+            assert cluster.load() is None
+        wait_until(lambda: _processes_in(state) == [], 10, "every server of the folder gone")
+    finally:
+        LocalCluster(state).down()
+        for pid in _processes_in(state):  # never leave one behind, even when failing
+            os.kill(pid, 9)
