@@ -130,13 +130,8 @@ async def redis_contended(port: int, rounds: int, hold_ms: float) -> tuple[Conte
         client = Redis(port=port, protocol=2)
         lock = RedisLock(client, name, actor, ttl_ms=10_000, waiting="signal")
         for _ in range(rounds):
-            asked, attempts = since(started), 0
-            while True:
-                attempts += 1
-                outcome = await lock.try_acquire(now_ms())
-                if isinstance(outcome, Grant):
-                    break
-                await lock.wait_turn(outcome)
+            asked = since(started)
+            outcome, attempts = await lock.acquire()
 
             samples.append(Sample(actor, asked, since(started), 2 * attempts, attempts - 1))
             await asyncio.sleep(hold_ms / 1000)

@@ -24,12 +24,11 @@ from kazoo.client import KazooClient
 from collectors.events import Verdict
 from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
-from collectors.state import now_ms
 from scenarios.catalogue import Param, ScenarioError, ScenarioSpec
 from scenarios.checker import check_mutex
 from scenarios.lockwork import record_grant, write
 from scenarios.measure import Contention, Sample, contention
-from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
+from scenarios.primitives.redis_lock import FencedResource, RedisLock
 from scenarios.primitives.zk_lock import (
     ZkLock,
     close_sessions,
@@ -137,13 +136,8 @@ async def _redis_client(
 
     for _ in range(ctx.number("rounds")):
         ctx.record(actor, "invoke", "acquire", key=lock.key)
-        asked, attempts = _ms_since(started), 0
-        while True:
-            attempts += 1
-            outcome = await lock.try_acquire(now_ms())
-            if isinstance(outcome, Grant):
-                break
-            await lock.wait_turn(outcome)
+        asked = _ms_since(started)
+        outcome, attempts = await lock.acquire()
 
         # requests: every attempt, plus a BLPOP per wait when woken by signal
         requests = attempts + (attempts - 1 if waiting == "signal" else 0) + 1

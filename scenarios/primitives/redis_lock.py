@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from collectors.layouts import coordscope
+from collectors.state import now_ms
 
 # The acquire script, in two flavours built from the same pieces: the plain lock
 # (anyone may take a free lock) and the fair one (only the oldest live waiter may).
@@ -267,6 +268,16 @@ class RedisLock:
         pipe.execute_command("WAIT", replicas, timeout_ms)
         reply, acks = await pipe.execute()
         return self._outcome(reply), int(acks)
+
+    async def acquire(self) -> tuple[Grant, int]:
+        """Attempt until granted, waiting our turn in between: the grant and the attempts."""
+        attempts = 0
+        while True:
+            attempts += 1
+            outcome = await self.try_acquire(now_ms())
+            if isinstance(outcome, Grant):
+                return outcome, attempts
+            await self.wait_turn(outcome)
 
     async def wait_turn(self, denied: Denied) -> None:
         """Between two attempts: sleep (``poll``), or block until the release wakes us
