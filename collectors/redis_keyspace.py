@@ -294,7 +294,8 @@ class RedisCollector:
             pipe.getrange(raw, 0, MAX_VALUE - 1)
         first = await pipe.execute(raise_on_error=False)
         read_at = now_ms()
-        plan: list[tuple[bytes, str, str, int | None, int]] = []
+        # (key, cause, type, ttl, which round answered it, where in that round's replies)
+        plan: list[tuple[bytes, str, str, int | None, int, int]] = []
         pipe = client.pipeline(transaction=False)
         for i, (raw, cause) in enumerate(batch):
             kind, pttl = first[4 * i], first[4 * i + 1]
@@ -307,16 +308,14 @@ class RedisCollector:
                 continue
             ttl = None if pttl < 0 else int(pttl)
             if kind == "string":
-                rec = self._record(raw, cause, kind, ttl, read_at, first, 4 * i + 2)
-                if rec is not None:
-                    self._state.apply_key(rec)
-                continue
-            plan.append((raw, cause, kind, ttl, len(pipe.command_stack)))
-            self._queue_read(pipe, raw, kind)
-        results = await pipe.execute(raise_on_error=False) if plan else []
-        for raw, cause, kind, ttl, at in plan:
+                plan.append((raw, cause, kind, ttl, 0, 4 * i + 2))
+            else:
+                plan.append((raw, cause, kind, ttl, 1, len(pipe.command_stack)))
+                self._queue_read(pipe, raw, kind)
+        rounds = [first, await pipe.execute(raise_on_error=False) if pipe.command_stack else []]
+        for raw, cause, kind, ttl, round_, at in plan:
             try:
-                rec = self._record(raw, cause, kind, ttl, read_at, results, at)
+                rec = self._record(raw, cause, kind, ttl, read_at, rounds[round_], at)
             except (TypeError, ValueError, IndexError, AttributeError):
                 rec = None
             if rec is None:
@@ -325,10 +324,8 @@ class RedisCollector:
             self._state.apply_key(rec)
 
     def _queue_read(self, pipe: Any, raw: bytes, kind: str) -> None:
-        if kind == "string":
-            pipe.strlen(raw)
-            pipe.getrange(raw, 0, MAX_VALUE - 1)
-        elif kind == "hash":
+        """The second round trip, for every type but strings (the first one read those)."""
+        if kind == "hash":
             pipe.hlen(raw)
             pipe.hscan(raw, 0, count=MAX_FIELDS)
         elif kind == "list":

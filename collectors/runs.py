@@ -155,7 +155,7 @@ def lanes(ops: list[Op]) -> tuple[Lane, ...]:
         elif op.kind == "info" and op.f == "session":
             _session(b, op)
         elif op.kind == "info" and op.f == "attempt":
-            held = '"held": true' in op.value
+            held = _held(op.value)
             b.ticks.append(Tick(kind="granted" if held else "refused", at_ms=op.t_ms, label=op.note))
         elif op.f == "acquire":
             b.close("wait", op.t_ms, op.kind)
@@ -197,3 +197,12 @@ def _actors_of(op: Op) -> list[str]:
     except ValueError:
         return []
     return [str(a) for a in actors] if isinstance(actors, list) else []
+
+
+def _held(value: str) -> bool:
+    """Did a RedLock attempt (its JSON summary, from the store: untrusted) end held?"""
+    try:
+        attempt = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(attempt, dict) and attempt.get("held") is True

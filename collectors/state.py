@@ -99,6 +99,8 @@ class State:
         self._entities: dict[str, dict[str, Entity]] = {k: {} for k in KINDS}
         self._zk_locks: dict[Member, ZkLockFact] = {}
         self._run_ops: dict[str, list[Op]] = defaultdict(list)
+        self._quiet_at: dict[str, int] = {}
+        """Running runs: when each turns abandoned unless a sign of life comes first."""
         self._causes: dict[EntityRef, str] = {}
         self._events: list[Event] = []
         self._log: deque[Logged] = deque(maxlen=log_size)
@@ -326,9 +328,12 @@ class State:
         (called by the flusher, at least once a second while collectors run)."""
         for node_id in list(self._nodes):
             self._refresh_counts(node_id)
-        for run in list(self._entities["run"].values()):
-            if isinstance(run, Run) and run.status == "running":
-                self._recompute(("run", run.id))
+        now = self._clock()
+        for run_id, quiet_at in list(self._quiet_at.items()):
+            if run_id not in self._entities["run"]:
+                del self._quiet_at[run_id]
+            elif now > quiet_at:
+                self._recompute(("run", run_id))  # only the ones that just went quiet
 
     def _refresh_counts(self, node_id: str) -> None:
         node = self._nodes[node_id]
@@ -602,7 +607,10 @@ class State:
         verdict = _verdict(meta.get("verdict", ""))
         status, error = meta.get("status", "?"), meta.get("error", "")
         alive = _int(meta.get("alive_ms")) or _int(meta.get("started_ms"))
-        if status == "running" and alive is not None and self._clock() - alive > ABANDONED_MS:
+        self._quiet_at.pop(entity_id, None)
+        if status == "running" and alive is not None and self._clock() - alive <= ABANDONED_MS:
+            self._quiet_at[entity_id] = alive + ABANDONED_MS
+        elif status == "running" and alive is not None:
             status = "abandoned"
             error = (
                 f"the process running it ({meta.get('owner', '?')}) stopped answering: "

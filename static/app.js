@@ -153,6 +153,7 @@ function syncTable(tableId, kind, rowsFor, limit) {
           td.replaceChildren(...cell.parts.flatMap((p, k) => [...(k ? [" "] : []), el("span", {class: "part"}, p)]));
         }
       } else {
+        delete td.dataset.parts;  // the same parts coming back must be drawn again
         const text = cell.text ?? "";
         if (td.textContent !== String(text)) td.textContent = String(text);
       }

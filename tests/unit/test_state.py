@@ -310,6 +310,9 @@ def test_a_run_whose_process_went_quiet_is_shown_abandoned() -> None:
     state = State(clock=lambda: now[0])
     state.apply_key(run_meta(started_ms="9000", alive_ms="9500"))
     assert (run := state.get("run", "r2")) is not None and isinstance(run, Run) and run.status == "running"
+    now[0] = 9500 + 5000  # not quiet for long enough yet
+    state.refresh_counts()
+    assert (run := state.get("run", "r2")) is not None and isinstance(run, Run) and run.status == "running"
     now[0] = 9500 + 5001  # the heartbeat stopped: the flusher's periodic pass notices
     state.refresh_counts()
     run = state.get("run", "r2")
