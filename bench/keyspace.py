@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import statistics
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,7 @@ from app.cluster import free_port
 from collectors.events import Upserted
 from collectors.observatory import Observatory
 from collectors.targets import RedisTarget
+from scenarios.measure import percentile
 
 CHANNEL = "__keyspace@0__:*"
 
@@ -192,10 +192,6 @@ async def coordscope_latency(port: int, samples: int) -> list[float]:
     return out
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1]
-
-
 async def main(sets: int, keys: int, samples: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
@@ -222,12 +218,12 @@ async def main(sets: int, keys: int, samples: int) -> None:
         f"({100 * coalesced / sets:.0f}%); state current {converged:.0f} ms after the last write"
     )
     print(f"latency, one SET at a time ({samples} samples):")
+    raw50, raw99 = percentile(raw_lat, 50), percentile(raw_lat, 99)
+    our50, our99 = percentile(our_lat, 50), percentile(our_lat, 99)
+    print(f"  raw SET -> notification:          p50 {raw50:6.0f} us  p99 {raw99:6.0f} us")
     print(
-        f"  raw SET -> notification:          p50 {pct(raw_lat, 50):6.0f} us  p99 {pct(raw_lat, 99):6.0f} us"
-    )
-    print(
-        f"  coordscope SET -> viewer event:   p50 {pct(our_lat, 50):6.0f} us  "
-        f"p99 {pct(our_lat, 99):6.0f} us  ratio p50 {pct(our_lat, 50) / pct(raw_lat, 50):.1f}x"
+        f"  coordscope SET -> viewer event:   p50 {our50:6.0f} us  p99 {our99:6.0f} us  "
+        f"ratio p50 {our50 / raw50:.1f}x"
     )
 
 

@@ -41,7 +41,7 @@ from redis.asyncio.lock import Lock as RedisPyLock
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.kazoo_bridge import KazooBridge
 from collectors.state import now_ms
-from scenarios.measure import Contention, Sample, contention
+from scenarios.measure import Contention, Sample, contention, ms_since
 from scenarios.primitives.redis_lock import Grant, RedisLock
 from scenarios.primitives.zk_lock import ZkLock
 
@@ -119,10 +119,6 @@ async def contend(worker: Callable[[str, list[Sample], float], Awaitable[None]])
     return contention(samples)
 
 
-def since(started: float) -> float:
-    return (time.monotonic() - started) * 1000
-
-
 async def redis_contended(port: int, rounds: int, hold_ms: float) -> tuple[Contention, Contention]:
     name = f"bench-{uuid.uuid4().hex[:6]}"
 
@@ -130,10 +126,10 @@ async def redis_contended(port: int, rounds: int, hold_ms: float) -> tuple[Conte
         client = Redis(port=port, protocol=2)
         lock = RedisLock(client, name, actor, ttl_ms=10_000, waiting="signal")
         for _ in range(rounds):
-            asked = since(started)
+            asked = ms_since(started)
             outcome, attempts = await lock.acquire()
 
-            samples.append(Sample(actor, asked, since(started), 2 * attempts, attempts - 1))
+            samples.append(Sample(actor, asked, ms_since(started), 2 * attempts, attempts - 1))
             await asyncio.sleep(hold_ms / 1000)
             await lock.release(outcome)
         await lock.aclose()
@@ -145,9 +141,9 @@ async def redis_contended(port: int, rounds: int, hold_ms: float) -> tuple[Conte
         client = Redis(port=port, protocol=2)
         lock = RedisPyLock(client, key, timeout=10, blocking_timeout=60)  # sleep=0.1: its default
         for _ in range(rounds):
-            asked = since(started)
+            asked = ms_since(started)
             assert await lock.acquire()
-            samples.append(Sample(actor, asked, since(started), 0, 0))
+            samples.append(Sample(actor, asked, ms_since(started), 0, 0))
             await asyncio.sleep(hold_ms / 1000)
             await lock.release()
         await client.aclose()
@@ -198,9 +194,9 @@ async def zk_contended(hosts: str, rounds: int, hold_ms: float) -> tuple[Content
         client = await asyncio.to_thread(kazoo_client, hosts)
         lock = ZkLock(client, bridge, name, actor)
         for _ in range(rounds):
-            asked = since(started)
+            asked = ms_since(started)
             hold = await lock.acquire(timeout=60)
-            samples.append(Sample(actor, asked, since(started), hold.requests + 1, hold.wakeups))
+            samples.append(Sample(actor, asked, ms_since(started), hold.requests + 1, hold.wakeups))
             await asyncio.sleep(hold_ms / 1000)
             await lock.release()
         lock.close()
@@ -215,10 +211,10 @@ async def zk_contended(hosts: str, rounds: int, hold_ms: float) -> tuple[Content
         client = kazoo_client(hosts)
         lock = KazooLock(client, path, identifier=actor)
         for _ in range(rounds):
-            asked = since(started_at)
+            asked = ms_since(started_at)
             lock.acquire(timeout=60)
             with guard:
-                samples.append(Sample(actor, asked, since(started_at), 0, 0))
+                samples.append(Sample(actor, asked, ms_since(started_at), 0, 0))
             time.sleep(hold_ms / 1000)
             lock.release()
         client.stop()

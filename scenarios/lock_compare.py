@@ -27,7 +27,7 @@ from collectors.layouts import coordscope
 from scenarios.catalogue import Param, ScenarioError, ScenarioSpec
 from scenarios.checker import check_mutex
 from scenarios.lockwork import record_grant, write
-from scenarios.measure import Contention, Sample, contention
+from scenarios.measure import Contention, Sample, contention, ms_since
 from scenarios.primitives.redis_lock import FencedResource, RedisLock
 from scenarios.primitives.zk_lock import (
     ZkLock,
@@ -114,10 +114,6 @@ async def run(ctx: RunContext) -> Verdict:
     return await _verdict(ctx, redis_name, zk_name, redis_resource, zk_resource, redis_stats, zk_stats)
 
 
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000
-
-
 async def _redis_client(
     ctx: RunContext,
     actor: str,
@@ -135,13 +131,15 @@ async def _redis_client(
     waiting = lock.waiting
 
     for _ in range(ctx.number("rounds")):
+        if ctx.stopping.is_set():
+            return
         ctx.record(actor, "invoke", "acquire", key=lock.key)
-        asked = _ms_since(started)
+        asked = ms_since(started)
         outcome, attempts = await lock.acquire()
 
         # requests: every attempt, plus a BLPOP per wait when woken by signal
         requests = attempts + (attempts - 1 if waiting == "signal" else 0) + 1
-        samples.append(Sample(actor, asked, _ms_since(started), requests, attempts - 1))
+        samples.append(Sample(actor, asked, ms_since(started), requests, attempts - 1))
         record_grant(ctx, actor, lock, outcome, attempts)
         await _work(ctx, actor, resource, outcome.fence)
         ctx.record(actor, "invoke", "release", key=lock.key)
@@ -163,10 +161,12 @@ async def _zk_client(
     lock = ZkLock(client, bridge, name, actor, ctx.choice("watch"))
     try:
         for _ in range(ctx.number("rounds")):
+            if ctx.stopping.is_set():
+                return
             ctx.record(actor, "invoke", "acquire", key=lock.path)
-            asked = _ms_since(started)
+            asked = ms_since(started)
             hold = await lock.acquire(timeout=60)
-            samples.append(Sample(actor, asked, _ms_since(started), hold.requests + 1, hold.wakeups))
+            samples.append(Sample(actor, asked, ms_since(started), hold.requests + 1, hold.wakeups))
             ctx.record(
                 actor,
                 "ok",

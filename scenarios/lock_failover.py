@@ -38,6 +38,7 @@ from redis import exceptions as redis_errors
 
 from collectors.events import Verdict
 from collectors.layouts import coordscope
+from collectors.redis_keyspace import NETWORK_ERRORS
 from collectors.runs import NEMESIS
 from collectors.state import now_ms
 from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
     from scenarios.runner import RunContext
 
-NETWORK = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 A, B = "client-a", "client-b"
 
 SPEC = ScenarioSpec(
@@ -128,11 +128,11 @@ async def run(ctx: RunContext) -> Verdict:
     )
     try:
         if "kill-master" in ctx.faults:
-            await _failover_before_replication(ctx, master, replica, name, resource)
+            await _failover_before_replication(ctx, master, replica, resource)
         elif "kill-master-after-extend" in ctx.faults:
-            await _failover_after_extend(ctx, master, replica, name, resource)
+            await _failover_after_extend(ctx, master, replica, resource)
         else:
-            await _healthy(ctx, master, name, resource)
+            await _healthy(ctx, master, resource)
     finally:
         await _restore(ctx, master, replica)
     return await judge(ctx, coordscope.lock_key(name), resource)
@@ -153,7 +153,7 @@ async def _take(ctx: RunContext, actor: str, lock: RedisLock, deadline_s: float)
                 outcome, acks = await lock.try_acquire_replicated(now_ms(), 1, ctx.number("wait_timeout_ms"))
             else:
                 outcome, acks = await lock.try_acquire(now_ms()), -1
-        except NETWORK as exc:
+        except NETWORK_ERRORS as exc:
             ctx.record(actor, "info", "error", key=lock.key, note=f"{type(exc).__name__}")
             await asyncio.sleep(0.1)
             continue
@@ -169,7 +169,7 @@ async def _take(ctx: RunContext, actor: str, lock: RedisLock, deadline_s: float)
                     note=f"WAIT 1 {ctx.number('wait_timeout_ms')}: no replica "
                     "acknowledged, so the lock is not taken (retrying)",
                 )
-            with contextlib.suppress(*NETWORK):
+            with contextlib.suppress(*NETWORK_ERRORS):
                 await lock.release(outcome)
         elif isinstance(outcome, Grant):
             note = "" if not waited else f"WAIT 1: {acks} replica acknowledged"
@@ -200,7 +200,7 @@ async def _work_and_release(
             key=lock.key,
             note="" if released else "not ours any more",
         )
-    except NETWORK as exc:
+    except NETWORK_ERRORS as exc:
         ctx.record(
             actor,
             "fail",
@@ -222,7 +222,7 @@ def _lock(ctx: RunContext, node: str, actor: str) -> RedisLock:
     return ctx.closing(RedisLock(ctx.client(node), ctx.run_id, actor, ctx.number("ttl_ms")))
 
 
-async def _healthy(ctx: RunContext, master: str, name: str, resource: FencedResource) -> None:
+async def _healthy(ctx: RunContext, master: str, resource: FencedResource) -> None:
     for actor in (A, B, A, B):
         lock = _lock(ctx, master, actor)
         grant = await _take(ctx, actor, lock, 10)
@@ -234,10 +234,8 @@ async def _healthy(ctx: RunContext, master: str, name: str, resource: FencedReso
 
 
 async def _failover_before_replication(
-    ctx: RunContext, master: str, replica: str, name: str, resource: FencedResource
+    ctx: RunContext, master: str, replica: str, resource: FencedResource
 ) -> None:
-    cluster = ctx.env.cluster
-    assert cluster is not None
     await _stall_replication(ctx, master, replica, "kill-master")
     lock_a = _lock(ctx, master, A)
     grant_a = await _take(ctx, A, lock_a, 1)
@@ -261,10 +259,8 @@ async def _failover_before_replication(
 
 
 async def _failover_after_extend(
-    ctx: RunContext, master: str, replica: str, name: str, resource: FencedResource
+    ctx: RunContext, master: str, replica: str, resource: FencedResource
 ) -> None:
-    cluster = ctx.env.cluster
-    assert cluster is not None
     ttl = ctx.number("ttl_ms")
     lock_a = _lock(ctx, master, A)
     grant_a = await _take(ctx, A, lock_a, 5)
@@ -384,7 +380,7 @@ async def _until_answers(client: Redis, timeout_s: float = 10.0) -> None:
         try:
             await client.ping()
             return
-        except NETWORK:
+        except NETWORK_ERRORS:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)

@@ -30,10 +30,9 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from redis import exceptions as redis_errors
-
 from collectors.events import Verdict
 from collectors.layouts import coordscope
+from collectors.redis_keyspace import NETWORK_ERRORS
 from collectors.runs import NEMESIS
 from collectors.state import now_ms
 from scenarios.catalogue import FaultSpec, Param, ScenarioSpec
@@ -43,7 +42,6 @@ from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
 if TYPE_CHECKING:
     from scenarios.runner import RunContext
 
-NETWORK = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 SPEC = ScenarioSpec(
     name="lock-redis",
@@ -105,7 +103,7 @@ async def run(ctx: RunContext) -> Verdict:
         note=f"lock {coordscope.lock_key(name)} on {lock_node}, resource {resource.key} on {resource_node}",
     )
     clients = [_client(ctx, actor, lock_node, name, resource, plan) for actor in actors]
-    await with_helpers(ctx, plan, clients, _kill_node(ctx, plan, lock_node))
+    await with_helpers(ctx, plan.arm, clients, _kill_node(ctx, plan, lock_node))
     return await judge(ctx, coordscope.lock_key(name), resource)
 
 
@@ -116,8 +114,10 @@ async def _kill_node(ctx: RunContext, plan: FaultPlan, node: str) -> None:
         return
     ctx.record(NEMESIS, "info", "fault", value="kill-node", note=f"SIGKILL {node}")
     await asyncio.to_thread(cluster.kill, node)
-    await asyncio.sleep(ctx.number("down_ms") / 1000)
-    await asyncio.to_thread(cluster.restart, node)
+    try:
+        await asyncio.sleep(ctx.number("down_ms") / 1000)
+    finally:  # the clients may be done first and cancel us: the node comes back all the same
+        await asyncio.to_thread(cluster.restart, node)
     ctx.record(
         NEMESIS,
         "info",
@@ -143,7 +143,7 @@ async def _client(
         grant = await _acquire(ctx, actor, lock, poll_s)
         if grant is None:
             continue
-        plan.acquired(actor)
+        plan.acquired()
         if not await critical_section(ctx, actor, resource, grant.fence, plan, pause_ms=int(ttl * 1.5) + 250):
             return
         await _release(ctx, actor, lock, grant)
@@ -165,7 +165,7 @@ async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) 
                 return outcome
             await lock.wait_turn(outcome)
 
-        except NETWORK as exc:
+        except NETWORK_ERRORS as exc:
             if not failing:
                 ctx.record(
                     actor,
@@ -194,7 +194,7 @@ async def _release(ctx: RunContext, actor: str, lock: RedisLock, grant: Grant) -
             if owner is not None and owner[0] != actor:
                 note = f"DEL deleted {owner[0]}'s lock (fence {owner[1]})!"
         ctx.record(actor, "ok" if released else "fail", "release", key=lock.key, note=note)
-    except NETWORK as exc:
+    except NETWORK_ERRORS as exc:
         ctx.record(
             actor, "fail", "release", key=lock.key, note=f"lock node unreachable ({type(exc).__name__})"
         )

@@ -40,7 +40,7 @@ from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.runs import NEMESIS
 from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
-from scenarios.lockwork import judge, write
+from scenarios.lockwork import judge, with_helpers, write
 from scenarios.primitives.redis_lock import FencedResource
 from scenarios.primitives.redlock import CELL, Attempt, Redlock
 
@@ -116,6 +116,10 @@ class _Plan:
     busy: int = 0
     """Attempts that found the lock taken on every master (counted, not listed)."""
 
+    def table(self) -> list[list[str]]:
+        """The header and the latest attempts (a run table is bounded)."""
+        return self.rows[:1] + self.rows[1:][-199:]
+
     def next_fault(self) -> str | None:
         """A fault due at the acquisition about to start."""
         if self.scheduled and self.acquisitions + 1 >= self.fault_at:
@@ -151,15 +155,15 @@ async def run(ctx: RunContext) -> Verdict:
         note=f"RedLock on {', '.join(masters)} (quorum {len(masters) // 2 + 1}); resource on {resource_node}",
     )
     nemesis = _Nemesis(ctx, killable, minority)
-    listener = asyncio.create_task(_live(ctx, plan))
     try:
-        await asyncio.gather(
-            *(_client(ctx, actor, masters, name, resource, plan, nemesis) for actor in actors)
+        await with_helpers(
+            ctx,
+            plan.pending.append,  # RedLock takes a fault as its next attempt starts
+            [_client(ctx, actor, masters, name, resource, plan, nemesis) for actor in actors],
         )
     finally:
-        listener.cancel()
         await nemesis.settle()
-        await ctx.set_table(plan.rows[:1] + plan.rows[1:][-199:])
+        await ctx.set_table(plan.table())
         ctx.record(
             "runner",
             "info",
@@ -170,13 +174,6 @@ async def run(ctx: RunContext) -> Verdict:
     return await judge(ctx, coordscope.lock_key(name), resource)
 
 
-async def _live(ctx: RunContext, plan: _Plan) -> None:
-    while True:
-        name = await ctx.live_faults.get()
-        ctx.record("runner", "info", "fault-requested", value=name, note="injected while running")
-        plan.pending.append(name)
-
-
 class _Nemesis:
     """Kills, restarts and clock jumps, never on the control node."""
 
@@ -184,7 +181,6 @@ class _Nemesis:
         self.ctx = ctx
         self.absent = killable[:minority]
         self.killable = killable
-        self.minority = minority
         self.background: list[asyncio.Task[None]] = []
         self.killed: set[str] = set()
         """Down by our hand: the only nodes we bring back (not one a user stopped)."""
@@ -331,7 +327,7 @@ async def _acquire(
             stall_s = 0.0
 
         if _narrate(ctx, actor, lock, plan, attempt):
-            await ctx.set_table(plan.rows[:1] + plan.rows[1:][-199:])
+            await ctx.set_table(plan.table())
         if attempt.held:
             ctx.record(
                 actor,

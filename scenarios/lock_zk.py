@@ -120,7 +120,7 @@ async def run(ctx: RunContext) -> Verdict:
     )
     try:
         work = [_client(ctx, bridge, actor, clients[actor], hosts, name, resource, plan) for actor in actors]
-        await with_helpers(ctx, plan, work, _pause_server(ctx, plan))
+        await with_helpers(ctx, plan.arm, work, _pause_server(ctx, plan))
         verdict = await judge(ctx, lock_path(name), resource)
     finally:
         if ctx.params.get("keep") != "on":
@@ -204,7 +204,7 @@ async def _client(
             value={"seq": hold.seq, "wakeups": hold.wakeups, "requests": hold.requests},
             note=f"seq {hold.seq}, {hold.wakeups} wake-up(s), {hold.requests} request(s)",
         )
-        plan.acquired(actor)
+        plan.acquired()
         alive = await critical_section(
             ctx,
             actor,

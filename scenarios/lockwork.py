@@ -58,13 +58,10 @@ class FaultPlan:
     armed: list[str] = field(default_factory=list)
     """Holder faults waiting for the next holder."""
     acquisitions: int = 0
-    holder: str | None = None
-    """Who acquired last (a nemesis fault may need to know)."""
     _events: dict[str, asyncio.Event] = field(default_factory=dict)
 
-    def acquired(self, actor: str) -> None:
+    def acquired(self) -> None:
         self.acquisitions += 1
-        self.holder = actor
         if self.acquisitions >= self.fault_at and self.scheduled:
             for name in self.scheduled:
                 self.arm(name)
@@ -171,12 +168,12 @@ def judge_live(ctx: RunContext) -> None:
         )
 
 
-async def live_faults(ctx: RunContext, plan: FaultPlan) -> None:
+async def live_faults(ctx: RunContext, arm: Callable[[str], object]) -> None:
     """Faults injected while the run goes (from any viewer, through the store)."""
     while True:
         name = await ctx.live_faults.get()
         ctx.record("runner", "info", "fault-requested", value=name, note="injected while running")
-        plan.arm(name)
+        arm(name)
 
 
 async def judge(ctx: RunContext, lock_key: str, resource: FencedResource) -> Verdict:
@@ -194,10 +191,14 @@ async def judge(ctx: RunContext, lock_key: str, resource: FencedResource) -> Ver
 
 
 async def with_helpers(
-    ctx: RunContext, plan: FaultPlan, clients: Iterable[Awaitable[None]], *helpers: Awaitable[None]
+    ctx: RunContext,
+    arm: Callable[[str], object],
+    clients: Iterable[Awaitable[None]],
+    *helpers: Awaitable[None],
 ) -> None:
-    """Run the clients to the end with live-fault and nemesis helpers beside them."""
-    background = [asyncio.ensure_future(live_faults(ctx, plan))]
+    """Run the clients to the end with live faults (handed to ``arm``) and nemesis
+    helpers beside them."""
+    background = [asyncio.ensure_future(live_faults(ctx, arm))]
     background += [asyncio.ensure_future(h) for h in helpers]
     try:
         await asyncio.gather(*clients)

@@ -14,6 +14,7 @@ it got the lock, how many requests and wake-ups it cost. From those:
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 
 
@@ -41,6 +42,11 @@ class Contention:
     fifo_share: float
     """Hand-offs that went to the longest waiter, 0..1 (over hand-offs with a queue)."""
     handoffs: int
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since a ``time.monotonic()`` reading."""
+    return (time.monotonic() - started) * 1000
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -253,9 +253,7 @@ class Runner:
 
     async def _drive(self, run: LocalRun, control: Redis, record: RunRecord) -> None:
         ctx = run.context
-        commands = asyncio.create_task(self._commands(run))
-        heartbeat = asyncio.create_task(record.heartbeat())
-        commands.add_done_callback(lambda _: heartbeat.cancel())
+        background = (asyncio.create_task(self._commands(run)), asyncio.create_task(record.heartbeat()))
 
         module = SCENARIOS[run.spec.name]
         try:
@@ -272,17 +270,18 @@ class Runner:
             run.status, run.error = "error", f"internal error: {type(exc).__name__}: {exc}"
         finally:
             try:
-                await self._finish(run, control, record, commands)
+                await self._finish(run, control, record, background)
             finally:
                 run.done.set()  # whoever waits for the run must never wait for ever
 
     async def _finish(
-        self, run: LocalRun, control: Redis, record: RunRecord, commands: asyncio.Task[None]
+        self, run: LocalRun, control: Redis, record: RunRecord, background: tuple[asyncio.Task[None], ...]
     ) -> None:
         """Write how the run ended, clean up its keys, close its connections."""
         ctx = run.context
-        commands.cancel()
-        await asyncio.wait({commands}, timeout=3.0)  # bounded: the run's end must not hang on it
+        for task in background:  # the command reader and the heartbeat
+            task.cancel()
+        await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
         ctx.record("runner", "info", "end", note=run.status)
         await ctx.history.close()
         verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None

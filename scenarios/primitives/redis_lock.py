@@ -181,7 +181,6 @@ class Grant(NamedTuple):
 
 
 class Denied(NamedTuple):
-    holder_value: str
     pttl_ms: int
     """The holder's remaining lease (-1: no TTL)."""
 
@@ -251,7 +250,7 @@ class RedisLock:
 
     def _outcome(self, reply: Any) -> Grant | Denied:
         if int(reply[0]) == 0:
-            return Denied(holder_value=_text(reply[1]), pttl_ms=int(reply[2]))
+            return Denied(pttl_ms=int(reply[2]))
         return Grant(fence=int(reply[0]), value=_text(reply[1]))
 
     async def try_acquire(self, now_ms: int) -> Grant | Denied:

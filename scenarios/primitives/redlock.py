@@ -33,9 +33,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
+from collectors.redis_keyspace import NETWORK_ERRORS
 from scenarios.primitives.redis_lock import RELEASE
 
-NETWORK = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
 GRANTED, DENIED, ERROR = "granted", "denied", "error"
 CELL = {GRANTED: "■", DENIED: "□", ERROR: "✖"}
 
@@ -81,7 +81,7 @@ class Redlock:
         try:
             async with asyncio.timeout(self.node_timeout_ms / 1000):
                 ok = await self.clients[node].set(self.key, value, nx=True, px=self.ttl_ms)
-        except NETWORK:
+        except NETWORK_ERRORS:
             return ERROR
         return GRANTED if ok else DENIED
 
@@ -115,7 +115,7 @@ class Redlock:
                 async with asyncio.timeout(max(0.2, self.node_timeout_ms / 1000)):
                     return int(await self._release[node](keys=[self.key], args=[attempt.value]))
 
-            except NETWORK:
+            except NETWORK_ERRORS:
                 return 0
             except redis_errors.ResponseError:
                 return 0

@@ -230,7 +230,7 @@ class ZkLock:
         """Remove our contender after a failed or cancelled acquire (an orphaned node
         would block everyone queued behind it for as long as our session lives)."""
         with contextlib.suppress(asyncio.CancelledError):
-            await self.release()
+            await self.release(patience_s=5.0)  # a cancel must not wait long for a lost server
 
     def close(self) -> None:
         self.client.remove_listener(self._on_state)
@@ -276,9 +276,11 @@ async def close_sessions(clients: dict[str, KazooClient]) -> None:
 
 
 async def remove_tree(bridge: KazooBridge, client: KazooClient, path: str) -> None:
-    """Delete a lock znode and whatever contenders are left in it (best effort)."""
-    with contextlib.suppress(KazooException):
-        for child in await bridge.result(client.get_children_async(path)):
-            with contextlib.suppress(KazooException):
-                await bridge.result(client.delete_async(f"{path}/{child}"))
-        await bridge.result(client.delete_async(path))
+    """Delete a lock znode and whatever contenders are left in it (best effort, and
+    bounded: kazoo queues requests while it reconnects to a server that may be gone)."""
+    with contextlib.suppress(KazooException, TimeoutError):
+        async with asyncio.timeout(5.0):
+            for child in await bridge.result(client.get_children_async(path)):
+                with contextlib.suppress(KazooException):
+                    await bridge.result(client.delete_async(f"{path}/{child}"))
+            await bridge.result(client.delete_async(path))
