@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
 from collectors.events import Node
@@ -65,6 +65,8 @@ class ZkCollector:
             feed="watches (one-shot, re-armed on every read)",
         )
         self._over_budget = False
+        self._unreadable: set[str] = set()
+        """Znodes whose ACL does not let us read them (said once each)."""
         self.events = 0
         self.coalesced = 0
         self.resyncs = 0
@@ -192,6 +194,13 @@ class ZkCollector:
             children = await self._bridge.result(children_result)
         except NoNodeError:
             self._drop_subtree(path)
+            return
+        except NoAuthError:
+            # an ACL that is not for us: it will not pass on a retry, so say so once and
+            # go on with the rest of the tree (retrying it stalled every other read)
+            if path not in self._unreadable:
+                self._unreadable.add(path)
+                self._state.log("warn", self.target.id, f"{path}: not readable by us (ACL); skipped")
             return
         before = self._state.record(self.target.id, path)
         self._state.apply_znode(self.target.id, _record(path, data, stat, children))

@@ -266,3 +266,34 @@ async def test_kazoo_holder_session_closed_moves_the_lock_at_once(cluster: Clust
         for c in clients:
             c.stop()
             c.close()
+
+
+async def test_a_znode_we_may_not_read_is_skipped_not_retried_for_ever(
+    cluster: ClusterInfo, zk_root: str
+) -> None:
+    from kazoo.security import make_digest_acl
+
+    zk = zk_client(cluster)
+    try:
+        secret = make_digest_acl("owner", "pw", all=True)  # nobody else may read it
+        zk.ensure_path(zk_root)
+        zk.create(f"{zk_root}/private", b"x", acl=[secret])
+        async with observing(cluster) as bus:
+            await until(
+                bus,
+                lambda st: any("not readable by us" in line.text for line in st.snapshot().log),
+                "the unreadable znode said once",
+            )
+            zk.create(f"{zk_root}/after", b"y")  # the rest of the tree still moves
+            await until(
+                bus,
+                lambda st: st.record("zookeeper", f"{zk_root}/after") is not None,
+                "a znode created after it",
+            )
+            said = [line for line in bus.state.snapshot().log if "not readable by us" in line.text]
+            assert len(said) == 1 and f"{zk_root}/private" in said[0].text
+    finally:
+        zk.delete(f"{zk_root}/private")  # its parent's ACL says who may delete it
+        zk.delete(zk_root, recursive=True)
+        zk.stop()
+        zk.close()
