@@ -255,7 +255,7 @@ async def _failover_before_replication(
             await work_a
         await rejoin
     finally:
-        rejoin.cancel()
+        await _settle(rejoin, work_a)
 
 
 async def _failover_after_extend(
@@ -296,7 +296,15 @@ async def _failover_after_extend(
             ctx.record(B, "ok" if released else "fail", "release", key=lock_b.key)
         await rejoin
     finally:
-        rejoin.cancel()
+        await _settle(rejoin)
+
+
+async def _settle(*tasks: asyncio.Task[None] | None) -> None:
+    """On the way out (an error included): stop what still runs, and wait for it."""
+    running = [t for t in tasks if t is not None and not t.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _stall_replication(ctx: RunContext, master: str, replica: str, fault: str) -> None:
@@ -345,8 +353,12 @@ async def _rejoin(ctx: RunContext, master: str, replica: str) -> None:
     assert cluster is not None
     await asyncio.sleep(ctx.number("rejoin_ms") / 1000)
     await asyncio.to_thread(cluster.restart, master)
-    await _follow(ctx, master, replica)
-    ctx.record(NEMESIS, "info", "rejoin", note=f"{master} restarted empty, now a replica of {replica}")
+    if await _follow(ctx, master, replica):
+        ctx.record(NEMESIS, "info", "rejoin", note=f"{master} restarted empty, now a replica of {replica}")
+    else:
+        ctx.record(
+            NEMESIS, "info", "rejoin", note=f"{master} restarted empty; its sync with {replica} timed out"
+        )
 
 
 async def _follow(ctx: RunContext, follower: str, leader: str, timeout_s: float = 15.0) -> bool:

@@ -136,11 +136,10 @@ async def _client(
             ctx.client(lock_node), name, actor, ttl, ctx.choice("waiting"), ctx.number("poll_ms") / 1000
         )
     )
-    poll_s = ctx.number("poll_ms") / 1000
     for _ in range(ctx.number("rounds")):
         if ctx.stopping.is_set():
             return
-        grant = await _acquire(ctx, actor, lock, poll_s)
+        grant = await _acquire(ctx, actor, lock)
         if grant is None:
             continue
         plan.acquired()
@@ -150,7 +149,7 @@ async def _client(
         await asyncio.sleep(random.uniform(0, 0.02))
 
 
-async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) -> Grant | None:
+async def _acquire(ctx: RunContext, actor: str, lock: RedisLock) -> Grant | None:
     ctx.record(actor, "invoke", "acquire", key=lock.key)
     attempts = 0
     failing = False
@@ -175,7 +174,7 @@ async def _acquire(ctx: RunContext, actor: str, lock: RedisLock, poll_s: float) 
                     note=f"lock node unreachable ({type(exc).__name__}); retrying",
                 )
             failing = True
-            await asyncio.sleep(poll_s)
+            await asyncio.sleep(lock.poll_s)
     ctx.record(actor, "fail", "acquire", key=lock.key, note=f"gave up after {attempts} attempt(s)")
     return None
 
