@@ -6,15 +6,26 @@
   RedLock over five), keyspace notifications on, no persistence;
 - ``replica-1``, a replica of ``redis-1`` (for the failover scenario);
 - ``zookeeper``, one standalone ZooKeeper on the installed Java;
+- ``postgres-1``, PostgreSQL, the business database (see :mod:`app.local_postgres`:
+  run as root, its data lives outside the state folder, which links to it);
 
 each on 127.0.0.1 on a free port, with its files in the state folder. What
 it started is recorded in ``<state>/cluster.json``; ``up`` again finds it
 there (and restarts any member that died), ``down`` stops exactly those
 PIDs. A PID is only ever signalled after checking that its working
-directory is still its member's folder, so a recycled PID is never touched.
+directory is still its member's folder, so a recycled PID is never touched
+(:mod:`app.cluster_member`). A crash (``kill``) and a pause act on every
+process of the member: PostgreSQL is a postmaster and its backends.
 ``up``, ``down`` and ``restart`` hold a lock on the state folder, across
 processes: a scenario restarting a node while ``down`` runs would otherwise
 start a server that no state file records.
+
+Redis members start empty, every time: no snapshots, no append-only file,
+a replica loads a full sync from the socket instead of a file, and any
+``dump.rdb`` or AOF that something else left in the folder (a ``SAVE``)
+is removed before the server starts. A restarted master that loaded old
+keys would bring back locks everyone saw deleted. ZooKeeper and PostgreSQL
+keep their data, as they would in production.
 """
 
 from __future__ import annotations
@@ -29,37 +40,33 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from collectors.targets import RedisTarget, ZkTarget
+from app import local_postgres
+from app.cluster_member import HOST, ClusterError, Member, alive, leads_its_group, processes_of, stopped, tail
+from collectors.targets import PostgresTarget, RedisTarget, ZkTarget
 
-HOST = "127.0.0.1"
+# Member, alive and ClusterError live in app.cluster_member; importers find them here too
+__all__ = ["HOST", "ZOO_CFG", "ClusterError", "ClusterInfo", "LocalCluster", "Member", "alive", "free_port"]
+
 ZK_JARS = (Path("/usr/share/java/zookeeper.jar"), Path("/usr/share/zookeeper/zookeeper.jar"))
 START_TIMEOUT_S = 30.0
-
-
-class ClusterError(RuntimeError):
-    """Something the user can fix: a missing binary, a port in use, a dead node."""
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    kind: str
-    """redis | zookeeper"""
-    port: int
-    role: str
-    """master | replica | standalone"""
-    dir: str
-    argv: tuple[str, ...]
-    pid: int = 0
-    master: str | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
+ZOO_CFG: dict[str, str] = {
+    "tickTime": "500",
+    "minSessionTimeout": "1000",
+    "maxSessionTimeout": "60000",
+    "admin.enableServer": "false",
+    "4lw.commands.whitelist": "*",
+    "maxClientCnxns": "0",
+}
+"""ZooKeeper's settings beyond where it keeps data and listens (docker-compose.yml
+passes the same)."""
+REDIS_DATA_FILES = ("dump.rdb", "temp-*.rdb", "appendonly.aof*", "appendonlydir", "temp-*.aof")
+"""What a Redis server would load, or half-wrote, in its folder."""
+STOP_SIGNALS = {"postgres": local_postgres.STOP_SIGNAL}
+"""How ``down`` asks a member to stop (SIGTERM unless named here)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,15 @@ class ClusterInfo:
     def zk_targets(self) -> list[ZkTarget]:
         return [ZkTarget(id=m.name, hosts=m.address) for m in self.members if m.kind == "zookeeper"]
 
+    def pg_targets(self) -> list[PostgresTarget]:
+        return [
+            PostgresTarget(
+                id=m.name, host=HOST, port=m.port, user=local_postgres.USER, dbname=local_postgres.DATABASE
+            )
+            for m in self.members
+            if m.kind == "postgres"
+        ]
+
     def describe(self) -> list[str]:
         lines = []
         for m in self.members:
@@ -108,31 +124,6 @@ def free_port() -> int:
                 continue
             return port
     raise ClusterError(f"no free port on {HOST} between {PORT_RANGE[0]} and {PORT_RANGE[1]}")
-
-
-def alive(member: Member) -> bool:
-    """Is this member's PID running (not a zombie) and still ours?"""
-    if member.pid <= 0:
-        return False
-    try:
-        stat = Path(f"/proc/{member.pid}/stat").read_text()
-        cwd = os.readlink(f"/proc/{member.pid}/cwd")
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    # redis-server rewrites its command line, so we recognise our processes by their
-    # working directory: each member runs in its own folder of the state folder. A JVM
-    # may step out of it for a moment while starting; its command line still names
-    # the member's config file, inside that folder.
-    if cwd == member.dir:
-        return True
-    try:
-        argv = Path(f"/proc/{member.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    inside = member.dir.rstrip("/").encode() + b"/"
-    return member.kind == "zookeeper" and any(a.startswith(inside) for a in argv)
 
 
 def _which(binary: str, install: str) -> str:
@@ -209,18 +200,19 @@ class LocalCluster:
         if info is None:
             info = self._plan(masters or 3)
         started = False
-        members = []
-        for m in info.members:
-            if not alive(m):
-                m = self._spawn(m)
-                started = True
-            members.append(m)
-        info = replace(info, members=tuple(members))
-        self._save(info)
+        members = list(info.members)
         try:
+            for i, m in enumerate(members):
+                if not alive(m):
+                    members[i] = self._spawn(m)
+                    started = True
+            info = replace(info, members=tuple(members))
+            self._save(info)
             for m in info.members:
                 self._await_ready(m)
-        except ClusterError:
+        except BaseException:  # a member that would not start, or Ctrl-C during initdb
+            # record what did start (a later member may have failed to), then stop it all
+            self._save(replace(info, members=tuple(members)))
             self._down()
             raise
         return info, started
@@ -232,6 +224,9 @@ class LocalCluster:
         if jar is None:
             raise ClusterError("ZooKeeper not found: install it with `sudo apt-get install zookeeper`")
         base = self.state_dir.resolve()
+        pg_home = local_postgres.folder(base, "postgres-1")
+        pg_binaries = local_postgres.bindir(pg_home)
+        local_postgres.system_user()  # as root: is there a user to run it as?
         members: list[Member] = []
         used: set[int] = set()
 
@@ -270,6 +265,17 @@ class LocalCluster:
                 ),
             )
         )
+        pg_port = port()
+        members.append(
+            Member(
+                name="postgres-1",
+                kind="postgres",
+                port=pg_port,
+                role="database",
+                dir=str(pg_home),
+                argv=local_postgres.argv(pg_binaries, pg_home, pg_port),
+            )
+        )
         return ClusterInfo(state_dir=str(base), members=tuple(members))
 
     @staticmethod
@@ -297,6 +303,10 @@ class LocalCluster:
             "yes",
             "--repl-diskless-sync-delay",
             "0",
+            # a full sync is parsed from the socket, never written to dump.rdb (which the
+            # next start would load)
+            "--repl-diskless-load",
+            "swapdb",
         ]
         if master is not None:
             argv += ["--replicaof", HOST, str(master.port)]
@@ -311,42 +321,69 @@ class LocalCluster:
         )
 
     def _spawn(self, m: Member) -> Member:
+        """Start a member that is not running, in a session (and process group) of its own."""
+        self._kill_leftovers(m)
         d = Path(m.dir)
-        d.mkdir(parents=True, exist_ok=True)
+        owner = None
+        if m.kind == "postgres":
+            local_postgres.prepare(m, self.state_dir.resolve())
+            owner = local_postgres.system_user()
+        else:
+            d.mkdir(parents=True, exist_ok=True)
+        if m.kind == "redis":
+            _forget_redis_data(d)
         if m.kind == "zookeeper":
             (d / "data").mkdir(exist_ok=True)
-            (d / "zoo.cfg").write_text(
-                "tickTime=500\n"
-                f"dataDir={d / 'data'}\n"
-                f"clientPort={m.port}\nclientPortAddress={HOST}\n"
-                "minSessionTimeout=1000\nmaxSessionTimeout=60000\n"
-                "admin.enableServer=false\n4lw.commands.whitelist=*\n"
-                "maxClientCnxns=0\n"
-            )
+            settings = {"dataDir": str(d / "data"), "clientPort": str(m.port), "clientPortAddress": HOST}
+            (d / "zoo.cfg").write_text("".join(f"{k}={v}\n" for k, v in {**settings, **ZOO_CFG}.items()))
         log = open(d / "process.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
-                m.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=d
+                m.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=m.cwd,
+                user=owner.pw_uid if owner else None,
+                group=owner.pw_gid if owner else None,
+                extra_groups=[] if owner else None,
             )
         finally:
             log.close()
         self._children[proc.pid] = proc
         return replace(m, pid=proc.pid)
 
+    def _kill_leftovers(self, m: Member) -> None:
+        """What is left of a dead member (a backend whose postmaster was killed alone)
+        holds its port or its shared memory: end it before starting anew."""
+        for pid in processes_of(m):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._await_gone(m)
+
+    def _await_gone(self, m: Member, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while processes_of(m) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+
     def _await_ready(self, m: Member) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
+        log = Path(m.dir) / ("redis.log" if m.kind == "redis" else "process.log")
         while time.monotonic() < deadline:
             child = self._children.get(m.pid)
             # our own child: ask the kernel whether it exited (its /proc entries can read
             # oddly for a moment while it starts); one from an earlier `up`: by /proc
             if (child.poll() is not None) if child is not None else not alive(m):
-                log = Path(m.dir) / ("process.log" if m.kind == "zookeeper" else "redis.log")
-                tail = _tail(log)
-                raise ClusterError(f"{m.name} exited while starting; its log says: {tail}")
+                raise ClusterError(f"{m.name} exited while starting; its log says: {tail(log)}")
             if _answers(m):
                 return
             time.sleep(0.05)
-        raise ClusterError(f"{m.name} did not answer on {m.address} within {START_TIMEOUT_S:.0f} s")
+        raise ClusterError(
+            f"{m.name} did not answer on {m.address} within {START_TIMEOUT_S:.0f} s; "
+            f"its log says: {tail(log)}"
+        )
 
     def down(self) -> list[str]:
         """Stop every recorded member; returns the names of those that were running."""
@@ -357,28 +394,37 @@ class LocalCluster:
         info = self.load()
         if info is None:
             return []
-        stopped = [m.name for m in info.members if alive(m)]
-        self._signal_all(info.members, signal.SIGTERM)
+        running = [m.name for m in info.members if alive(m)]
+        for m in info.members:
+            if alive(m):
+                self._signal(m, STOP_SIGNALS.get(m.kind, signal.SIGTERM), whole=False)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(alive(m) for m in info.members):
             self._reap()
             time.sleep(0.05)
-        self._signal_all(info.members, signal.SIGKILL)
+        for m in info.members:  # what did not stop, and anything its leader left behind
+            self._kill_leftovers(m)
         self._reap()
         self._file.unlink(missing_ok=True)
-        return stopped
+        return running
 
-    def _signal_all(self, members: Iterable[Member], sig: signal.Signals) -> None:
-        for m in members:
-            if alive(m):
-                self._signal(m, sig)
-
-    def _signal(self, m: Member, sig: signal.Signals) -> None:
+    def _signal(self, m: Member, sig: signal.Signals, whole: bool) -> None:
+        """Signal a running member: every process of it (a crash, a pause), or its leader
+        alone (a shutdown request, which the server passes on in its own way)."""
         if not alive(m):
             raise ClusterError(f"{m.name} (pid {m.pid}) is not running")
-        if sig != signal.SIGCONT and _stopped(m.pid):
-            os.kill(m.pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
-        os.kill(m.pid, sig)
+        if sig != signal.SIGCONT and stopped(m.pid):
+            self._signal(m, signal.SIGCONT, whole=True)  # a paused server cannot shut down
+        # the leader first: a stopped or killed postmaster forks no new backend meanwhile
+        if whole and leads_its_group(m.pid):
+            os.killpg(m.pid, sig)
+        else:
+            os.kill(m.pid, sig)
+        if whole:
+            for pid in processes_of(m):
+                if pid != m.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
 
     def _reap(self) -> None:
         for pid, proc in list(self._children.items()):
@@ -388,18 +434,16 @@ class LocalCluster:
     # ------------------------------------------------------------------ faults
 
     def kill(self, name: str) -> Member:
-        """SIGKILL one member (a crash: no shutdown, no save)."""
+        """SIGKILL every process of one member (a crash: no shutdown, no save)."""
         info = self._require()
         m = info.member(name)
-        self._signal(m, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while alive(m) and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(0.02)
+        self._signal(m, signal.SIGKILL, whole=True)
+        self._await_gone(m)
         return m
 
     def restart(self, name: str) -> Member:
-        """Start a member again on the same port (empty: there is no persistence)."""
+        """Start a member again on the same port: Redis empty (no persistence), ZooKeeper
+        and PostgreSQL with their data (PostgreSQL recovers from its crash)."""
         with self._exclusive():
             info = self._require()  # after a `down`: no cluster, nothing to start
             m = info.member(name)
@@ -412,12 +456,16 @@ class LocalCluster:
 
     def pause(self, name: str) -> Member:
         m = self._require().member(name)
-        self._signal(m, signal.SIGSTOP)
+        self._signal(m, signal.SIGSTOP, whole=True)
+        # a signal lands when the kernel next schedules its process: return once every
+        # process is stopped, so a fault's window starts when the server's does
+        _await(lambda: all(stopped(pid) for pid in processes_of(m)))
         return m
 
     def resume(self, name: str) -> Member:
         m = self._require().member(name)
-        self._signal(m, signal.SIGCONT)
+        self._signal(m, signal.SIGCONT, whole=True)
+        _await(lambda: not any(stopped(pid) for pid in processes_of(m)))
         return m
 
     def _require(self) -> ClusterInfo:
@@ -427,16 +475,26 @@ class LocalCluster:
         return info
 
 
-def _stopped(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "T"
+def _await(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _forget_redis_data(folder: Path) -> None:
+    for pattern in REDIS_DATA_FILES:
+        for path in folder.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _answers(m: Member) -> bool:
-    """Does the member serve requests yet? (Redis: PING; ZooKeeper: ``srvr`` says a mode.)"""
+    """Does the member serve requests yet? (Redis: PING; ZooKeeper: ``srvr`` says a mode;
+    PostgreSQL: its database answers ``SELECT 1``.)"""
+    if m.kind == "postgres":
+        return local_postgres.ready(m.port)
     try:
         with socket.create_connection((HOST, m.port), timeout=1.0) as s:
             if m.kind == "redis":
@@ -449,11 +507,3 @@ def _answers(m: Member) -> bool:
             return b"Mode:" in reply
     except OSError:
         return False
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"

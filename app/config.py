@@ -1,11 +1,17 @@
 """Where coordscope looks: flags, then environment, then the config file, then the local cluster.
 
+Naming any server (Redis, ZooKeeper or PostgreSQL) in one of the first three means
+watching those servers, not the local cluster; each kind is then taken from the
+first of flags, environment and file that names it.
+
 Environment
     ``COORDSCOPE_STATE``   the state folder (default ``$XDG_STATE_HOME/coordscope``)
     ``COORDSCOPE_CONFIG``  the config file (default ``./coordscope.toml``, then
                            ``$XDG_CONFIG_HOME/coordscope/config.toml``)
     ``COORDSCOPE_REDIS``   comma-separated Redis URLs to watch
     ``COORDSCOPE_ZK``      a ZooKeeper connect string
+    ``COORDSCOPE_PG``      comma-separated PostgreSQL DSNs to watch (``postgresql://``
+                           URLs or ``key=value`` conninfo strings)
 
 Config file (TOML)::
 
@@ -20,6 +26,9 @@ Config file (TOML)::
     hosts = "10.0.0.7:2181,10.0.0.8:2181"
     roots = ["/"]
     budget = 5000
+
+    [postgres]                   # business databases: prepared transactions, who waits on them
+    dsns = ["postgresql://watcher@10.0.0.11:5432/payments", "host=10.0.0.12 dbname=ledger user=watcher"]
 
     [layouts]
     lock_patterns = ["*lock*", "mutex:*"]
@@ -43,7 +52,7 @@ from typing import Any
 
 from app.cluster import ClusterError, ClusterInfo, LocalCluster
 from collectors.layouts import LayoutConfig
-from collectors.targets import RedisTarget, TargetError, ZkTarget
+from collectors.targets import PostgresTarget, RedisTarget, TargetError, ZkTarget
 
 
 class ConfigError(ValueError):
@@ -82,6 +91,7 @@ class Settings:
     state_dir: Path
     redis: tuple[RedisTarget, ...]
     zookeeper: tuple[ZkTarget, ...]
+    postgres: tuple[PostgresTarget, ...] = ()
     layouts: LayoutConfig = field(default_factory=LayoutConfig)
     local: ClusterInfo | None = None
     """The embedded cluster, when that is what we watch."""
@@ -123,6 +133,7 @@ def load(
     *,
     redis_urls: list[str] | None = None,
     zk_hosts: str | None = None,
+    pg_dsns: list[str] | None = None,
     state_dir: str | None = None,
     config_file: str | None = None,
     enable_notifications: bool = False,
@@ -141,6 +152,7 @@ def load(
             raise ConfigError(f"{path}: {exc}") from None
     redis_cfg = _section(data, "redis")
     zk_cfg = _section(data, "zookeeper")
+    pg_cfg = _section(data, "postgres")
     layouts_cfg = _section(data, "layouts")
     web_cfg = _section(data, "web")
     state = Path(state_dir) if state_dir else default_state_dir()
@@ -151,6 +163,11 @@ def load(
     if urls is None:
         urls = _strings(redis_cfg, "urls", "redis")
     zk = zk_hosts or os.environ.get("COORDSCOPE_ZK") or zk_cfg.get("hosts")
+    dsns: tuple[str, ...] | None = tuple(pg_dsns) if pg_dsns else None
+    if dsns is None and os.environ.get("COORDSCOPE_PG"):
+        dsns = tuple(d.strip() for d in os.environ["COORDSCOPE_PG"].split(",") if d.strip())
+    if dsns is None:
+        dsns = _strings(pg_cfg, "dsns", "postgres")
     notify = enable_notifications or bool(redis_cfg.get("enable_notifications", False))
     cluster_mode = redis_cluster if redis_cluster is not None else bool(redis_cfg.get("cluster"))
     roots = _strings(zk_cfg, "roots", "zookeeper") or ("/",)
@@ -168,7 +185,7 @@ def load(
         web_port=int(_number(web_cfg, "port", 8765, "web", 1, 65535)),
     )
     try:
-        if urls or zk:
+        if urls or zk or dsns:
             replica_urls = _strings(redis_cfg, "replicas", "redis") or ()
             replica_targets = _redis_targets(replica_urls, notify, False)
             redis_targets = _redis_targets(urls or (), notify, cluster_mode) + replica_targets
@@ -176,7 +193,9 @@ def load(
             zk_targets: tuple[ZkTarget, ...] = (
                 (ZkTarget(id="zookeeper", hosts=str(zk), roots=roots, budget=budget),) if zk else ()
             )
-            return Settings(redis=redis_targets, zookeeper=zk_targets, **common)
+            return Settings(
+                redis=redis_targets, zookeeper=zk_targets, postgres=_pg_targets(dsns or ()), **common
+            )
     except TargetError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -188,14 +207,20 @@ def load(
         if need_cluster:
             raise ConfigError(
                 f"nothing to watch: no local cluster runs in {state} (start one "
-                "with `coordscope up`) and no --redis/--zk, COORDSCOPE_REDIS/"
-                "COORDSCOPE_ZK or config file names a server"
+                "with `coordscope up`) and no --redis/--zk/--pg, COORDSCOPE_REDIS/"
+                "COORDSCOPE_ZK/COORDSCOPE_PG or config file names a server"
             )
         return Settings(redis=(), zookeeper=(), **common)
     zk_targets = tuple(
         ZkTarget(id=t.id, hosts=t.hosts, roots=roots, budget=budget) for t in info.zk_targets()
     )
-    return Settings(redis=tuple(info.redis_targets()), zookeeper=zk_targets, local=info, **common)
+    return Settings(
+        redis=tuple(info.redis_targets()),
+        zookeeper=zk_targets,
+        postgres=tuple(info.pg_targets()),
+        local=info,
+        **common,
+    )
 
 
 def _number(section: dict[str, Any], key: str, default: float, where: str, low: float, high: float) -> float:
@@ -231,6 +256,14 @@ def _redis_targets(urls: tuple[str, ...], notify: bool, cluster: bool) -> tuple[
     if len(set(ids)) != len(ids):
         raise ConfigError("the same Redis node is named twice")
     return tuple(targets)
+
+
+def _pg_targets(dsns: tuple[str, ...]) -> tuple[PostgresTarget, ...]:
+    targets = tuple(PostgresTarget.from_dsn(d) for d in dsns)
+    ids = [t.id for t in targets]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("the same PostgreSQL database is named twice")
+    return targets
 
 
 def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:

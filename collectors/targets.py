@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -80,3 +80,68 @@ class ZkTarget:
         for root in self.roots:
             if not root.startswith("/"):
                 raise TargetError(f"{root!r}: a ZooKeeper root must start with /")
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    """One PostgreSQL database (a server is watched per database: prepared transactions
+    and sessions are listed per database)."""
+
+    id: str
+    host: str
+    port: int
+    user: str
+    dbname: str
+    password: str | None = field(default=None, repr=False)
+    params: tuple[tuple[str, str], ...] = ()
+    """Other libpq keywords of the DSN (``sslmode``, ``application_name``...), kept as given."""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def dsn(self) -> str:
+        """A libpq conninfo string (``host=... port=... user=... dbname=...``) for psycopg."""
+        pairs = [("host", self.host), ("port", str(self.port)), ("user", self.user), ("dbname", self.dbname)]
+        if self.password is not None:
+            pairs.append(("password", self.password))
+        return " ".join(f"{k}={self._quote(v)}" for k, v in (*pairs, *self.params))
+
+    @classmethod
+    def from_dsn(cls, dsn: str, node_id: str | None = None) -> PostgresTarget:
+        """From a ``postgresql://user[:password]@host[:port]/dbname[?k=v]`` URL or a
+        ``key=value`` conninfo string; host defaults to localhost, port to 5432, user to
+        postgres, dbname to the user (libpq's defaults, less its environment variables)."""
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+        except Error as exc:
+            raise TargetError(f"{dsn!r} is not a PostgreSQL DSN: {str(exc).strip()}") from None
+        host = parts.pop("host", "") or "localhost"
+        if "," in host:
+            raise TargetError(f"{dsn!r}: name one PostgreSQL host per DSN")
+        port_text = parts.pop("port", "") or "5432"
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise TargetError(f"{dsn!r}: the port must be a number from 1 to 65535")
+        user = parts.pop("user", "") or "postgres"
+        dbname = parts.pop("dbname", "") or user
+        port = int(port_text)
+        return cls(
+            id=node_id or f"{host}:{port}/{dbname}",
+            host=host,
+            port=port,
+            user=user,
+            dbname=dbname,
+            password=parts.pop("password", None),
+            params=tuple(sorted(parts.items())),
+        )
+
+    @staticmethod
+    def _quote(value: str) -> str:
+        """A conninfo value, quoted where libpq needs it (empty, spaces, quotes, backslashes)."""
+        if value and not any(c.isspace() or c in "'\\" for c in value):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,1 +1,0 @@
-"""Building blocks of the scenarios: locks, resources, (later) marks, rings, protocols."""
