@@ -24,10 +24,12 @@ from typing import Any
 from app import config
 from app.cluster import ClusterError, LocalCluster
 from app.config import ConfigError, Settings
-from collectors.events import Run, Snapshot, Upserted, from_json, state_json, to_json
+from collectors.events import Snapshot, Upserted, from_json, state_json, to_json
+from collectors.families import REGISTRY
+from collectors.families.runs import Run
 from collectors.runs import Op
 from collectors.targets import TargetError
-from scenarios.catalogue import ScenarioError, parse_assignments
+from scenarios.kit.catalogue import ScenarioError, parse_assignments
 from scenarios.runner import catalogue
 
 EXIT_OK, EXIT_VIOLATED, EXIT_ERROR = 0, 1, 2
@@ -68,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the --redis URLs are seeds of a Redis Cluster: watch every node",
     )
     g.add_argument("--zk", metavar="HOSTS", help="watch this ZooKeeper ensemble (host:port,...)")
+    g.add_argument(
+        "--pg",
+        metavar="DSN",
+        action="append",
+        help="watch this PostgreSQL database (postgresql://user@host:port/db; repeatable)",
+    )
     g.add_argument(
         "--enable-notifications",
         action="store_true",
@@ -168,6 +176,7 @@ def _settings(args: argparse.Namespace, need_cluster: bool = True) -> Settings:
     return config.load(
         redis_urls=args.redis,
         zk_hosts=args.zk,
+        pg_dsns=args.pg,
         state_dir=args.state,
         config_file=args.config,
         enable_notifications=args.enable_notifications,
@@ -340,24 +349,14 @@ async def _state(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_state(snapshot: Snapshot) -> None:
-    for kind, title in (
-        ("node", "nodes"),
-        ("lock", "locks"),
-        ("session", "sessions"),
-        ("mark", "marks"),
-        ("transaction", "transactions"),
-        ("run", "runs"),
-    ):
-        entities = snapshot.of(kind)
-        print(f"{title} ({len(entities)})")
+    for family in REGISTRY:
+        if family.kind == "key":
+            continue  # raw keys: see --json
+        entities = snapshot.of(family.kind)
+        print(f"{family.plural} ({len(entities)})")
         for e in entities:
-            body = dataclasses.asdict(e)
-            summary = {
-                k: body[k]
-                for k in ("holder", "layout", "ttl_ms", "status", "state", "user", "scenario")
-                if k in body
-            }
-            print(f"  {e.id!r}  {json.dumps(summary, ensure_ascii=True)}")
+            cells = "  ".join(c.plain for c in family.row(e)[1:5])
+            print(f"  {e.id!r}  {cells}".encode("ascii", "backslashreplace").decode())
 
 
 async def _record(settings: Settings, args: argparse.Namespace) -> int:

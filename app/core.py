@@ -10,9 +10,9 @@ from __future__ import annotations
 from app.bus import Bus
 from app.cluster import LocalCluster
 from app.config import Settings
-from collectors.events import Run
+from collectors.families.runs import Run
 from collectors.observatory import Observatory
-from scenarios.catalogue import ScenarioSpec
+from scenarios.kit.catalogue import ScenarioSpec
 from scenarios.runner import Environment, LocalRun, Runner, catalogue
 
 
@@ -23,6 +23,7 @@ def environment(settings: Settings, cluster: LocalCluster | None) -> Environment
         redis=settings.redis,
         masters=settings.masters,
         zookeeper=settings.zookeeper,
+        postgres=settings.postgres,
         cluster=cluster,
         writable=settings.writable,
         replicas={m.name: m.master for m in local.members if m.master} if local else {},

@@ -1,15 +1,18 @@
 """The one event model shared by every viewer (TUI, web page, recordings).
 
-Collectors turn what they read from Redis and ZooKeeper into *entities* —
-locks, sessions, idempotency marks, transactions, nodes, raw keys, scenario
-runs — and tell viewers about them with three kinds of past-tense events:
+Collectors turn what they read from Redis and ZooKeeper into *entities* of
+the families listed in :mod:`collectors.families` — locks, sessions,
+idempotency marks, transactions, services, nodes, raw keys, scenario runs —
+and tell viewers about them with three kinds of past-tense events:
 
 - ``<kind>.upserted`` carries the entity's whole current state;
 - ``<kind>.removed`` carries its id;
 - ``log`` is one line of the live event log.
 
 A viewer that connects first receives a ``snapshot`` (every entity), then the
-events. Everything here is a frozen dataclass that serialises to JSON with
+events. On the wire an ``upserted`` event also carries the entity's ``row``
+(its family's cells) and a snapshot its ``rows``, so the page draws every
+family's table without knowing any family. Everything here is a frozen dataclass that serialises to JSON with
 :func:`to_json` and back with :func:`from_json`; the JSON carries ``"v"`` (the
 schema version) so a recording made today can be replayed by a later
 version that knows how to read it.
@@ -24,254 +27,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from collectors.families import FAMILIES, KINDS, PLURAL
+from collectors.families.base import Entity
+
+__all__ = ["SCHEMA_VERSION", "Entity", "Event", "Logged", "Removed", "SchemaError", "Snapshot", "Upserted"]
+
 SCHEMA_VERSION = 1
-
-Store = Literal["redis", "zookeeper"]
-
-
-# --------------------------------------------------------------------------- entities
-
-
-@dataclass(frozen=True)
-class Waiter:
-    """A client waiting for a lock: a poller seen in the store, or a queued znode."""
-
-    id: str
-    since_ms: int | None = None
-    polls: int | None = None
-    seq: int | None = None
-    watches: str | None = None
-    """The contender this one watches (its predecessor), for ZooKeeper locks."""
-    session: str | None = None
-
-
-@dataclass(frozen=True)
-class ReplicaCopy:
-    """Whether a replica already holds the master's copy of a key."""
-
-    node: str
-    present: bool
-    same_value: bool
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One master's grant of a lock (one cell of a RedLock row)."""
-
-    node: str
-    token: str | None
-    holder: str | None
-    ttl_ms: int | None
-    replicas: tuple[ReplicaCopy, ...] = ()
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class Lock:
-    KIND: ClassVar[str] = "lock"
-    id: str
-    store: Store
-    name: str
-    layout: str
-    """Which library's layout was recognised: coordscope, redis-py, kazoo, curator, ..."""
-    holder: str | None
-    token: str | None = None
-    fence: int | None = None
-    ttl_ms: int | None = None
-    holders: tuple[str, ...] = ()
-    """Everyone who holds. Redis: every distinct holder the grants name, most granted
-    first. ZooKeeper: every reader sharing a read lock."""
-    split: bool = False
-    """Redis grants that name different holders, none of them on a majority of the
-    grants: the promoted replica and the dead master after a failover, RedLock
-    contenders that each took some masters. ``holder`` is then only the first."""
-    expires_at_ms: int | None = None
-    """Wall-clock deadline computed from PTTL when the key was read."""
-    waiters: tuple[Waiter, ...] = ()
-    grants: tuple[Grant, ...] = ()
-    nodes: tuple[str, ...] = ()
-    key: str = ""
-    as_of_ms: int = 0
-    stale: bool = False
-    """True when a node that holds part of this lock is down: the data is as of ``as_of_ms``."""
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Session:
-    KIND: ClassVar[str] = "session"
-    id: str
-    store: Store
-    layout: str
-    key: str
-    session_id: str
-    user: str | None = None
-    ttl_ms: int | None = None
-    expires_at_ms: int | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
-    created_ms: int | None = None
-    last_access_ms: int | None = None
-    max_inactive_s: int | None = None
-    state: str = "live"
-    node: str = ""
-    as_of_ms: int = 0
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class Mark:
-    KIND: ClassVar[str] = "mark"
-    id: str
-    store: Store
-    layout: str
-    key: str
-    state: str
-    owner: str | None = None
-    ttl_ms: int | None = None
-    expires_at_ms: int | None = None
-    detail: dict[str, str] = field(default_factory=dict)
-    node: str = ""
-    as_of_ms: int = 0
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class Branch:
-    id: str
-    state: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Transaction:
-    KIND: ClassVar[str] = "transaction"
-    id: str
-    protocol: str
-    state: str
-    branches: tuple[Branch, ...] = ()
-    layout: str = "coordscope"
-    node: str = ""
-    as_of_ms: int = 0
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class Node:
-    KIND: ClassVar[str] = "node"
-    id: str
-    store: Store
-    address: str
-    role: str = "unknown"
-    status: str = "connecting"
-    """connecting | up | down, or for ZooKeeper: up | suspended | lost | down."""
-    master: str | None = None
-    feed: str = ""
-    """How changes reach us: keyspace notifications, scanning (and why), watches."""
-    as_of_ms: int | None = None
-    """Time of the last good data read from this node."""
-    detail: str = ""
-    keys: int = 0
-    events: int = 0
-    coalesced: int = 0
-    gaps: int = 0
-
-
-@dataclass(frozen=True)
-class RawKey:
-    """A key or znode no recogniser claimed: listed as it is."""
-
-    KIND: ClassVar[str] = "key"
-    id: str
-    store: Store
-    node: str
-    key: str
-    type: str
-    ttl_ms: int | None = None
-    size: int = 0
-    preview: str = ""
-    as_of_ms: int = 0
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class Span:
-    """A bar on an actor's lane: a hold, a wait, a pause, a lease (TTL), a fault window."""
-
-    kind: str
-    start_ms: int
-    end_ms: int | None
-    """None while it is still open."""
-    label: str = ""
-    outcome: str = ""
-
-
-@dataclass(frozen=True)
-class Tick:
-    """A point on an actor's lane: a write accepted or rejected, a violation, a crash."""
-
-    kind: str
-    at_ms: int
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class Lane:
-    actor: str
-    spans: tuple[Span, ...] = ()
-    ticks: tuple[Tick, ...] = ()
-
-
-@dataclass(frozen=True)
-class Verdict:
-    holds: bool
-    invariant: str
-    summary: str
-    actors: tuple[str, ...] = ()
-    keys: tuple[str, ...] = ()
-    at_ms: int | None = None
-    """When the counterexample happened, in ms since the run started."""
-    ops: tuple[int, ...] = ()
-    """Indices of the history operations that make up the counterexample."""
-    findings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Run:
-    KIND: ClassVar[str] = "run"
-    id: str
-    scenario: str
-    status: str
-    """running | held | violated | error | stopped."""
-    params: dict[str, str] = field(default_factory=dict)
-    faults: tuple[str, ...] = ()
-    started_ms: int | None = None
-    ended_ms: int | None = None
-    verdict: Verdict | None = None
-    actors: tuple[str, ...] = ()
-    lanes: tuple[Lane, ...] = ()
-    ops: int = 0
-    last_op: str = ""
-    error: str = ""
-    table: tuple[tuple[str, ...], ...] = ()
-    """A scenario's own table (RedLock attempts, a comparison): a header row, then rows."""
-    as_of_ms: int = 0
-
-
-Entity = Lock | Session | Mark | Transaction | Node | RawKey | Run
-ENTITY_TYPES: tuple[type[Any], ...] = (Lock, Session, Mark, Transaction, Node, RawKey, Run)
-KINDS: dict[str, type[Any]] = {t.KIND: t for t in ENTITY_TYPES}
-PLURAL: dict[str, str] = {
-    "lock": "locks",
-    "session": "sessions",
-    "mark": "marks",
-    "transaction": "transactions",
-    "node": "nodes",
-    "key": "keys",
-    "run": "runs",
-}
 
 
 # --------------------------------------------------------------------------- events
@@ -330,7 +94,13 @@ class Snapshot:
 
 
 def entity_json(entity: Entity) -> dict[str, Any]:
-    return dataclasses.asdict(entity)
+    body: dict[str, Any] = dataclasses.asdict(entity)  # type: ignore[call-overload]
+    return body
+
+
+def row_json(entity: Entity) -> list[dict[str, Any]]:
+    """The entity's row as both screens show it (its family's columns)."""
+    return [cell.to_json() for cell in FAMILIES[entity.KIND].row(entity)]
 
 
 def to_json(item: Event | Snapshot) -> dict[str, Any]:
@@ -341,6 +111,7 @@ def to_json(item: Event | Snapshot) -> dict[str, Any]:
             "v": SCHEMA_VERSION,
             "seq": item.seq,
             item.entity.KIND: entity_json(item.entity),
+            "row": row_json(item.entity),
         }
     if isinstance(item, Removed):
         return {"type": item.type, "v": SCHEMA_VERSION, "seq": item.seq, "id": item.id}
@@ -351,6 +122,9 @@ def to_json(item: Event | Snapshot) -> dict[str, Any]:
         "type": "snapshot",
         "v": SCHEMA_VERSION,
         **state_json(item),
+        "rows": {
+            kind: {e.id: row_json(e) for e in item.of(kind)} for kind in PLURAL if FAMILIES[kind].columns
+        },
     }
 
 
@@ -378,7 +152,7 @@ def from_json(data: dict[str, Any]) -> Event | Snapshot:
     if not isinstance(kind, str):
         raise SchemaError("event without a 'type'")
     if kind == "snapshot":
-        entities = {
+        entities: dict[str, tuple[Entity, ...]] = {
             k: tuple(_decode(KINDS[k], e) for e in data.get(plural, [])) for k, plural in PLURAL.items()
         }
         log = tuple(_decode(Logged, line) for line in data.get("log", []))

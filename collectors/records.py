@@ -8,6 +8,9 @@ znode. :mod:`collectors.state` feeds them to the recognisers in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+Store = Literal["redis", "zookeeper"]
 
 
 def display(raw: bytes) -> str:

@@ -45,7 +45,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.keyspace_notifications import KeyspaceChannel
 
-from collectors.events import Node
+from collectors.families.nodes import Node
 from collectors.layouts import coordscope
 from collectors.records import KeyRecord, display
 from collectors.state import State, now_ms

@@ -1,11 +1,17 @@
 """A scenario run's history of operations, and the lanes drawn from it.
 
-Scenarios append one operation per step to a Redis stream
-(``coordscope:history:<run>``, one JSON ``op`` field per entry), in the
-style of Jepsen histories: an actor *invokes* an operation and it completes
-``ok``, ``fail`` (it certainly did not happen) or ``info`` (unknown, or a
-plain event such as a pause or a crash). Every viewer reads the same stream,
-so a run started in one terminal is drawn the same in every browser.
+Every actor of a run narrates what it does as operations appended to one
+Redis stream (``coordscope:history:<run>``, one JSON ``op`` field per entry),
+in the style of Jepsen histories: an actor *invokes* an operation and it
+completes ``ok``, ``fail`` (it certainly did not happen) or ``info`` (unknown,
+or a plain event such as a pause or a crash). Several processes write to it:
+the run itself and the services it started (each a *source*, ``src``, with
+its own sequence numbers ``n``). The stream's order is the history's order,
+and an op's ``index`` is its position in it; a writer that retries a write
+whose reply it lost may append an op twice, and readers keep the first copy
+(by ``src`` and ``n``). Every reader — the collectors for every viewer, the
+run for its verdict — goes through :class:`HistoryReader`, so all of them see
+the same ops with the same indices.
 
 :func:`lanes` turns a history into one lane per actor on a shared time axis:
 
@@ -18,26 +24,73 @@ so a run started in one terminal is drawn the same in every browser.
 - ``session`` info ops (ZooKeeper clients) bound ``suspended`` and ``lost``
   spans, closed when the client is CONNECTED again;
 - writes, rejections, crashes, violations and RedLock attempts (``granted``
-  with a valid majority, ``refused`` otherwise) are ticks.
+  with a valid majority, ``refused`` otherwise) are ticks, and so is any op
+  that carries a ``tick`` in its data (a charge, a replay, a 409).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-
-from collectors.events import Lane, Span, Tick
 
 NEMESIS = "nemesis"
 CHECKER = "checker"
+RUNNER = "runner"
+RUN_SOURCE = "run"
+"""The ``src`` of the ops the run's own process writes."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A bar on an actor's lane: a hold, a wait, a pause, a lease (TTL), a fault window."""
+
+    kind: str
+    start_ms: int
+    end_ms: int | None
+    """None while it is still open."""
+    label: str = ""
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A point on an actor's lane: a write accepted or rejected, a violation, a crash."""
+
+    kind: str
+    at_ms: int
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Lane:
+    actor: str
+    spans: tuple[Span, ...] = ()
+    ticks: tuple[Tick, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    holds: bool
+    invariant: str
+    summary: str
+    actors: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    at_ms: int | None = None
+    """When the counterexample happened, in ms since the run started."""
+    ops: tuple[int, ...] = ()
+    """Indices of the history operations that make up the counterexample."""
+    findings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Op:
     index: int
+    """Position in the history as stored (the writer's own count before that)."""
     t_ms: int
-    """Milliseconds since the run started (monotonic clock of the run's process)."""
+    """Milliseconds since the run started (the machine's monotonic clock, shared by
+    the run and the services it started)."""
     actor: str
     kind: str
     """invoke | ok | fail | info."""
@@ -47,21 +100,28 @@ class Op:
     fence: int | None = None
     ttl_ms: int | None = None
     note: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Structured detail a checker may read (never the wording of ``note``)."""
+    src: str = RUN_SOURCE
+    n: int = 0
+    """The writer's own sequence number (``src`` and ``n`` identify an op)."""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {k: v for k, v in asdict(self).items() if v not in ("", None)},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        body = {k: v for k, v in asdict(self).items() if v not in ("", None, {}) and k != "index"}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    def same(self, other: Op) -> bool:
+        """The same operation, wherever it sits in a history."""
+        return replace(self, index=0) == replace(other, index=0)
 
 
-def parse_op(raw: bytes | str) -> Op | None:
+def parse_op(raw: bytes | str, index: int = 0) -> Op | None:
     """One history entry, or None when it is not a well-formed op (never raises)."""
     try:
         data: Any = json.loads(raw)
+        detail = data.get("data", {})
         return Op(
-            index=int(data["index"]),
+            index=index,
             t_ms=int(data["t_ms"]),
             actor=str(data["actor"]),
             kind=str(data["kind"]),
@@ -71,9 +131,40 @@ def parse_op(raw: bytes | str) -> Op | None:
             fence=int(data["fence"]) if data.get("fence") is not None else None,
             ttl_ms=int(data["ttl_ms"]) if data.get("ttl_ms") is not None else None,
             note=str(data.get("note", "")),
+            data=detail if isinstance(detail, dict) else {},
+            src=str(data.get("src", RUN_SOURCE)),
+            n=int(data.get("n", data.get("index", 0))),
         )
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None
+
+
+class HistoryReader:
+    """Stream entries in (in stream order, possibly in several reads), ops out.
+
+    Each op gets its position as its index; a second copy of an op (the same
+    ``src`` and ``n``: a writer retried a write whose reply it lost) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bad = 0
+        """Entries that were not well-formed ops (counted, never fatal)."""
+        self._seen: set[tuple[str, int]] = set()
+
+    def feed(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Op]:
+        out = []
+        for _entry_id, fields in entries:
+            op = parse_op(fields.get(b"op", b""), self.count)
+            if op is None:
+                self.bad += 1
+                continue
+            if (op.src, op.n) in self._seen:
+                continue
+            self._seen.add((op.src, op.n))
+            self.count += 1
+            out.append(op)
+        return out
 
 
 class _LaneBuilder:
@@ -121,7 +212,7 @@ class _LaneBuilder:
         return Lane(actor=self.actor, spans=tuple(spans), ticks=tuple(self.ticks))
 
 
-def lanes(ops: list[Op]) -> tuple[Lane, ...]:
+def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
     builders: dict[str, _LaneBuilder] = {}
 
     def lane(actor: str) -> _LaneBuilder:
@@ -142,6 +233,9 @@ def lanes(ops: list[Op]) -> tuple[Lane, ...]:
             elif op.f == "heal":
                 b.close("fault", op.t_ms, "healed")
             continue
+        tick = op.data.get("tick")
+        if isinstance(tick, str):
+            b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note))
         if op.kind == "invoke":
             b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key)
             continue

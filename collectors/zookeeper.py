@@ -37,7 +37,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 
-from collectors.events import Node
+from collectors.families.nodes import Node
 from collectors.kazoo_bridge import KazooBridge
 from collectors.records import ZNodeRecord
 from collectors.state import State, now_ms

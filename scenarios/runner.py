@@ -1,18 +1,24 @@
-"""Start scenario runs, steer them while they run, and record how they ended.
+"""Start scenario runs, steer them while they run, and judge how they ended.
 
 A run is an asyncio task in the process that started it (the CLI, the web
-server or the TUI). Everything about it that anyone else needs goes through
+server or the TUI), plus the processes its scenario starts and a janitor
+process of its own. Everything about it that anyone else needs goes through
 the stores:
 
-- its status, parameters, actors and verdict in ``coordscope:run:<id>``;
-- its operations in ``coordscope:history:<id>``;
+- its status, parameters, actors, heartbeat, cleanup plan and verdict in
+  ``coordscope:run:<id>``;
+- its operations in ``coordscope:history:<id>``, written by the run and by
+  its services;
 - faults and stop requests for it arrive in ``coordscope:commands:<id>``
   (a list the run pops), so a browser can inject a fault into a run started
   from a terminal on another machine.
 
-When the scenario ends (or fails, or is stopped) the run writes its verdict
-and status, deletes the keys its scenario registered for cleanup (unless
-``keep=on``) and lets its narration expire after a day.
+When the scenario ends (or fails, or is stopped) the run stops its services,
+writes the last of its history, reads the whole history back from the store
+with the collectors' reader and checks that it holds every operation the
+run recorded — then the scenario's checker judges what was read back (what
+every viewer sees), and the run writes its verdict and status, deletes what
+it created (unless ``keep=on``) and lets its narration expire after a day.
 """
 
 from __future__ import annotations
@@ -24,150 +30,31 @@ import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from collectors.events import Verdict
 from collectors.layouts import coordscope
-from collectors.runs import Op
-from collectors.targets import RedisTarget, ZkTarget
-from scenarios import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
-from scenarios.catalogue import ScenarioError, ScenarioSpec
-from scenarios.history import History, RunRecord
+from collectors.runs import RUNNER, Op, Verdict
+from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
+from scenarios.kit.cleanup import carry_out
+from scenarios.kit.context import ClusterControl, Environment, RunContext
+from scenarios.kit.history import History, RunRecord
+from scenarios.kit.scenario import Scenario
+from scenarios.kit.services import ServiceSet, runs_dir
+from scenarios.registry import catalogue, scenario
 
-SCENARIOS: dict[str, ModuleType] = {
-    m.SPEC.name: m for m in (lock_redis, lock_failover, lock_redlock, lock_zk, lock_compare)
-}
-
-
-def catalogue() -> list[ScenarioSpec]:
-    return [m.SPEC for m in SCENARIOS.values()]
+__all__ = ["ClusterControl", "Environment", "LocalRun", "RunContext", "Runner", "catalogue", "spec_of"]
 
 
 def spec_of(name: str) -> ScenarioSpec:
-    if name not in SCENARIOS:
-        raise ScenarioError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
-    return SCENARIOS[name].SPEC  # type: ignore[no-any-return]
-
-
-class Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-C = TypeVar("C", bound=Closable)
-
-
-class ClusterControl(Protocol):
-    """What fault injection may do to the embedded cluster's processes."""
-
-    def kill(self, name: str) -> Any: ...
-    def restart(self, name: str) -> Any: ...
-    def pause(self, name: str) -> Any: ...
-    def resume(self, name: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Where runs happen: the nodes, which ones are masters, and who can signal them."""
-
-    redis: tuple[RedisTarget, ...]
-    masters: tuple[str, ...]
-    zookeeper: tuple[ZkTarget, ...] = ()
-    control: str = ""
-    """The Redis node runs narrate to (by default the last master)."""
-    cluster: ClusterControl | None = None
-    writable: bool = True
-    """False when watching a cluster we do not own without --allow-writes."""
-    replicas: dict[str, str] = field(default_factory=dict)
-    """Replica node -> its master (the local cluster's replica-1 -> redis-1)."""
-
-    def target(self, node_id: str) -> RedisTarget:
-        for t in self.redis:
-            if t.id == node_id:
-                return t
-        raise ScenarioError(f"no Redis node {node_id!r}")
-
-    def client(self, node_id: str) -> Redis:
-        t = self.target(node_id)
-        # No silent retries: a lock service that is down must show in the history as errors
-        # when they happen, not as one call that hangs through the whole outage.
-        return Redis(
-            host=t.host,
-            port=t.port,
-            db=t.db,
-            username=t.username,
-            password=t.password,
-            ssl=t.tls,
-            protocol=2,
-            socket_connect_timeout=1.0,
-            socket_timeout=3.0,
-            retry=Retry(NoBackoff(), 0),
-        )
-
-    @property
-    def control_node(self) -> str:
-        return self.control or self.masters[-1]
-
-
-@dataclass
-class RunContext:
-    """What a scenario gets: its parameters, its history, its clients, its faults."""
-
-    run_id: str
-    spec: ScenarioSpec
-    params: dict[str, str | int]
-    faults: list[str]
-    history: History
-    env: Environment
-    live_faults: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    actors: list[str] = field(default_factory=list)
-    _closing: list[Closable] = field(default_factory=list)
-    _cleanup: list[tuple[str, str]] = field(default_factory=list)
-    _record: RunRecord | None = None
-    reported_violation: bool = False
-
-    def number(self, name: str) -> int:
-        return int(self.params[name])
-
-    def choice(self, name: str) -> str:
-        return str(self.params[name])
-
-    def client(self, node_id: str) -> Redis:
-        """A client of its own on a node (closed when the run ends)."""
-        return self.closing(self.env.client(node_id))
-
-    def closing(self, thing: C) -> C:
-        """Close this when the run ends (after the cleanup; the last registered first)."""
-        self._closing.append(thing)
-        return thing
-
-    def record(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
-        return self.history.record(actor, kind, f, **kw)
-
-    def cleanup(self, node_id: str, *keys: str) -> None:
-        for key in keys:
-            if not key.startswith(coordscope.PREFIX):
-                raise ValueError(f"scenarios write only under {coordscope.PREFIX}: {key!r}")
-            self._cleanup.append((node_id, key))
-
-    async def set_table(self, rows: list[list[str]]) -> None:
-        """Publish the scenario's own table (a header row first) with the run."""
-        if self._record is not None:
-            await self._record.update(table=rows)
-
-    async def set_actors(self, actors: list[str]) -> None:
-        self.actors = actors
-        if self._record is not None:
-            await self._record.update(actors=actors)
+    return scenario(name).spec
 
 
 @dataclass
@@ -179,11 +66,14 @@ class LocalRun:
     status: str = "running"
     verdict: Verdict | None = None
     error: str = ""
+    stored: list[Op] = field(default_factory=list)
+    """The history as read back from the store at the end (what was judged)."""
+    janitor: subprocess.Popen[bytes] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def new_run_id(scenario: str) -> str:
-    return f"{scenario}-{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
+def new_run_id(scenario_name: str) -> str:
+    return f"{scenario_name}-{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
 
 
 class Runner:
@@ -192,12 +82,12 @@ class Runner:
         self.runs: dict[str, LocalRun] = {}
 
     def validate(
-        self, scenario: str, params: dict[str, str], faults: list[str]
-    ) -> tuple[ScenarioSpec, dict[str, str | int], list[str]]:
-        spec = spec_of(scenario)
-        resolved = spec.resolve(params)
+        self, scenario_name: str, params: dict[str, str], faults: list[str]
+    ) -> tuple[Scenario, dict[str, str | int], list[str]]:
+        found = scenario(scenario_name)
+        resolved = found.spec.resolve(params)
         for name in faults:
-            self._check_fault(spec, name)
+            self._check_fault(found.spec, name)
         if not self.env.writable:
             raise ScenarioError(
                 "this cluster is watched read-only: scenarios write to it, so "
@@ -205,7 +95,11 @@ class Runner:
             )
         if not self.env.masters:
             raise ScenarioError("no Redis master to run on")
-        return spec, resolved, list(dict.fromkeys(faults))
+        if "zookeeper" in found.spec.needs and not self.env.zookeeper:
+            raise ScenarioError(f"{found.name} needs a ZooKeeper (none is configured)")
+        if "postgres" in found.spec.needs:
+            self.env.database(found.name)
+        return found, resolved, list(dict.fromkeys(faults))
 
     def _check_fault(self, spec: ScenarioSpec, name: str) -> None:
         fault = spec.fault(name)
@@ -217,12 +111,13 @@ class Runner:
 
     async def start(
         self,
-        scenario: str,
+        scenario_name: str,
         params: dict[str, str] | None = None,
         faults: list[str] | None = None,
         echo: Callable[[Op], None] | None = None,
     ) -> LocalRun:
-        spec, resolved, fault_list = self.validate(scenario, params or {}, faults or [])
+        found, resolved, fault_list = self.validate(scenario_name, params or {}, faults or [])
+        spec = found.spec
         run_id = new_run_id(spec.name)
         control = self.env.client(self.env.control_node)
         record = RunRecord(control, run_id)
@@ -237,6 +132,8 @@ class Runner:
             ) from None
         history = History(control, run_id, echo)
         history.start()
+        control_url = self.env.target(self.env.control_node).url
+        services = ServiceSet(run_id, control_url, history.t0, control=control, record=history.record)
         ctx = RunContext(
             run_id=run_id,
             spec=spec,
@@ -244,22 +141,36 @@ class Runner:
             faults=fault_list,
             history=history,
             env=self.env,
-            _record=record,
+            services=services,
+            record_=record,
         )
         run = LocalRun(id=run_id, spec=spec, context=ctx)
+        run.janitor = _janitor(run_id, control_url)
+        if found.live is not None:
+            found.live(ctx)
         self.runs[run_id] = run
-        run.task = asyncio.create_task(self._drive(run, control, record), name=f"run {run_id}")
+        run.task = asyncio.create_task(self._drive(run, found, control, record), name=f"run {run_id}")
         return run
 
-    async def _drive(self, run: LocalRun, control: Redis, record: RunRecord) -> None:
+    async def _drive(self, run: LocalRun, found: Scenario, control: Redis, record: RunRecord) -> None:
         ctx = run.context
-        background = (asyncio.create_task(self._commands(run)), asyncio.create_task(record.heartbeat()))
+        plan = {"cleanup": ""}
 
-        module = SCENARIOS[run.spec.name]
+        def changed_plan() -> dict[str, str]:
+            now = ctx.plan.to_json()
+            if now == plan["cleanup"]:
+                return {}
+            plan["cleanup"] = now
+            return {"cleanup": now}
+
+        background = (
+            asyncio.create_task(self._commands(run)),
+            asyncio.create_task(record.heartbeat(changed_plan)),
+        )
+        completed = False
         try:
-            verdict: Verdict = await module.run(ctx)
-            run.verdict = verdict
-            run.status = "stopped" if ctx.stopping.is_set() else ("held" if verdict.holds else "violated")
+            await found.run(ctx)
+            completed = True
         except ScenarioError as exc:
             run.status, run.error = "error", str(exc)
         except (redis_errors.RedisError, OSError) as exc:
@@ -270,29 +181,67 @@ class Runner:
             run.status, run.error = "error", f"internal error: {type(exc).__name__}: {exc}"
         finally:
             try:
-                await self._finish(run, control, record, background)
+                await self._finish(run, found, control, record, background, completed)
             finally:
                 run.done.set()  # whoever waits for the run must never wait for ever
 
     async def _finish(
-        self, run: LocalRun, control: Redis, record: RunRecord, background: tuple[asyncio.Task[None], ...]
+        self,
+        run: LocalRun,
+        found: Scenario,
+        control: Redis,
+        record: RunRecord,
+        background: tuple[asyncio.Task[None], ...],
+        completed: bool,
     ) -> None:
-        """Write how the run ended, clean up its keys, close its connections."""
+        """Stop the services, write the rest of the history, judge what the store holds,
+        write how the run ended, clean up, close the connections."""
         ctx = run.context
-        for task in background:  # the command reader and the heartbeat
-            task.cancel()
-        await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
-        ctx.record("runner", "info", "end", note=run.status)
-        await ctx.history.close()
+        await ctx.services.stop_all()
+        for step in reversed(ctx._finally):
+            with contextlib.suppress(Exception):
+                await step()
+        ctx.record(RUNNER, "info", "end", note="judging" if completed else run.status)
+        unwritten = await ctx.history.close()
+        if completed:
+            await self._judge(run, found, unwritten)
+        background[0].cancel()  # the command reader; the heartbeat goes on until the status is written
         verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
         await record.finish(run.status, verdict_json, run.error)
-        if ctx.params.get("keep") != "on":
-            await _cleanup(ctx)
+        background[1].cancel()
+        await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
+        if not ctx.keep:
+            await carry_out(ctx.plan)
         for c in reversed(ctx._closing):
             with contextlib.suppress(Exception):
                 await c.aclose()
         with contextlib.suppress(Exception):
             await control.aclose()
+
+    async def _judge(self, run: LocalRun, found: Scenario, unwritten: int) -> None:
+        ctx = run.context
+        if unwritten:
+            run.status = "error"
+            run.error = (
+                f"{unwritten} operation(s) could not be written to the control node "
+                f"{self.env.control_node}: the history in the store is incomplete, so no verdict"
+            )
+            return
+        try:
+            run.stored = await ctx.history.read_back()
+        except (redis_errors.RedisError, OSError) as exc:
+            run.status, run.error = "error", f"cannot read the history back ({type(exc).__name__}: {exc})"
+            return
+        missing = ctx.history.missing(run.stored)
+        if missing:
+            run.status, run.error = "error", f"{missing}: no verdict from an incomplete history"
+            return
+        try:
+            run.verdict = found.check(run.stored, ctx.params)
+        except Exception as exc:
+            run.status, run.error = "error", f"the checker failed: {type(exc).__name__}: {exc}"
+            return
+        run.status = "stopped" if ctx.stopping.is_set() else ("held" if run.verdict.holds else "violated")
 
     async def _commands(self, run: LocalRun) -> None:
         """Pop fault and stop requests for this run from the store."""
@@ -311,27 +260,29 @@ class Runner:
                     command = json.loads(item[1])
                 except ValueError:
                     continue
+                if not isinstance(command, dict):
+                    continue
                 if command.get("stop"):
                     run.context.stopping.set()
-                    run.context.record("runner", "info", "stop", note="stop requested")
+                    run.context.record(RUNNER, "info", "stop", note="stop requested")
                 elif isinstance(command.get("fault"), str):
                     name = command["fault"]
                     try:
                         self._check_fault(run.spec, name)
                     except ScenarioError as exc:
-                        run.context.record("runner", "info", "fault-refused", note=str(exc))
+                        run.context.record(RUNNER, "info", "fault-refused", note=str(exc))
                         continue
                     run.context.live_faults.put_nowait(name)
         finally:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
-    async def request_fault(self, run_id: str, scenario: str, fault: str) -> None:
+    async def request_fault(self, run_id: str, scenario_name: str, fault: str) -> None:
         """Ask a running run (here or in another process) to take a fault now."""
-        spec = spec_of(scenario)
+        spec = spec_of(scenario_name)
         self._check_fault(spec, fault)
         if not spec.live_faults:
-            raise ScenarioError(f"{scenario} takes its faults at start only (--fault {fault})")
+            raise ScenarioError(f"{scenario_name} takes its faults at start only (--fault {fault})")
         await self._command(run_id, {"fault": fault})
 
     async def request_stop(self, run_id: str) -> None:
@@ -363,21 +314,19 @@ class Runner:
             if run.task is not None:
                 with contextlib.suppress(BaseException):
                     await run.task
+            if run.janitor is not None:
+                run.janitor.poll()  # reap it if it is gone (it leaves once the status is written)
 
 
-async def _cleanup(ctx: RunContext) -> None:
-    by_node: dict[str, list[str]] = {}
-    for node_id, key in ctx._cleanup:
-        by_node.setdefault(node_id, []).append(key)
-    for node_id, keys in by_node.items():
-        client = ctx.env.client(node_id)
-        try:
-            for _ in range(20):
-                try:
-                    await client.delete(*keys)
-                    break
-                except (redis_errors.RedisError, OSError):
-                    await asyncio.sleep(0.25)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+def _janitor(run_id: str, control_url: str) -> subprocess.Popen[bytes]:
+    """The run's janitor: a process of its own that outlives a kill -9 of this one."""
+    folder = runs_dir() / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "janitor.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scenarios.kit.janitor", "--run", run_id, "--control", control_url],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )

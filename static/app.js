@@ -3,20 +3,24 @@
 // through textContent or SVG text nodes, never as HTML.
 "use strict";
 
-const KINDS = ["lock", "session", "mark", "transaction", "node", "key", "run"];
-const PLURAL = {lock: "locks", session: "sessions", mark: "marks", transaction: "transactions",
-                node: "nodes", key: "keys", run: "runs"};
+// The families of entities (locks, sessions, marks...) come from GET /api/families: a
+// panel each, with its columns. Each entity's row arrives ready-made with it (its
+// family's cells), so this page draws every family the same way and knows none.
+let FAMILIES = [];                 // [{kind, plural, title, panel, empty, columns}]
+let KINDS = ["run", "node"];       // every kind we keep (families' kinds, once loaded)
 const MAX_LOG = 300;
-const MAX_KEYS = 300;
+const MAX_ROWS = 300;
 
 const S = {
-  entities: Object.fromEntries(KINDS.map(k => [k, new Map()])),
+  entities: {run: new Map(), node: new Map()},
+  rows: {},              // kind -> Map(id -> cells)
   dirty: new Set(),
   log: [],
   clockOffset: 0,        // server ms - browser ms, from the last snapshot
   scenarios: [],
   selectedRun: null,     // run id shown in the run view
-  selectedLock: null,    // lock id shown in full under the locks table
+  selected: null,        // {kind, id} of the entity shown in full under its table
+  detail: null,          // its detail lines, as last fetched
 
   followNewest: true,
   paused: false,
@@ -87,9 +91,10 @@ function apply(event) {
   const type = event.type || "";
   if (type === "snapshot") {
     S.clockOffset = event.at_ms - Date.now();
-    for (const kind of KINDS) {
-      S.entities[kind] = new Map((event[PLURAL[kind]] || []).map(e => [e.id, e]));
-      S.dirty.add(kind);
+    for (const f of FAMILIES) {
+      S.entities[f.kind] = new Map((event[f.plural] || []).map(e => [e.id, e]));
+      S.rows[f.kind] = new Map(Object.entries((event.rows || {})[f.kind] || {}));
+      S.dirty.add(f.kind);
     }
     S.log = (event.log || []).slice(-MAX_LOG);
     S.dirty.add("log");
@@ -101,6 +106,8 @@ function apply(event) {
     const kind = type.slice(0, -9);
     if (S.entities[kind] && event[kind]) {
       S.entities[kind].set(event[kind].id, event[kind]);
+      if (event.row && S.rows[kind]) S.rows[kind].set(event[kind].id, event.row);
+      if (S.selected && S.selected.kind === kind && S.selected.id === event[kind].id) loadDetail();
       S.dirty.add(kind);
       if (kind === "run" && S.followNewest && event[kind].status === "running") {
         S.selectedRun = event[kind].id;
@@ -108,7 +115,12 @@ function apply(event) {
     }
   } else if (type.endsWith(".removed")) {
     const kind = type.slice(0, -8);
-    if (S.entities[kind]) { S.entities[kind].delete(event.id); S.dirty.add(kind); }
+    if (S.entities[kind]) {
+      S.entities[kind].delete(event.id);
+      if (S.rows[kind]) S.rows[kind].delete(event.id);
+      if (S.selected && S.selected.kind === kind && S.selected.id === event.id) loadDetail();
+      S.dirty.add(kind);
+    }
   }
   schedule();
 }
@@ -118,202 +130,144 @@ function schedule() {
   if (!frame && !S.paused) frame = requestAnimationFrame(render);
 }
 
-// ------------------------------------------------------------------ tables
+// ------------------------------------------------------------------ panels
 
-function matches(entity) {
-  if (!S.filter) return true;
-  return JSON.stringify(entity).toLowerCase().includes(S.filter);
+function buildPanels() {
+  const box = $("#panels");
+  box.replaceChildren();
+  const order = ["main", "top", "side"];
+  for (const where of order) {
+    for (const f of FAMILIES.filter(f => f.panel === where)) {
+      const panel = el(where === "side" ? "details" : "div", {class: "panel", id: `panel-${f.plural}`});
+      const title = el("h2", {}, f.title + " ");
+      title.append(el("span", {class: "count", id: `count-${f.kind}`}));
+      panel.append(where === "side" ? el("summary") : title);
+      if (where === "side") panel.firstChild.append(title);
+      const table = el("table", {id: f.plural});
+      const head = el("tr");
+      for (const c of f.columns) head.append(el("th", {}, c.label));
+      table.append(el("thead"), el("tbody"));
+      table.tHead.append(head);
+      table.tBodies[0].addEventListener("click", (e) => {
+        const tr = e.target.closest("tr");
+        if (!tr) return;
+        const same = S.selected && S.selected.kind === f.kind && S.selected.id === tr.dataset.id;
+        S.selected = same ? null : {kind: f.kind, id: tr.dataset.id};
+        S.detail = null;
+        renderDetail();
+        if (S.selected) loadDetail();
+      });
+      panel.append(table, el("p", {class: "empty", id: `empty-${f.kind}`}, f.empty),
+                   el("div", {class: "detail", id: `detail-${f.kind}`, hidden: ""}));
+      box.append(panel);
+    }
+  }
 }
 
-// Update a table by row key: add new rows, update changed cells, remove stale rows.
-function syncTable(tableId, kind, rowsFor, limit) {
-  const tbody = document.querySelector(`#${tableId} tbody`);
-  let items = [...S.entities[kind].values()].filter(matches);
-  items.sort((a, b) => String(a.id).localeCompare(String(b.id)));
-  if (limit) items = items.slice(0, limit);
+// A cell as the family described it: pieces (each with a tone) that wrap between each
+// other and never inside one, a tooltip, or a countdown to a wall-clock time.
+function fillCell(td, cell) {
+  const until = cell.u ?? "";
+  if (String(td.dataset.until ?? "") !== String(until)) {
+    if (until === "") delete td.dataset.until; else td.dataset.until = until;
+  }
+  const key = JSON.stringify(cell.p);
+  if (until !== "") {
+    const left = until - serverNow();
+    const text = fmtMs(left);
+    if (td.textContent !== text || td.dataset.key !== "") { td.textContent = text; td.dataset.key = ""; }
+    td.classList.toggle("ttl-low", left < 1000);
+  } else if (td.dataset.key !== key) {
+    td.dataset.key = key;
+    td.classList.remove("ttl-low");
+    td.classList.toggle("multi", cell.p.length > 1);  // wraps between its pieces, never inside one
+    td.replaceChildren(...cell.p.flatMap(([text, tone], k) =>
+      [...(k ? [" "] : []), el("span", {class: "part" + (tone ? " tone-" + tone : "")}, text)]));
+  }
+  const title = cell.t || "";
+  if (td.title !== title) td.title = title;
+}
+
+// Update a family's table by row key: add new rows, update changed cells, remove stale rows.
+function syncTable(f) {
+  const tbody = document.querySelector(`#${f.plural} tbody`);
+  const rows = S.rows[f.kind] || new Map();
+  let items = [...S.entities[f.kind].values()].filter(matches);
+  const sortAt = Math.max(0, f.columns.findIndex(c => c.key === f.sort));
+  const sortKey = (e) => ((rows.get(e.id) || [])[sortAt]?.p || []).map(p => p[0]).join(" ") || e.id;
+  items.sort((a, b) => sortKey(a).localeCompare(sortKey(b)) || String(a.id).localeCompare(String(b.id)));
+  items = items.slice(0, MAX_ROWS);
   const keep = new Set(items.map(i => i.id));
   for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.id)) tr.remove();
   const existing = new Map([...tbody.rows].map(tr => [tr.dataset.id, tr]));
   let previous = null;
   for (const item of items) {
     let tr = existing.get(item.id);
-    const cells = rowsFor(item);
+    const cells = rows.get(item.id) || f.columns.map(() => ({p: [["?"]]}));
     if (!tr) {
       tr = el("tr");
       tr.dataset.id = item.id;
-      for (const cell of cells) tr.appendChild(el("td", {class: cell.cls || ""}));
+      for (const c of f.columns) tr.appendChild(el("td", {class: c.key}));
     }
-    cells.forEach((cell, i) => {
-      const td = tr.cells[i];
-      if (cell.parts) {
-        // pieces that wrap between each other, never inside one ("redis-" / "3■")
-        const joined = cell.parts.join(" ");
-        if (td.dataset.parts !== joined) {
-          td.dataset.parts = joined;
-          td.replaceChildren(...cell.parts.flatMap((p, k) => [...(k ? [" "] : []), el("span", {class: "part"}, p)]));
-        }
-      } else {
-        delete td.dataset.parts;  // the same parts coming back must be drawn again
-        const text = cell.text ?? "";
-        if (td.textContent !== String(text)) td.textContent = String(text);
-      }
-      const cls = cell.cls || "";
-      if (td.className !== cls) td.className = cls;
-      if (cell.title !== undefined && td.title !== cell.title) td.title = cell.title;
-      if (cell.ttl !== undefined) td.dataset.expires = cell.ttl ?? "";
-    });
+    cells.forEach((cell, i) => { if (tr.cells[i]) fillCell(tr.cells[i], cell); });
     tr.classList.toggle("stale", !!item.stale);
+    tr.classList.toggle("selected", !!S.selected && S.selected.kind === f.kind && S.selected.id === item.id);
     const want = previous ? previous.nextSibling : tbody.firstChild;
     if (want !== tr) tbody.insertBefore(tr, want);
     previous = tr;
   }
-  const count = $(`#count-${kind}`);
-  if (count) count.textContent = `(${S.entities[kind].size})`;
-  const empty = $(`#empty-${kind}`);
-  if (empty) empty.hidden = S.entities[kind].size > 0;
+  const count = $(`#count-${f.kind}`);
+  const total = S.entities[f.kind].size;
+  if (count) count.textContent = items.length < total ? `(${items.length} of ${total})` : `(${total})`;
+  const empty = $(`#empty-${f.kind}`);
+  if (empty) empty.hidden = total > 0;
 }
 
-function ttlCell(expiresAt, ttl) {
-  const left = expiresAt ? expiresAt - serverNow() : null;
-  return {text: expiresAt ? fmtMs(left) : (ttl === null || ttl === undefined ? "–" : fmtMs(ttl)),
-          cls: "ttl" + (left !== null && left < 1000 ? " ttl-low" : ""), ttl: expiresAt || ""};
+function matches(entity) {
+  if (!S.filter) return true;
+  return JSON.stringify(entity).toLowerCase().includes(S.filter);
 }
 
-function holderCell(l) {
-  const many = (l.holders || []).length > 1;
-  if (!l.holder) return {text: "free", cls: "holder free"};
-  // parts wrap between each other, so a long holder cell grows down, not across
-  if (l.split) {
-    // grants naming different holders: the lock is split, which is the failure itself
-    const text = l.holders.join(" ≠ ");
-    return {parts: l.holders.flatMap((h, i) => i ? ["≠", h] : [h]), cls: "holder split",
-            title: `split: ${text}`};
+// One entity in full, as its family describes it (GET /api/detail): refetched when it changes.
+let detailSeq = 0;
+async function loadDetail() {
+  const sel = S.selected;
+  const mine = ++detailSeq;
+  if (!sel) return;
+  try {
+    const resp = await fetch(`/api/detail?kind=${encodeURIComponent(sel.kind)}&id=${encodeURIComponent(sel.id)}`);
+    const data = await resp.json();
+    if (mine !== detailSeq) return;  // a newer request went out meanwhile
+    S.detail = resp.ok ? data.lines : [[{p: [[data.error || "gone", "dim"]]}]];
+  } catch (err) {
+    if (mine === detailSeq) S.detail = [[{p: [[String(err), "bad"]]}]];
   }
-  if (many && l.store === "zookeeper") {
-    const text = l.holders.join(", ");  // readers sharing a read lock
-    return {parts: l.holders.map((h, i) => i < l.holders.length - 1 ? `${h},` : h), cls: "holder",
-            title: text};
-  }
-  if (many) {
-    // a minority of grants names someone else (a RedLock contender mid-attempt)
-    return {parts: [l.holder, `+${l.holders.length - 1} minority`], cls: "holder",
-            title: `majority: ${l.holder}; minority: ${l.holders.slice(1).join(", ")}`};
-  }
-  return {parts: [l.holder], cls: "holder", title: l.holder};
+  renderDetail();
 }
 
-const ROWS = {
-  lock: (l) => [
-    {text: l.store},
-    {text: l.name, cls: "name", title: l.detail || l.key},
-    holderCell(l),
-    {text: l.layout},
-    {text: l.fence !== null && l.fence !== undefined ? `#${l.fence}`
-       : !l.token || l.token === l.holder ? "–" : short(l.token, 11),  // a bare token is the holder
-     title: l.token || ""},
-    ttlCell(l.expires_at_ms, l.ttl_ms),
-    {parts: waiterParts(l), cls: "waiters", title: l.waiters.map(w => w.id).join(", ")},
-    {parts: grantParts(l), cls: "grants"},
-  ],
-  session: (s) => [
-    {text: short(s.session_id, 24), title: s.key},
-    {text: s.layout},
-    {text: s.user ?? "–"},
-    {text: s.state, cls: "state state-" + s.state},
-    ttlCell(s.expires_at_ms, s.ttl_ms),
-    {text: fmtTime(s.last_access_ms)},
-    {text: short(Object.entries(s.attributes).map(([k, v]) => `${k}=${v}`).join(" "), 60)},
-  ],
-  mark: (m) => [
-    {text: m.key}, {text: m.state, cls: "state"}, {text: m.owner ?? "–"},
-    ttlCell(m.expires_at_ms, m.ttl_ms),
-    {text: short(Object.entries(m.detail).map(([k, v]) => `${k}=${v}`).join(" "), 60)},
-  ],
-  transaction: (t) => [
-    {text: t.id}, {text: t.protocol}, {text: t.state, cls: "state"},
-    {text: t.branches.map(b => `${b.id}:${b.state}`).join(" ")},
-  ],
-  node: (n) => [
-    {text: n.id, cls: "name"}, {text: n.store}, {text: n.address},
-    {text: n.master ? `${n.role} of ${n.master}` : n.role},
-    {text: n.status, cls: "status status-" + n.status, title: n.detail},
-    {text: n.status === "up" ? "now" : fmtTime(n.as_of_ms)},
-    {text: n.keys}, {text: n.events}, {text: n.gaps}, {text: n.feed, cls: "feed", title: n.feed},
-  ],
-  key: (k) => [
-    {text: k.store}, {text: k.node}, {text: k.key, cls: "name"}, {text: k.type},
-    ttlCell(null, k.ttl_ms), {text: k.size}, {text: short(k.preview, 60), title: k.preview},
-  ],
-};
-
-function waiterParts(lock) {
-  if (!lock.waiters.length) return ["–"];
-  const parts = lock.waiters.map(w => w.polls !== null && w.polls !== undefined
-    ? `${w.id} (${w.polls} polls)` : w.watches ? `${short(w.id, 16)}→${short(w.watches, 12)}`
-    : short(w.id, 16));
-  return parts.map((p, i) => i < parts.length - 1 ? `${p},` : p);
-}
-
-function grantParts(lock) {
-  if (lock.store !== "redis" || !lock.grants.length) return lock.nodes;
-  return lock.grants.flatMap(g => {
-    const mark = g.token === lock.token ? "■" : "□";
-    const reps = g.replicas.map(r => r.present && r.same_value ? `${r.node}✓` : `${r.node}✗`);
-    return [`${g.node}${mark}`, ...(reps.length ? [`(${reps.join(" ")})`] : [])];
-  });
-}
-
-// One lock in full: its grants and replicas, or the ZooKeeper queue with who watches whom.
-function renderLockDetail() {
-  const box = $("#lock-detail");
-  const lock = S.selectedLock && S.entities.lock.get(S.selectedLock);
-  for (const tr of document.querySelectorAll("#locks tbody tr")) {
-    tr.classList.toggle("selected", tr.dataset.id === S.selectedLock);
+function renderDetail() {
+  for (const f of FAMILIES) {
+    const box = $(`#detail-${f.kind}`);
+    if (!box) continue;
+    const mine = S.selected && S.selected.kind === f.kind;
+    box.hidden = !mine;
+    if (!mine) { box.replaceChildren(); continue; }
+    box.replaceChildren(...(S.detail || [[{p: [["loading…", "dim"]]}]]).map(line => {
+      const div = el("div", {class: "line"});
+      line.forEach((cell, i) => {
+        const span = el("span", {class: "cell"});
+        if (i) div.append(" ");
+        fillCell(span, cell);
+        div.append(span);
+      });
+      return div;
+    }));
   }
-  if (!lock) { box.hidden = true; box.replaceChildren(); return; }
-  box.hidden = false;
-  const parts = [el("div", {class: "detail-head"},
-    `${lock.name} — ${lock.store}, ${lock.layout}, ` +
-    (lock.split ? `split: ${lock.holders.join(" ≠ ")}` : `holder ${lock.holder ?? "free"}`) +
-    (lock.fence !== null && lock.fence !== undefined ? `, fence ${lock.fence}` : ""))];
-  if (lock.stale) parts.push(el("div", {class: "stale-note"}, `a node is down: data as of ${fmtTime(lock.as_of_ms)}`));
-  if (lock.detail) parts.push(el("div", {class: "detail-note"}, lock.detail));
-  if (lock.store === "zookeeper") {
-    const chain = el("ol", {class: "chain"});
-    if (lock.holder) {
-      const li = el("li", {class: "chain-holder"});
-      li.append(el("b", {}, lock.holder), el("span", {class: "dim"}, `  ${lock.token ?? ""}  czxid ${lock.fence ?? "?"}`));
-      chain.append(li);
-    }
-    for (const w of lock.waiters) {
-      const li = el("li", {class: "chain-waiter"});
-      li.append(el("span", {class: "arrow"}, "▲ watches " + short(w.watches ?? "?", 48)),
-                el("br"), el("b", {}, w.id),
-                el("span", {class: "dim"}, `  seq ${w.seq ?? "?"}  session ${w.session ?? "?"}` +
-                   (w.since_ms ? `  queued ${fmtTime(w.since_ms)}` : "")));
-      chain.append(li);
-    }
-    if (!lock.waiters.length) chain.append(el("li", {class: "dim"}, "nobody waits"));
-    parts.push(chain);
-  } else {
-    const grants = el("ul", {class: "grants"});
-    for (const g of lock.grants) {
-      const li = el("li", {class: g.token === lock.token ? "grant-agrees" : "grant-differs"});
-      li.append(el("b", {}, g.node), document.createTextNode(`  ${g.holder ?? "?"}  TTL ${fmtMs(g.ttl_ms)}` + (g.stale ? "  (node down)" : "")));
-      for (const r of g.replicas) {
-        const state = r.present && r.same_value ? "has it" : r.present ? "has another value" : "not yet";
-        li.append(el("div", {class: "replica"}, `↳ replica ${r.node}: ${state}`));
-      }
-      grants.append(li);
-    }
-    parts.push(grants);
-    if (lock.waiters.length) {
-      const ws = el("ul", {class: "waiters-list"});
-      for (const w of lock.waiters) ws.append(el("li", {}, `${w.id}` + (w.polls !== null && w.polls !== undefined ? ` — ${w.polls} attempts` : "") + (w.since_ms ? `, since ${fmtTime(w.since_ms)}` : "")));
-      parts.push(el("div", {class: "dim"}, "waiters"), ws);
-    }
+  for (const tr of document.querySelectorAll("#panels tbody tr")) {
+    const f = tr.closest("table").id;
+    tr.classList.toggle("selected", !!S.selected && FAMILIES.some(x => x.plural === f && x.kind === S.selected.kind)
+                                    && S.selected.id === tr.dataset.id);
   }
-  box.replaceChildren(...parts);
 }
 
 function renderNodesBar() {
@@ -335,6 +289,17 @@ function renderLog() {
 }
 
 // ------------------------------------------------------------------ scenarios
+
+async function loadFamilies() {
+  const resp = await fetch("/api/families");
+  FAMILIES = await resp.json();
+  KINDS = FAMILIES.map(f => f.kind);
+  for (const f of FAMILIES) {
+    S.entities[f.kind] = S.entities[f.kind] || new Map();
+    S.rows[f.kind] = S.rows[f.kind] || new Map();
+  }
+  buildPanels();
+}
 
 async function loadScenarios() {
   const resp = await fetch("/api/scenarios");
@@ -637,22 +602,16 @@ function render() {
   if (S.paused) return;
   const dirty = S.dirty;
   S.dirty = new Set();
-  if (dirty.has("lock")) { syncTable("locks", "lock", ROWS.lock); renderLockDetail(); }
-  if (dirty.has("session")) syncTable("sessions", "session", ROWS.session);
-  if (dirty.has("mark")) syncTable("marks", "mark", ROWS.mark);
-  if (dirty.has("transaction")) syncTable("transactions", "transaction", ROWS.transaction);
-  if (dirty.has("node")) { syncTable("nodes", "node", ROWS.node); renderNodesBar(); }
-  if (dirty.has("key")) syncTable("keys", "key", ROWS.key, MAX_KEYS);
+  for (const f of FAMILIES) if (dirty.has(f.kind) && f.panel !== "none") syncTable(f);
+  if (dirty.has("node")) renderNodesBar();
   if (dirty.has("run")) renderRun();
   if (dirty.has("log")) renderLog();
 }
 
 function tick() {
   // TTLs count down between events; a running run's lanes grow.
-  for (const td of document.querySelectorAll("td.ttl[data-expires]")) {
-    const at = Number(td.dataset.expires);
-    if (!at) continue;
-    const left = at - serverNow();
+  for (const td of document.querySelectorAll("[data-until]")) {
+    const left = Number(td.dataset.until) - serverNow();
     const text = fmtMs(left);
     if (td.textContent !== text) td.textContent = text;
     td.classList.toggle("ttl-low", left < 1000);
@@ -672,12 +631,6 @@ function init() {
     S.paused = e.target.checked;
     if (!S.paused) { for (const k of KINDS) S.dirty.add(k); S.dirty.add("log"); schedule(); }
   });
-  document.querySelector("#locks tbody").addEventListener("click", (e) => {
-    const tr = e.target.closest("tr");
-    if (!tr) return;
-    S.selectedLock = S.selectedLock === tr.dataset.id ? null : tr.dataset.id;
-    renderLockDetail();
-  });
   $("#run-select").addEventListener("change", (e) => {
 
     S.selectedRun = e.target.value;
@@ -689,7 +642,7 @@ function init() {
     if (e.key === "/" && document.activeElement !== $("#filter")) { e.preventDefault(); $("#filter").focus(); }
   });
   loadScenarios().catch(err => { $("#scenario-error").textContent = "cannot load scenarios: " + err; });
-  connect();
+  loadFamilies().then(connect).catch(err => { $("#scenario-error").textContent = "cannot load the panels: " + err; });
   setInterval(tick, 200);
 }
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -136,6 +137,7 @@ def settings_for(info: ClusterInfo) -> Settings:
         state_dir=Path(info.state_dir),
         redis=tuple(info.redis_targets()),
         zookeeper=tuple(info.zk_targets()),
+        postgres=tuple(info.pg_targets()),
         local=info,
     )
 
@@ -149,9 +151,22 @@ async def run_scenario(
     return await runner.wait(started.id)
 
 
+def cli(info: ClusterInfo, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``coordscope ARGS...`` as a user runs it, on the test cluster."""
+    env = {**os.environ, "COORDSCOPE_STATE": info.state_dir}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=Path(__file__).parent,
+    )
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("COORDSCOPE_REDIS", "COORDSCOPE_ZK", "COORDSCOPE_CONFIG"):
+    for name in ("COORDSCOPE_REDIS", "COORDSCOPE_ZK", "COORDSCOPE_PG", "COORDSCOPE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -18,7 +18,7 @@ from app.tui.screens.dashboard import DashboardScreen
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.launcher import LauncherScreen, LaunchRequest
 from app.tui.screens.run_view import RunScreen
-from scenarios.catalogue import ScenarioError
+from scenarios.kit.catalogue import ScenarioError
 
 
 class Service(Protocol):

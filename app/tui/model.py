@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from collectors.events import KINDS, Entity, Event, Logged, Removed, Snapshot, Upserted
+from collectors.events import Entity, Event, Logged, Removed, Snapshot, Upserted
+from collectors.families import KINDS
 
 
 class Model:

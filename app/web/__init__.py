@@ -61,6 +61,8 @@ def create_app(core: Core, token: str | None = None, own_core: bool = True) -> S
             Route("/", index),
             Route("/api/state", api.get_state),
             Route("/api/scenarios", api.get_scenarios),
+            Route("/api/families", api.get_families),
+            Route("/api/detail", api.get_detail),
             Route("/api/runs", api.list_runs, methods=["GET"]),
             Route("/api/runs", api.start_run, methods=["POST"]),
             Route("/api/runs/{run_id}", api.get_run),

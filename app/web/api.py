@@ -13,9 +13,11 @@ from starlette.responses import JSONResponse
 
 from app.core import Core
 from app.web.guard import Guard
-from collectors.events import Run, state_json
-from scenarios.catalogue import ScenarioError
-from scenarios.runner import SCENARIOS
+from collectors.events import state_json
+from collectors.families import FAMILIES, REGISTRY
+from collectors.families.runs import Run
+from scenarios.kit.catalogue import ScenarioError
+from scenarios.registry import SCENARIOS
 
 MAX_BODY = 64 * 1024
 
@@ -50,6 +52,27 @@ async def _body(request: Request) -> dict[str, Any] | JSONResponse:
 
 async def get_state(request: Request) -> JSONResponse:
     return JSONResponse(state_json(_core(request).bus.snapshot()))
+
+
+async def get_families(request: Request) -> JSONResponse:
+    """Each family's panel: its title, where it goes, its columns (the rows come with the
+    entities, in the websocket's events)."""
+    return JSONResponse([family.describe() for family in REGISTRY])
+
+
+async def get_detail(request: Request) -> JSONResponse:
+    """One entity in full, as its family describes it: lines of cells."""
+    kind = request.query_params.get("kind", "")
+    entity_id = request.query_params.get("id", "")
+    if kind not in FAMILIES:
+        return error(400, f"unknown kind {kind[:40]!r} (known: {', '.join(FAMILIES)})")
+    entity = _core(request).bus.state.get(kind, entity_id)
+    if entity is None:
+        return error(404, f"no {kind} {entity_id[:200]!r} (it may have gone)")
+    lines = FAMILIES[kind].detail(entity)
+    return JSONResponse(
+        {"kind": kind, "id": entity_id, "lines": [[c.to_json() for c in line] for line in lines]}
+    )
 
 
 async def get_scenarios(request: Request) -> JSONResponse:

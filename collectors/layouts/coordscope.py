@@ -12,7 +12,10 @@ Redis
     ``coordscope:queue:<name>``     list    waiters of a fair lock, oldest first
     ``coordscope:signal:<name>:<client>`` list  a release's wake-up token for that waiter
     ``coordscope:resource:<name>``  hash    the protected resource: value, fence, writer, writes, rejected
-    ``coordscope:mark:<key>``       hash    idempotency mark: state, owner, ...
+    ``coordscope:mark:<key>``       hash    idempotency mark: state, owner, fingerprint, lease_until,
+                                            code, body (see scenarios/idempotency/marks.py)
+    ``coordscope:service:<run>:<name>`` hash  a scenario's process: role, address, pid, status,
+                                            alive_ms, requests, last_request
     ``coordscope:txn:<id>``         hash    protocol, state, branches (JSON)
     ``coordscope:run:<id>``         hash    a scenario run: scenario, params, faults, status, verdict
     ``coordscope:history:<id>``     stream  the run's operations, one JSON ``op`` field each
@@ -30,6 +33,7 @@ from collectors.layouts.facts import (
     MarkFact,
     RunFact,
     RunHistoryFact,
+    ServiceFact,
     TransactionFact,
     WaitersFact,
 )
@@ -78,6 +82,10 @@ def resource_key(name: str) -> str:
 
 def mark_key(key: str) -> str:
     return f"{PREFIX}mark:{key}"
+
+
+def service_key(run_id: str, name: str) -> str:
+    return f"{PREFIX}service:{run_id}:{name}"
 
 
 def txn_key(txn_id: str) -> str:
@@ -132,53 +140,127 @@ def _field(rec: KeyRecord, name: str) -> str:
     return display(rec.fields.get(name.encode(), b""))
 
 
-def recognise(rec: KeyRecord) -> Fact | None:
-    """Our own keys; anything under ``coordscope:`` we do not know stays raw."""
+def _ours(rec: KeyRecord, *kinds: str) -> tuple[str, str] | None:
+    """(kind, rest) of one of our keys of these kinds, else None."""
     key = rec.key
     if not key.startswith(PREFIX):
         return None
     kind, _, rest = key[len(PREFIX) :].partition(":")
-    if not rest:
+    return (kind, rest) if kind in kinds and rest else None
+
+
+def _ms(rec: KeyRecord, name: str) -> int | None:
+    raw = _field(rec, name)
+    return int(raw) if raw.isdigit() else None
+
+
+def recognise_lock(rec: KeyRecord) -> Fact | None:
+    """Our locks and the waiters queueing for them."""
+    ours = _ours(rec, "lock", "waiters")
+    if ours is None:
         return None
+    kind, rest = ours
     if kind == "lock" and rec.type == "string" and rec.value is not None:
         parsed = parse_lock_value(rec.value)
         if parsed is None:
-            return LockFact(name=key, layout=LAYOUT, holder=None, token=None, detail="unreadable value")
+            return LockFact(name=rec.key, layout=LAYOUT, holder=None, token=None, detail="unreadable value")
         owner, fence, nonce = parsed
-        return LockFact(name=key, layout=LAYOUT, holder=owner, token=nonce, fence=fence)
+        return LockFact(name=rec.key, layout=LAYOUT, holder=owner, token=nonce, fence=fence)
     if kind == "waiters" and rec.type == "hash":
         waiters = tuple(
             (display(client), *parse_waiter(value)) for client, value in sorted(rec.fields.items())
         )
         return WaitersFact(lock_name=lock_key(rest), waiters=waiters)
-    if kind == "mark" and rec.type == "hash":
-        detail = {display(k): display(v) for k, v in rec.fields.items() if k not in (b"state", b"owner")}
-        return MarkFact(
-            layout=LAYOUT,
-            state=_field(rec, "state") or "?",
-            owner=_field(rec, "owner") or None,
-            detail=detail,
+    return None
+
+
+MARK_FIELDS = {b"state", b"owner", b"fingerprint", b"lease_until", b"code", b"body"}
+
+
+def recognise_mark(rec: KeyRecord) -> Fact | None:
+    """Our idempotency marks: ABSENT -> IN_PROGRESS{owner, fingerprint, lease} -> COMPLETED{code, body}."""
+    if _ours(rec, "mark") is None or rec.type != "hash":
+        return None
+    code = _field(rec, "code")
+    body = _field(rec, "body")
+    return MarkFact(
+        layout=LAYOUT,
+        state=_field(rec, "state") or "?",
+        owner=_field(rec, "owner") or None,
+        fingerprint=_field(rec, "fingerprint") or None,
+        response=" ".join(p for p in (code, body[:60]) if p) or None,
+        lease_until_ms=_ms(rec, "lease_until"),
+        detail={display(k): display(v[:200]) for k, v in rec.fields.items() if k not in MARK_FIELDS},
+    )
+
+
+def recognise_transaction(rec: KeyRecord) -> Fact | None:
+    ours = _ours(rec, "txn")
+    if ours is None or rec.type != "hash":
+        return None
+    try:
+        branches_raw = json.loads(rec.fields.get(b"branches", b"[]"))
+        branches = tuple(
+            (str(b.get("id", "?")), str(b.get("state", "?")), str(b.get("detail", "")))
+            for b in branches_raw
+            if isinstance(b, dict)
         )
-    if kind == "txn" and rec.type == "hash":
-        try:
-            branches_raw = json.loads(rec.fields.get(b"branches", b"[]"))
-            branches = tuple(
-                (str(b.get("id", "?")), str(b.get("state", "?")), str(b.get("detail", "")))
-                for b in branches_raw
-                if isinstance(b, dict)
-            )
-        except ValueError:
-            branches = ()
-        return TransactionFact(
-            txn_id=rest,
-            protocol=_field(rec, "protocol") or "?",
-            state=_field(rec, "state") or "?",
-            branches=branches,
-        )
+    except (ValueError, TypeError):
+        branches = ()
+    return TransactionFact(
+        txn_id=ours[1],
+        protocol=_field(rec, "protocol") or "?",
+        state=_field(rec, "state") or "?",
+        branches=branches,
+    )
+
+
+def recognise_run(rec: KeyRecord) -> Fact | None:
+    """A run's hash (status, params, verdict) and its history stream."""
+    ours = _ours(rec, "run", "history")
+    if ours is None:
+        return None
+    kind, rest = ours
     if kind == "run" and rec.type == "hash":
         return RunFact(run_id=rest, meta={display(k): display(v) for k, v in rec.fields.items()})
     if kind == "history" and rec.type == "stream":
         return RunHistoryFact(run_id=rest)
-    if kind in ("fence", "resource", "commands", "signal", "queue"):
-        return AuxiliaryFact(library=LAYOUT, role=kind)
+    return None
+
+
+def recognise_service(rec: KeyRecord) -> Fact | None:
+    """A scenario's process, registered by itself (see scenarios/kit/services.py)."""
+    ours = _ours(rec, "service")
+    if ours is None or rec.type != "hash":
+        return None
+    run_id, _, name = ours[1].rpartition(":")
+    if not run_id or not name:
+        return None
+    return ServiceFact(
+        run_id=run_id, name=name, fields={display(k): display(v) for k, v in rec.fields.items()}
+    )
+
+
+AUXILIARY = ("fence", "resource", "commands", "signal", "queue", "cleanup")
+
+
+def recognise_auxiliary(rec: KeyRecord) -> Fact | None:
+    """Helper keys of our scenarios: listed raw, with what they are for."""
+    ours = _ours(rec, *AUXILIARY)
+    return AuxiliaryFact(library=LAYOUT, role=ours[0]) if ours else None
+
+
+def recognise(rec: KeyRecord) -> Fact | None:
+    """Any of our own keys; anything under ``coordscope:`` we do not know stays raw."""
+    for one in (
+        recognise_lock,
+        recognise_mark,
+        recognise_transaction,
+        recognise_run,
+        recognise_service,
+        recognise_auxiliary,
+    ):
+        fact = one(rec)
+        if fact is not None:
+            return fact
     return None

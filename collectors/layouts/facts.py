@@ -8,6 +8,7 @@ Spring Session hash and its ``expires:`` shadow into one session.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,22 @@ class SessionShadowFact:
 
 @dataclass(frozen=True)
 class MarkFact:
+    """An idempotency record: a request id (order id, key) and how far its request got."""
+
     layout: str
     state: str
-    owner: str | None
+    """IN_PROGRESS | COMPLETED | EXPIRED | FAILED (each library's spelling normalised)."""
+    owner: str | None = None
+    """Who claimed it (an instance), where the library records one."""
     detail: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
+    """The request's payload hash, to refuse the same key with another payload."""
+    response: str | None = None
+    """The stored response (a status code, or the start of the body)."""
+    lease_until_ms: int | None = None
+    """When an in-progress claim lapses and another request may take over (wall clock)."""
+    expires_at_ms: int | None = None
+    """An expiry the library keeps in the value itself (besides the key's TTL)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,15 @@ class RunHistoryFact:
 
 
 @dataclass(frozen=True)
+class ServiceFact:
+    """A scenario's process (a payment service, a worker...) registered in the store."""
+
+    run_id: str
+    name: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
 class AuxiliaryFact:
     """A helper key of a known library (a lock signal, an unlock latch, an index).
 
@@ -98,6 +120,7 @@ Fact = (
     | TransactionFact
     | RunFact
     | RunHistoryFact
+    | ServiceFact
     | AuxiliaryFact
 )
 
@@ -115,12 +138,26 @@ class Contender:
     session: int
 
 
+class GroupFact(Protocol):
+    """What a znode and its children are together (a lock and its contenders)."""
+
+    @property
+    def path(self) -> str: ...
+
+    def claims(self, child: str) -> bool:
+        """Is this child part of the group's entity (rather than a znode of its own)?"""
+        ...
+
+
 @dataclass(frozen=True)
 class ZkLockFact:
     path: str
     layout: str
     contenders: tuple[Contender, ...]
     """Sorted by sequence number: the queue, holder(s) first."""
+
+    def claims(self, child: str) -> bool:
+        return any(c.node == child for c in self.contenders)
 
     @property
     def holders(self) -> tuple[Contender, ...]:

@@ -80,6 +80,8 @@ class ScenarioSpec:
     sources: tuple[str, ...] = field(default_factory=tuple)
     live_faults: bool = True
     """Can a fault be injected while it runs, or only given at start?"""
+    needs: tuple[str, ...] = ()
+    """What it runs on besides Redis: ``zookeeper``, ``postgres``."""
 
     def all_params(self) -> tuple[Param, ...]:
         return (*self.params, KEEP)
@@ -117,6 +119,7 @@ class ScenarioSpec:
             "faults": [f.to_json() for f in self.faults],
             "sources": list(self.sources),
             "live_faults": self.live_faults,
+            "needs": list(self.needs),
         }
 
 

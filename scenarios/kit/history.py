@@ -1,15 +1,23 @@
 """A run's narration, written to the stores so that every viewer reads the same.
 
 - ``coordscope:run:<id>`` (hash): scenario, params, faults, status, actors,
-  started/ended times, the verdict (JSON), the error if any;
+  started/ended times, the verdict (JSON), the error if any, a heartbeat,
+  and the run's cleanup plan;
 - ``coordscope:history:<id>`` (stream): one entry per operation (``op`` =
-  the JSON of :class:`collectors.runs.Op`).
+  the JSON of :class:`collectors.runs.Op`), written by the run and by every
+  service it started, each a *source* with its own sequence numbers.
 
-Actors never wait on Redis to narrate: :meth:`History.record` stamps the op
-and queues it; one writer task appends the queue in order with pipelined
-``XADD``s. If the control node is unreachable the writer keeps the ops and
-retries, so a run survives a fault on the node it narrates to; the local
-copy (``History.ops``) is what the checker judges.
+The run's actors never wait on Redis to narrate: :meth:`History.record`
+stamps the op and queues it; one writer task appends the queue in order
+with pipelined ``XADD``s. If the control node is unreachable the writer
+keeps the ops and retries until it can (a retry may append an op twice:
+readers keep the first copy). A service narrates each op before it goes on
+(:class:`Narrator`): what it did is in the store before anyone hears of it.
+
+At the end the run reads its history back (:meth:`History.read_back`, with
+the collectors' own :class:`collectors.runs.HistoryReader`), checks that
+every op it recorded is there in order (:meth:`History.missing`), and the
+checker judges what was read back — what every viewer sees.
 """
 
 from __future__ import annotations
@@ -25,69 +33,93 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
-from collectors.runs import Op
+from collectors.runs import RUN_SOURCE, HistoryReader, Op
 from collectors.state import now_ms
 
 RETAIN_S = 24 * 3600
 """Finished runs stay readable this long, then Redis expires them."""
+READ_PAGE = 2000
+
+
+def _op(
+    index: int,
+    t_ms: int,
+    src: str,
+    actor: str,
+    kind: str,
+    f: str,
+    *,
+    key: str = "",
+    value: Any = "",
+    fence: int | None = None,
+    ttl_ms: int | None = None,
+    note: str = "",
+    data: dict[str, Any] | None = None,
+) -> Op:
+    return Op(
+        index=index,
+        t_ms=t_ms,
+        actor=actor,
+        kind=kind,
+        f=f,
+        key=key,
+        value=value if isinstance(value, str) else json.dumps(value),
+        fence=fence,
+        ttl_ms=ttl_ms,
+        note=note,
+        data=dict(data or {}),
+        src=src,
+        n=index,
+    )
 
 
 class History:
+    """The run's own narration (source ``run``), and the history read back at the end."""
+
     def __init__(self, client: Redis, run_id: str, echo: Callable[[Op], None] | None = None) -> None:
         self._client = client
         self.run_id = run_id
         self.ops: list[Op] = []
+        """Every op this process recorded, in order (what the store must hold)."""
         self._pending: list[Op] = []
         self._wakeup = asyncio.Event()
-        self._started = time.monotonic()
+        self.t0 = time.monotonic()
+        """The run's time origin (the machine's monotonic clock: services share it)."""
         self._echo = echo
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.write_errors = 0
+        """Writes the control node refused or never answered (each retried)."""
+        self.watchers: list[Callable[[Op], None]] = []
+        """Live checkers, told of every op as it is recorded."""
 
     @property
     def key(self) -> str:
         return coordscope.history_key(self.run_id)
 
     def t_ms(self) -> int:
-        return int((time.monotonic() - self._started) * 1000)
+        return int((time.monotonic() - self.t0) * 1000)
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"history {self.run_id}")
 
-    def record(
-        self,
-        actor: str,
-        kind: str,
-        f: str,
-        *,
-        key: str = "",
-        value: Any = "",
-        fence: int | None = None,
-        ttl_ms: int | None = None,
-        note: str = "",
-    ) -> Op:
-        op = Op(
-            index=len(self.ops),
-            t_ms=self.t_ms(),
-            actor=actor,
-            kind=kind,
-            f=f,
-            key=key,
-            value=value if isinstance(value, str) else json.dumps(value),
-            fence=fence,
-            ttl_ms=ttl_ms,
-            note=note,
-        )
+    def record(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
+        op = _op(len(self.ops), self.t_ms(), RUN_SOURCE, actor, kind, f, **kw)
         self.ops.append(op)
         self._pending.append(op)
         self._wakeup.set()
+        for watcher in self.watchers:
+            watcher(op)
         if self._echo is not None:
             try:
                 self._echo(op)
             except Exception:  # a closed terminal (`| head`) must not stop the run
                 self._echo = None
         return op
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._pending)
 
     async def _write_loop(self) -> None:
         while True:
@@ -101,26 +133,118 @@ class History:
                         pipe.xadd(self.key, {"op": op.to_json()})
                     await pipe.execute()
                 except (redis_errors.RedisError, OSError):
+                    # some of the batch may be stored already: it is written again, and
+                    # readers keep the first copy of each op
                     self.write_errors += 1
-                    if self._closing:
-                        return
                     await asyncio.sleep(0.2)
                     continue
                 del self._pending[: len(batch)]
             if self._closing:
                 return
 
-    async def close(self, timeout: float = 3.0) -> None:
-        """Flush what is queued (giving up after ``timeout``) and stop the writer."""
+    async def close(self, timeout: float = 30.0) -> int:
+        """Write what is queued, trying for up to ``timeout`` (the control node may be
+        restarting after a fault); returns how many ops could not be written."""
         self._closing = True
         self._wakeup.set()
         if self._writer is not None:
             try:
-                await asyncio.wait_for(self._writer, timeout)
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
             except TimeoutError:
                 self._writer.cancel()
                 with contextlib.suppress(BaseException):
                     await self._writer
+        return len(self._pending)
+
+    async def read_back(self) -> list[Op]:
+        """The whole history as the store holds it, read as every viewer reads it."""
+        reader = HistoryReader()
+        ops: list[Op] = []
+        start = "-"
+        while True:
+            entries: Any = await self._client.xrange(self.key, min=start, count=READ_PAGE)
+            ops += reader.feed(entries or [])
+            if len(entries or []) < READ_PAGE:
+                return ops
+            start = "(" + bytes(entries[-1][0]).decode()
+
+    def missing(self, stored: list[Op]) -> str:
+        """How the stored history differs from what this process recorded ("" when it
+        holds every op, in order)."""
+        mine = [op for op in stored if op.src == RUN_SOURCE]
+        for i, op in enumerate(self.ops):
+            if i >= len(mine):
+                lost = len(self.ops) - len(mine)
+                return (
+                    f"the stored history lost {lost} of the run's {len(self.ops)} operations "
+                    f"(from #{i}: {op.actor} {op.kind} {op.f} at {op.t_ms} ms)"
+                )
+            if not op.same(mine[i]):
+                return (
+                    f"the stored history differs from what the actors did at operation #{i}: "
+                    f"recorded {op.actor} {op.kind} {op.f}, stored {mine[i].actor} {mine[i].kind} {mine[i].f}"
+                )
+        if len(mine) > len(self.ops):
+            return f"the stored history holds {len(mine) - len(self.ops)} operation(s) the run never recorded"
+        gaps = _gaps(stored)
+        return f"the stored history lost operations of {gaps}" if gaps else ""
+
+
+def _gaps(stored: list[Op]) -> str:
+    """Sources (services) whose sequence numbers skip: an op they wrote is missing."""
+    seen: dict[str, list[int]] = {}
+    for op in stored:
+        if op.src != RUN_SOURCE:
+            seen.setdefault(op.src, []).append(op.n)
+    holes = []
+    for src, ns in sorted(seen.items()):
+        expected = set(range(max(ns) + 1))
+        lost = sorted(expected - set(ns))
+        if lost:
+            holes.append(f"{src} (#{lost[0]}" + (f" and {len(lost) - 1} more)" if len(lost) > 1 else ")"))
+    return ", ".join(holes)
+
+
+class Narrator:
+    """A service's narration: each op is in the store before the service goes on.
+
+    Used by the processes a run starts (payment services, workers...), each its
+    own source ``src`` in the run's history, on the run's time axis ``t0``.
+    """
+
+    def __init__(self, client: Redis, run_id: str, src: str, t0: float) -> None:
+        self._client = client
+        self.key = coordscope.history_key(run_id)
+        self.src = src
+        self.t0 = t0
+        self._n = 0
+        self.write_errors = 0
+
+    def t_ms(self) -> int:
+        return int((time.monotonic() - self.t0) * 1000)
+
+    def op(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
+        op = _op(self._n, self.t_ms(), self.src, actor, kind, f, **kw)
+        self._n += 1
+        return op
+
+    async def write(self, op: Op, pipe: Any = None) -> None:
+        """Append ``op`` (on ``pipe``, when the caller sends it with other commands)."""
+        if pipe is not None:
+            pipe.xadd(self.key, {"op": op.to_json()})
+            return
+        for attempt in range(3):
+            try:
+                await self._client.xadd(self.key, {"op": op.to_json()})
+                return
+            except (redis_errors.RedisError, OSError):
+                self.write_errors += 1
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def record(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
+        op = self.op(actor, kind, f, **kw)
+        await self.write(op)
+        return op
 
 
 class RunRecord:
@@ -153,11 +277,12 @@ class RunRecord:
         pipe.expire(self.key, RETAIN_S)  # even a run whose process dies goes away in time
         await pipe.execute()
 
-    async def heartbeat(self, every_s: float = 1.0) -> None:
-        """While the run goes: a sign of life, so viewers can tell a run whose process
-        died (it stays "running" in the store) from one that is still working."""
+    async def heartbeat(self, extra: Callable[[], dict[str, str]], every_s: float = 0.5) -> None:
+        """While the run goes: a sign of life, so viewers (and the run's janitor and
+        services) can tell a run whose process died (it stays "running" in the store)
+        from one that is still working; ``extra`` adds fields that changed (the plan)."""
         while True:
-            await self.update(alive_ms=str(now_ms()))
+            await self.update(alive_ms=str(now_ms()), **extra())
             await asyncio.sleep(every_s)
 
     async def update(self, **fields: Any) -> None:
@@ -171,11 +296,9 @@ class RunRecord:
             fields["verdict"] = verdict
         if error:
             fields["error"] = error
-        for _ in range(20):  # the control node may be restarting after a fault
+        mapping: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        for _ in range(40):  # the control node may be restarting after a fault
             try:
-                mapping: dict[Any, Any] = {
-                    k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()
-                }
                 pipe = self._client.pipeline(transaction=False)
                 pipe.hset(self.key, mapping=mapping)
                 pipe.expire(self.key, RETAIN_S)

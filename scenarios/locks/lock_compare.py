@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient
 
-from collectors.events import Verdict
 from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
-from scenarios.catalogue import Param, ScenarioError, ScenarioSpec
-from scenarios.checker import check_mutex
-from scenarios.lockwork import record_grant, write
-from scenarios.measure import Contention, Sample, contention, ms_since
-from scenarios.primitives.redis_lock import FencedResource, RedisLock
-from scenarios.primitives.zk_lock import (
-    ZkLock,
-    close_sessions,
-    lock_path,
-    remove_tree,
-    start_sessions,
-)
-
-if TYPE_CHECKING:
-    from scenarios.runner import RunContext
+from collectors.runs import Op, Verdict
+from scenarios.kit.catalogue import Param, ScenarioError, ScenarioSpec
+from scenarios.kit.context import RunContext
+from scenarios.kit.scenario import Scenario
+from scenarios.locks.lockwork import read_final, record_grant, watch_mutex, write
+from scenarios.locks.measure import Contention, Sample, contention
+from scenarios.locks.mutex import check_mutex, finals
+from scenarios.locks.redis_lock import FencedResource, RedisLock
+from scenarios.locks.zk_lock import ZkLock, close_sessions, lock_path, start_sessions
 
 SPEC = ScenarioSpec(
     name="lock-compare",
@@ -68,12 +60,11 @@ SPEC = ScenarioSpec(
     faults=(),
     show="both locks side by side; the comparison table",
     sources=("the seed: Redis waiters retry, ZooKeeper notifies through watches",),
+    needs=("zookeeper",),
 )
 
 
-async def run(ctx: RunContext) -> Verdict:
-    if not ctx.env.zookeeper:
-        raise ScenarioError("lock-compare needs a ZooKeeper (none is configured)")
+async def run(ctx: RunContext) -> None:
     hosts = ctx.env.zookeeper[0].hosts
     masters = ctx.env.masters
     lock_node, resource_node = masters[0], masters[1] if len(masters) > 1 else masters[0]
@@ -84,6 +75,7 @@ async def run(ctx: RunContext) -> Verdict:
     redis_name, zk_name = f"{ctx.run_id}-redis", f"{ctx.run_id}-zk"
     ctx.cleanup(lock_node, *coordscope.lock_keys(redis_name, redis_actors))
     ctx.cleanup(resource_node, coordscope.resource_key(redis_name), coordscope.resource_key(zk_name))
+    ctx.cleanup_znode(hosts, lock_path(zk_name))
     redis_resource = FencedResource(ctx.client(resource_node), redis_name, fencing=True)
     zk_resource = FencedResource(ctx.client(resource_node), zk_name, fencing=True)
     bridge = KazooBridge(asyncio.get_running_loop())
@@ -92,55 +84,34 @@ async def run(ctx: RunContext) -> Verdict:
         await start_sessions(sessions)
     except ConnectionError as exc:
         raise ScenarioError(str(exc)) from None
-    samples: dict[str, list[Sample]] = {"redis": [], "zk": []}
-    started = time.monotonic()
     try:
         await asyncio.gather(
-            *(
-                _redis_client(ctx, a, lock_node, redis_name, redis_resource, samples["redis"], started)
-                for a in redis_actors
-            ),
-            *(
-                _zk_client(ctx, a, sessions[a], bridge, zk_name, zk_resource, samples["zk"], started)
-                for a in zk_actors
-            ),
+            *(_redis_client(ctx, a, lock_node, redis_name, redis_resource) for a in redis_actors),
+            *(_zk_client(ctx, a, sessions[a], bridge, zk_name, zk_resource) for a in zk_actors),
         )
     finally:
-        if ctx.params.get("keep") != "on":
-            await remove_tree(bridge, next(iter(sessions.values())), lock_path(zk_name))
         await close_sessions(sessions)
-    redis_stats, zk_stats = contention(samples["redis"]), contention(samples["zk"])
-    await ctx.set_table(_table(ctx, redis_stats, zk_stats))
-    return await _verdict(ctx, redis_name, zk_name, redis_resource, zk_resource, redis_stats, zk_stats)
+    await read_final(ctx, coordscope.lock_key(redis_name), redis_resource)
+    await read_final(ctx, lock_path(zk_name), zk_resource)
+    ops = ctx.history.ops
+    await ctx.set_table(_table(ctx.params, _stats(ops, "redis-"), _stats(ops, "zk-")))
 
 
-async def _redis_client(
-    ctx: RunContext,
-    actor: str,
-    node: str,
-    name: str,
-    resource: FencedResource,
-    samples: list[Sample],
-    started: float,
-) -> None:
+async def _redis_client(ctx: RunContext, actor: str, node: str, name: str, resource: FencedResource) -> None:
     lock = ctx.closing(
         RedisLock(
             ctx.client(node), name, actor, 5000, ctx.choice("redis_waiting"), ctx.number("poll_ms") / 1000
         )
     )
-    waiting = lock.waiting
-
     for _ in range(ctx.number("rounds")):
         if ctx.stopping.is_set():
             return
-        ctx.record(actor, "invoke", "acquire", key=lock.key)
-        asked = ms_since(started)
+        asked = ctx.record(actor, "invoke", "acquire", key=lock.key)
         outcome, attempts = await lock.acquire()
-
-        # requests: every attempt, plus a BLPOP per wait when woken by signal
-        requests = attempts + (attempts - 1 if waiting == "signal" else 0) + 1
-        samples.append(Sample(actor, asked, ms_since(started), requests, attempts - 1))
         record_grant(ctx, actor, lock, outcome, attempts)
+        # requests: every attempt, plus a BLPOP per wait when woken by signal, plus the release
+        requests = attempts + (attempts - 1 if lock.waiting == "signal" else 0) + 1
+        _sample(ctx, actor, asked, requests, attempts - 1)
         await _work(ctx, actor, resource, outcome.fence)
         ctx.record(actor, "invoke", "release", key=lock.key)
         released = await lock.release(outcome)
@@ -149,24 +120,15 @@ async def _redis_client(
 
 
 async def _zk_client(
-    ctx: RunContext,
-    actor: str,
-    client: KazooClient,
-    bridge: KazooBridge,
-    name: str,
-    resource: FencedResource,
-    samples: list[Sample],
-    started: float,
+    ctx: RunContext, actor: str, client: KazooClient, bridge: KazooBridge, name: str, resource: FencedResource
 ) -> None:
     lock = ZkLock(client, bridge, name, actor, ctx.choice("watch"))
     try:
         for _ in range(ctx.number("rounds")):
             if ctx.stopping.is_set():
                 return
-            ctx.record(actor, "invoke", "acquire", key=lock.path)
-            asked = ms_since(started)
+            asked = ctx.record(actor, "invoke", "acquire", key=lock.path)
             hold = await lock.acquire(timeout=60)
-            samples.append(Sample(actor, asked, ms_since(started), hold.requests + 1, hold.wakeups))
             ctx.record(
                 actor,
                 "ok",
@@ -175,6 +137,7 @@ async def _zk_client(
                 fence=hold.czxid,
                 note=f"seq {hold.seq}, {hold.wakeups} wake-up(s)",
             )
+            _sample(ctx, actor, asked, hold.requests + 1, hold.wakeups)
             await _work(ctx, actor, resource, hold.czxid)
             ctx.record(actor, "invoke", "release", key=hold.node)
             released = await lock.release()
@@ -184,6 +147,31 @@ async def _zk_client(
         lock.close()
 
 
+def _sample(ctx: RunContext, actor: str, asked: Op, requests: int, wakeups: int) -> None:
+    """What the acquisition cost, for the comparison (judged from the history)."""
+    ctx.record(
+        actor,
+        "info",
+        "measure",
+        data={"asked_ms": asked.t_ms, "requests": requests, "wakeups": wakeups},
+    )
+
+
+def _stats(ops: Sequence[Op], prefix: str) -> Contention:
+    samples = [
+        Sample(
+            op.actor,
+            float(op.data["asked_ms"]),
+            float(op.t_ms),
+            int(op.data.get("requests", 0)),
+            int(op.data.get("wakeups", 0)),
+        )
+        for op in ops
+        if op.f == "measure" and op.actor.startswith(prefix) and "asked_ms" in op.data
+    ]
+    return contention(samples)
+
+
 async def _work(ctx: RunContext, actor: str, resource: FencedResource, fence: int) -> None:
     value = await resource.read()
     ctx.record(actor, "ok", "read", key=resource.key, value=str(value))
@@ -191,12 +179,11 @@ async def _work(ctx: RunContext, actor: str, resource: FencedResource, fence: in
     await write(ctx, actor, resource, value + 1, fence)
 
 
-def _table(ctx: RunContext, r: Contention, z: Contention) -> list[list[str]]:
-    redis_head = f"Redis ({ctx.choice('redis_waiting')}" + (
-        f" every {ctx.number('poll_ms')} ms)" if ctx.choice("redis_waiting") == "poll" else ")"
-    )
-    rows = [
-        ["", redis_head, f"ZooKeeper (watch {ctx.choice('watch')})"],
+def _table(params: Mapping[str, str | int], r: Contention, z: Contention) -> list[list[str]]:
+    waiting = str(params["redis_waiting"])
+    redis_head = f"Redis ({waiting}" + (f" every {params['poll_ms']} ms)" if waiting == "poll" else ")")
+    return [
+        ["", redis_head, f"ZooKeeper (watch {params['watch']})"],
         ["acquisitions", str(r.acquisitions), str(z.acquisitions)],
         ["requests / acquisition", f"{r.requests_per:.1f}", f"{z.requests_per:.1f}"],
         ["wake-ups / acquisition", f"{r.wakeups_per:.1f}", f"{z.wakeups_per:.1f}"],
@@ -209,27 +196,18 @@ def _table(ctx: RunContext, r: Contention, z: Contention) -> list[list[str]]:
             f"{100 * z.fifo_share:.0f}% of {z.handoffs}",
         ],
     ]
-    return rows
 
 
-async def _verdict(
-    ctx: RunContext,
-    redis_name: str,
-    zk_name: str,
-    redis_res: FencedResource,
-    zk_res: FencedResource,
-    r: Contention,
-    z: Contention,
-) -> Verdict:
-    ops = ctx.history.ops
-    redis_ops = [op for op in ops if op.actor.startswith("redis-")]
-    zk_ops = [op for op in ops if op.actor.startswith("zk-")]
-    redis_total = await redis_res.totals()
-    zk_total = await zk_res.totals()
-    on_redis = check_mutex(
-        redis_ops, coordscope.lock_key(redis_name), redis_res.key, redis_total.get("value", 0)
-    )
-    on_zk = check_mutex(zk_ops, lock_path(zk_name), zk_res.key, zk_total.get("value", 0))
+def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
+    """Mutual exclusion on each side, with the two sides' costs side by side."""
+    r, z = _stats(ops, "redis-"), _stats(ops, "zk-")
+    sides = [
+        check_mutex(ops, str(op.data.get("lock", "")), op.key, int(op.data.get("value", 0)))
+        for op in finals(ops)
+    ]
+    if len(sides) != 2:
+        raise ValueError(f"expected the final reads of both resources, found {len(sides)}")
+    on_redis, on_zk = sides
     compare = (
         f"Redis: {r.requests_per:.1f} requests and {r.wakeups_per:.1f} wake-ups per "
         f"acquisition, wait p50 {r.p50_ms:.0f} ms / p99 {r.p99_ms:.0f} ms / worst "
@@ -238,7 +216,7 @@ async def _verdict(
         f"acquisition, wait p50 {z.p50_ms:.0f} ms / p99 {z.p99_ms:.0f} ms / worst "
         f"{z.worst_ms:.0f} ms, {100 * z.fifo_share:.0f}% of hand-offs in queue order",
     )
-    for side in (on_redis, on_zk):
+    for side in sides:
         if not side.holds:
             return replace(side, findings=(*side.findings, *compare))
     return Verdict(
@@ -249,3 +227,6 @@ async def _verdict(
         keys=(*on_redis.keys, *on_zk.keys),
         findings=compare,
     )
+
+
+SCENARIO = Scenario(spec=SPEC, run=run, check=check, live=watch_mutex)

@@ -32,23 +32,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 
-from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.redis_keyspace import NETWORK_ERRORS
-from collectors.runs import NEMESIS
+from collectors.runs import NEMESIS, RUNNER
 from collectors.state import now_ms
-from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
-from scenarios.lockwork import judge, write
-from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from scenarios.runner import RunContext
+from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
+from scenarios.kit.context import RunContext
+from scenarios.kit.scenario import Scenario
+from scenarios.locks.lockwork import read_final, watch_mutex, write
+from scenarios.locks.mutex import check_lock_run
+from scenarios.locks.redis_lock import FencedResource, Grant, RedisLock
 
 A, B = "client-a", "client-b"
 
@@ -102,7 +99,7 @@ SPEC = ScenarioSpec(
 )
 
 
-async def run(ctx: RunContext) -> Verdict:
+async def run(ctx: RunContext) -> None:
     env = ctx.env
     cluster = env.cluster
     master = env.masters[0] if env.masters else ""
@@ -121,7 +118,7 @@ async def run(ctx: RunContext) -> Verdict:
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
     ctx.record(
-        "runner",
+        RUNNER,
         "info",
         "start",
         note=f"master {master}, replica {replica}, resource {resource.key} on {resource_node}",
@@ -135,7 +132,7 @@ async def run(ctx: RunContext) -> Verdict:
             await _healthy(ctx, master, resource)
     finally:
         await _restore(ctx, master, replica)
-    return await judge(ctx, coordscope.lock_key(name), resource)
+    await read_final(ctx, coordscope.lock_key(name), resource)
 
 
 # ---------------------------------------------------------------------- the two clients
@@ -410,6 +407,9 @@ async def _restore(ctx: RunContext, master: str, replica: str) -> None:
     await _until_answers(first)
     await first.replicaof("NO", "ONE")
     if await _follow(ctx, replica, master):
-        ctx.record("runner", "info", "restored", note=f"{replica} follows {master} again")
+        ctx.record(RUNNER, "info", "restored", note=f"{replica} follows {master} again")
     else:
-        ctx.record("runner", "info", "restore-failed", note=f"{replica} did not resync in 15 s")
+        ctx.record(RUNNER, "info", "restore-failed", note=f"{replica} did not resync in 15 s")
+
+
+SCENARIO = Scenario(spec=SPEC, run=run, check=check_lock_run, live=watch_mutex)

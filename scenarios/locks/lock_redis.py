@@ -28,20 +28,26 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING
 
-from collectors.events import Verdict
 from collectors.layouts import coordscope
 from collectors.redis_keyspace import NETWORK_ERRORS
 from collectors.runs import NEMESIS
 from collectors.state import now_ms
-from scenarios.catalogue import FaultSpec, Param, ScenarioSpec
-from scenarios.lockwork import COMMON_PARAMS, FaultPlan, critical_section, judge, record_grant, with_helpers
-from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
-
-if TYPE_CHECKING:
-    from scenarios.runner import RunContext
-
+from scenarios.kit.catalogue import FaultSpec, Param, ScenarioSpec
+from scenarios.kit.context import RunContext
+from scenarios.kit.faults import FaultPlan, with_helpers
+from scenarios.kit.nemesis import outage
+from scenarios.kit.scenario import Scenario
+from scenarios.locks.lockwork import (
+    COMMON_PARAMS,
+    critical_section,
+    fault_plan,
+    read_final,
+    record_grant,
+    watch_mutex,
+)
+from scenarios.locks.mutex import check_lock_run
+from scenarios.locks.redis_lock import FencedResource, Grant, RedisLock
 
 SPEC = ScenarioSpec(
     name="lock-redis",
@@ -85,7 +91,7 @@ SPEC = ScenarioSpec(
 )
 
 
-async def run(ctx: RunContext) -> Verdict:
+async def run(ctx: RunContext) -> None:
     masters = ctx.env.masters
     lock_node = masters[0]
     resource_node = masters[1] if len(masters) > 1 else masters[0]
@@ -94,7 +100,7 @@ async def run(ctx: RunContext) -> Verdict:
     await ctx.set_actors([*actors, NEMESIS] if "kill-node" in ctx.faults else actors)
     ctx.cleanup(lock_node, *coordscope.lock_keys(name, actors))
     ctx.cleanup(resource_node, coordscope.resource_key(name))
-    plan = FaultPlan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
+    plan = fault_plan(ctx)
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
     ctx.record(
         "runner",
@@ -104,27 +110,15 @@ async def run(ctx: RunContext) -> Verdict:
     )
     clients = [_client(ctx, actor, lock_node, name, resource, plan) for actor in actors]
     await with_helpers(ctx, plan.arm, clients, _kill_node(ctx, plan, lock_node))
-    return await judge(ctx, coordscope.lock_key(name), resource)
+    await read_final(ctx, coordscope.lock_key(name), resource)
 
 
 async def _kill_node(ctx: RunContext, plan: FaultPlan, node: str) -> None:
     await plan.fired("kill-node")
-    cluster = ctx.env.cluster
-    if cluster is None:
-        return
-    ctx.record(NEMESIS, "info", "fault", value="kill-node", note=f"SIGKILL {node}")
-    await asyncio.to_thread(cluster.kill, node)
-    try:
-        await asyncio.sleep(ctx.number("down_ms") / 1000)
-    finally:  # the clients may be done first and cancel us: the node comes back all the same
-        await asyncio.to_thread(cluster.restart, node)
-    ctx.record(
-        NEMESIS,
-        "info",
-        "heal",
-        value="kill-node",
-        note=f"{node} restarted empty (no persistence: its locks and counter are gone)",
-    )
+    await outage(
+        ctx, "kill-node", node, ctx.number("down_ms"),
+        healed=f"{node} restarted empty (no persistence: its locks and counter are gone)",
+    )  # fmt: skip
 
 
 async def _client(
@@ -142,7 +136,7 @@ async def _client(
         grant = await _acquire(ctx, actor, lock)
         if grant is None:
             continue
-        plan.acquired()
+        plan.step()
         if not await critical_section(ctx, actor, resource, grant.fence, plan, pause_ms=int(ttl * 1.5) + 250):
             return
         await _release(ctx, actor, lock, grant)
@@ -197,3 +191,6 @@ async def _release(ctx: RunContext, actor: str, lock: RedisLock, grant: Grant) -
         ctx.record(
             actor, "fail", "release", key=lock.key, note=f"lock node unreachable ({type(exc).__name__})"
         )
+
+
+SCENARIO = Scenario(spec=SPEC, run=run, check=check_lock_run, live=watch_mutex)

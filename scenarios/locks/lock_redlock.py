@@ -14,7 +14,9 @@ Faults (at the ``fault_at``-th acquisition, or the next one when injected live):
   holders — unless ``restart_delay=ttl`` keeps the crashed master down for
   the lock's TTL first (redis.io's delayed restart).
 - ``clock-jump``: the same, but instead of a restart one of A's masters has
-  its clock jump forward, so A's key there expires at once.
+  its clock jump forward, so A's key there expires at once. Simulated: the
+  nemesis cannot move a server's clock, so it sets that key's TTL to 1 ms
+  (``PEXPIRE``) — what a clock jumping past the lease would do to it.
 - ``pause-during-acquire``: A stalls after its SETs and before it reads the
   replies, longer than the TTL; meanwhile B takes the lock. A compliant
   client (``elapsed_check=on``) sees that no validity is left and discards
@@ -32,20 +34,19 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_errors
 
-from collectors.events import Verdict
 from collectors.layouts import coordscope
-from collectors.runs import NEMESIS
-from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
-from scenarios.lockwork import judge, with_helpers, write
-from scenarios.primitives.redis_lock import FencedResource
-from scenarios.primitives.redlock import CELL, Attempt, Redlock
-
-if TYPE_CHECKING:
-    from scenarios.runner import RunContext
+from collectors.runs import NEMESIS, RUNNER
+from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
+from scenarios.kit.context import RunContext
+from scenarios.kit.faults import with_helpers
+from scenarios.kit.scenario import Scenario
+from scenarios.locks.lockwork import read_final, watch_mutex, write
+from scenarios.locks.mutex import check_lock_run
+from scenarios.locks.redis_lock import FencedResource
+from scenarios.locks.redlock import CELL, Attempt, Redlock
 
 SETUP_FAULTS = ("restart-without-persistence", "clock-jump")
 
@@ -89,7 +90,8 @@ SPEC = ScenarioSpec(
         ),
         FaultSpec(
             "clock-jump",
-            "a master that granted the holder jumps its clock: its key expires at once",
+            "simulated: a master that granted the holder expires its copy at once (PEXPIRE 1 ms), "
+            "as a clock jumping ahead would",
             needs_local_cluster=True,
         ),
         FaultSpec(
@@ -128,7 +130,7 @@ class _Plan:
         return self.pending.pop(0) if self.pending else None
 
 
-async def run(ctx: RunContext) -> Verdict:
+async def run(ctx: RunContext) -> None:
     masters = list(ctx.env.masters)
     if len(masters) < 3:
         raise ScenarioError(
@@ -149,7 +151,7 @@ async def run(ctx: RunContext) -> Verdict:
     plan = _Plan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
     plan.rows.append(["t ms", "client", *masters, "granted", "elapsed", "validity", "result"])
     ctx.record(
-        "runner",
+        RUNNER,
         "info",
         "start",
         note=f"RedLock on {', '.join(masters)} (quorum {len(masters) // 2 + 1}); resource on {resource_node}",
@@ -171,7 +173,7 @@ async def run(ctx: RunContext) -> Verdict:
             note=f"{len(plan.rows) - 1} attempts listed; {plan.busy} more found the "
             "lock taken on every master",
         )
-    return await judge(ctx, coordscope.lock_key(name), resource)
+    await read_final(ctx, coordscope.lock_key(name), resource)
 
 
 class _Nemesis:
@@ -216,7 +218,8 @@ class _Nemesis:
             "info",
             "fault",
             value="clock-jump",
-            note=f"{node}'s clock jumps ahead: its copy of the lock expires now",
+            note=f"simulated clock jump on {node}: PEXPIRE 1 ms on its copy of the lock, "
+            "as a clock jumping past the lease would expire it",
         )
         with contextlib.suppress(redis_errors.RedisError, OSError):
             await client.pexpire(key, 1)
@@ -384,3 +387,6 @@ def _narrate(ctx: RunContext, actor: str, lock: Redlock, plan: _Plan, attempt: A
         ]
     )
     return len(plan.rows) % 5 == 0 or attempt.held
+
+
+SCENARIO = Scenario(spec=SPEC, run=run, check=check_lock_run, live=watch_mutex)

@@ -7,14 +7,18 @@ whole parent (``watch=parent``: every release wakes every waiter, the herd
 effect, counted as wake-ups). Writes to the protected counter are fenced
 with the holder's znode ``czxid``.
 
-Faults:
+Each client's ZooKeeper session lives in a process of its own
+(:mod:`scenarios.locks.zk_contender`), so the faults are real:
 
-- ``kill-holder``: the holder's process dies; ZooKeeper deletes its node
-  when its session times out (``session_ms``) and the next contender wakes.
-- ``expire-session``: the holder stalls and meanwhile its session expires
-  (as a long GC pause or a partition would): its node is deleted, the next
-  contender takes the lock, and the stalled holder resumes still believing it
-  holds it — its write carries the old czxid and fencing rejects it.
+- ``kill-holder``: the holder's process is SIGKILLed; its heartbeats stop,
+  ZooKeeper expires its session after ``session_ms`` and deletes its node,
+  and the next contender wakes.
+- ``expire-session``: the holder's process is frozen (SIGSTOP) for longer
+  than its session timeout (``session_ms`` + ``pause_ms``), as a long GC pause
+  or a partition would: the server expires the session and deletes its node,
+  the next contender takes the lock, and the frozen holder resumes (SIGCONT)
+  still believing it holds it — its write carries the old czxid and fencing
+  rejects it; then its process learns the session was LOST.
 - ``pause-server``: ZooKeeper itself is stopped (SIGSTOP) for
   ``server_pause_ms``: every client goes SUSPENDED, then reconnects to the
   same session (the pause is shorter than the session timeout).
@@ -27,30 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
-
-from collectors.events import Verdict
-from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
-from collectors.runs import NEMESIS
-from scenarios.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
-from scenarios.checker import with_fifo
-from scenarios.lockwork import COMMON_PARAMS, FaultPlan, critical_section, judge, with_helpers
-from scenarios.primitives.redis_lock import FencedResource
-from scenarios.primitives.zk_lock import (
-    ZkLock,
-    close_sessions,
-    expire_session,
-    lock_path,
-    remove_tree,
-    start_sessions,
-)
-
-if TYPE_CHECKING:
-    from scenarios.runner import RunContext
+from collectors.runs import NEMESIS, RUNNER, Op, Verdict
+from scenarios.kit.catalogue import FaultSpec, Param, ScenarioSpec
+from scenarios.kit.context import RunContext
+from scenarios.kit.faults import FaultPlan, with_helpers
+from scenarios.kit.http import Http
+from scenarios.kit.nemesis import pause
+from scenarios.kit.scenario import Scenario
+from scenarios.locks.lockwork import COMMON_PARAMS, critical_section, fault_plan, read_final, watch_mutex
+from scenarios.locks.mutex import check_lock_run, with_fifo
+from scenarios.locks.redis_lock import FencedResource
+from scenarios.locks.zk_lock import lock_path
 
 SPEC = ScenarioSpec(
     name="lock-zk",
@@ -68,7 +62,13 @@ SPEC = ScenarioSpec(
             choices=("predecessor", "parent"),
         ),
         Param("session_ms", "4000", "ZooKeeper session timeout of each client", minimum=1000, maximum=60000),
-        Param("pause_ms", "1500", "how long expire-session stalls the holder", minimum=100, maximum=30000),
+        Param(
+            "pause_ms",
+            "1500",
+            "how much longer than its session timeout expire-session freezes the holder",
+            minimum=500,
+            maximum=30000,
+        ),
         Param(
             "server_pause_ms",
             "2500",
@@ -78,10 +78,11 @@ SPEC = ScenarioSpec(
         ),
     ),
     faults=(
-        FaultSpec("kill-holder", "the holder dies: its node goes when its session times out"),
+        FaultSpec("kill-holder", "SIGKILL the holder's process: its node goes when its session times out"),
         FaultSpec(
             "expire-session",
-            "the holder stalls and its session expires meanwhile: it still believes it holds the lock",
+            "SIGSTOP the holder's process past its session timeout: the session expires, "
+            "and on SIGCONT it still believes it holds the lock",
         ),
         FaultSpec(
             "pause-server",
@@ -91,147 +92,112 @@ SPEC = ScenarioSpec(
     ),
     show="the chain of contenders, each watching its predecessor; each client's session state",
     sources=("ZooKeeper recipes: Locks", "Kleppmann: fencing with zxid", "Curator: InterProcessMutex"),
+    needs=("zookeeper",),
 )
 
 
-async def run(ctx: RunContext) -> Verdict:
-    if not ctx.env.zookeeper:
-        raise ScenarioError("lock-zk needs a ZooKeeper (none is configured)")
+async def run(ctx: RunContext) -> None:
     hosts = ctx.env.zookeeper[0].hosts
     masters = ctx.env.masters
     resource_node = masters[1] if len(masters) > 1 else masters[0]
     name = ctx.run_id
     actors = [f"client-{i + 1}" for i in range(ctx.number("clients"))]
-    await ctx.set_actors([*actors, NEMESIS] if "pause-server" in ctx.faults else actors)
+    await ctx.set_actors([*actors, NEMESIS] if set(ctx.faults) - {"kill-holder"} else actors)
     ctx.cleanup(resource_node, coordscope.resource_key(name))
-    bridge = KazooBridge(asyncio.get_running_loop())
-    clients = {actor: _session(ctx, bridge, actor, hosts) for actor in actors}
-    try:
-        await start_sessions(clients)
-    except ConnectionError as exc:
-        raise ScenarioError(str(exc)) from None
-    plan = FaultPlan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults))
+    ctx.cleanup_znode(hosts, lock_path(name))
+    args = [
+        "--hosts", hosts, "--lock", name, "--watch", ctx.choice("watch"),
+        "--session-ms", str(ctx.number("session_ms")),
+    ]  # fmt: skip
+    await asyncio.gather(
+        *(ctx.services.start(a, "zk-lock-client", "scenarios.locks.zk_contender", args) for a in actors)
+    )
+    plan = fault_plan(ctx)
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
+    http = ctx.closing(Http())
     ctx.record(
-        "runner",
+        RUNNER,
         "info",
         "start",
         note=f"lock {lock_path(name)} on {hosts}, resource {resource.key} on {resource_node}",
     )
-    try:
-        work = [_client(ctx, bridge, actor, clients[actor], hosts, name, resource, plan) for actor in actors]
-        await with_helpers(ctx, plan.arm, work, _pause_server(ctx, plan))
-        verdict = await judge(ctx, lock_path(name), resource)
-    finally:
-        if ctx.params.get("keep") != "on":
-            await remove_tree(bridge, next(iter(clients.values())), lock_path(name))
-        await close_sessions(clients)
-    return with_fifo(verdict, ctx.history.ops, ctx.choice("watch"))
-
-
-def _session(ctx: RunContext, bridge: KazooBridge, actor: str, hosts: str) -> KazooClient:
-    client = KazooClient(
-        hosts=hosts,
-        timeout=ctx.number("session_ms") / 1000,
-        connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5},
-    )
-
-    def record(state: str) -> None:
-        ctx.record(actor, "info", "session", value=str(state))
-
-    def narrate(state: str) -> None:  # on a kazoo thread
-        bridge.call_soon(record, state)
-
-    client.add_listener(narrate)
-    return client
+    work = [_client(ctx, http, actor, resource, plan) for actor in actors]
+    await with_helpers(ctx, plan.arm, work, _pause_server(ctx, plan))
+    await read_final(ctx, lock_path(name), resource)
 
 
 async def _pause_server(ctx: RunContext, plan: FaultPlan) -> None:
     await plan.fired("pause-server")
-    cluster = ctx.env.cluster
-    if cluster is None:
-        return
-    ms = ctx.number("server_pause_ms")
-    ctx.record(NEMESIS, "info", "fault", value="pause-server", note=f"SIGSTOP zookeeper for {ms} ms")
-    await asyncio.to_thread(cluster.pause, "zookeeper")
-    try:
-        await asyncio.sleep(ms / 1000)
-    finally:
-        await asyncio.to_thread(cluster.resume, "zookeeper")
-    ctx.record(NEMESIS, "info", "heal", value="pause-server", note="SIGCONT zookeeper")
+    await pause(ctx, "pause-server", "zookeeper", ctx.number("server_pause_ms"))
 
 
-async def _client(
-    ctx: RunContext,
-    bridge: KazooBridge,
-    actor: str,
-    client: KazooClient,
-    hosts: str,
-    name: str,
-    resource: FencedResource,
-    plan: FaultPlan,
-) -> None:
-    lock = ZkLock(client, bridge, name, actor, ctx.choice("watch"))
+async def _client(ctx: RunContext, http: Http, actor: str, resource: FencedResource, plan: FaultPlan) -> None:
+    session_ms = ctx.number("session_ms")
+    frozen_ms = session_ms + ctx.number("pause_ms")
 
-    def watching(predecessor: str) -> None:
-        ctx.record(actor, "info", "watch", note=f"watches {predecessor}")
-
-    lock.on_wait = watching
-
-    async def expire(_: str) -> None:
+    async def freeze(_: str) -> None:
         ctx.record(
-            NEMESIS, "info", "fault", value="expire-session", note=f"expire {actor}'s session while it stalls"
+            NEMESIS,
+            "info",
+            "fault",
+            value="expire-session",
+            note=f"SIGSTOP {actor}'s process for {frozen_ms} ms: its session times out meanwhile",
         )
-        await expire_session(client, hosts)
-        ctx.record(NEMESIS, "info", "heal", value="expire-session")
+        await ctx.services.pause(actor)
+        try:
+            await asyncio.sleep(frozen_ms / 1000)
+        finally:
+            await ctx.services.resume(actor)
+        ctx.record(NEMESIS, "info", "heal", value="expire-session", note=f"SIGCONT {actor}")
 
-    timeout = max(30.0, 6 * ctx.number("session_ms") / 1000)
+    timeout = max(30.0, 6 * session_ms / 1000)
+    path = lock_path(ctx.run_id)
     for _ in range(ctx.number("rounds")):
         if ctx.stopping.is_set():
             return
-        ctx.record(actor, "invoke", "acquire", key=lock.path)
-        try:
-            hold = await lock.acquire(timeout=timeout)
-        except (KazooException, TimeoutError) as exc:
-            ctx.record(actor, "fail", "acquire", key=lock.path, note=f"{type(exc).__name__}")
+        ctx.record(actor, "invoke", "acquire", key=path)
+        reply = await http.post(ctx.services.get(actor), "/acquire", {"timeout_s": timeout}, timeout + 5)
+        if not reply.ok:
+            ctx.record(actor, "fail", "acquire", key=path, note=reply.body.get("error") or reply.error)
             continue
+        hold = reply.body
         ctx.record(
             actor,
             "ok",
             "acquire",
-            key=hold.node,
-            fence=hold.czxid,
-            value={"seq": hold.seq, "wakeups": hold.wakeups, "requests": hold.requests},
-            note=f"seq {hold.seq}, {hold.wakeups} wake-up(s), {hold.requests} request(s)",
+            key=str(hold["node"]),
+            fence=int(hold["czxid"]),
+            data={k: int(hold[k]) for k in ("seq", "wakeups", "requests")},
+            note=f"seq {hold['seq']}, {hold['wakeups']} wake-up(s), {hold['requests']} request(s)",
         )
-        plan.acquired()
+        plan.step()
         alive = await critical_section(
             ctx,
             actor,
             resource,
-            hold.czxid,
+            int(hold["czxid"]),
             plan,
-            pause_ms=ctx.number("pause_ms"),
-            on_fault={"expire-session": expire},
+            pause_ms=frozen_ms,
+            on_fault={"expire-session": freeze},
         )
         if not alive:
-            # A dead process stops heart-beating; ZooKeeper expires its session when
-            # the timeout runs out and deletes its node.
-            await asyncio.sleep(ctx.number("session_ms") / 1000)
-            await expire_session(client, hosts)
+            # the holder dies for real: its heartbeats stop, its session times out, its node goes
+            await ctx.services.kill(actor, "kill-holder: died holding the lock", narrate=False)
             return
-        ctx.record(actor, "invoke", "release", key=hold.node)
-        try:
-            released = await lock.release()
-        except KazooException as exc:
-            released = False
-            ctx.record(actor, "fail", "release", key=hold.node, note=type(exc).__name__)
-        else:
-            ctx.record(
-                actor,
-                "ok" if released else "fail",
-                "release",
-                key=hold.node,
-                note="" if released else "our node was gone: the session had expired",
-            )
+        ctx.record(actor, "invoke", "release", key=str(hold["node"]))
+        reply = await http.post(ctx.services.get(actor), "/release", {}, 35)
+        released = reply.ok and reply.body.get("released") is True
+        note = (
+            ""
+            if released
+            else reply.body.get("error") or reply.error or "our node was gone: the session had expired"
+        )
+        ctx.record(actor, "ok" if released else "fail", "release", key=str(hold["node"]), note=note)
         await asyncio.sleep(random.uniform(0, 0.02))
+
+
+def _check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
+    return with_fifo(check_lock_run(ops, params), ops, str(params.get("watch", "predecessor")))
+
+
+SCENARIO = Scenario(spec=SPEC, run=run, check=_check, live=watch_mutex)

@@ -19,18 +19,17 @@ other fault is the nemesis's: the scenario waits for :meth:`FaultPlan.fired`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from collectors.events import Verdict
-from collectors.runs import CHECKER
-from scenarios.catalogue import Param
-from scenarios.checker import check_mutex, first_overlap
-from scenarios.primitives.redis_lock import FencedResource, Grant, RedisLock
+from collectors.runs import CHECKER, RUNNER, Op
+from scenarios.kit.catalogue import Param
+from scenarios.kit.faults import FaultPlan
+from scenarios.locks.mutex import FINAL, MutexMonitor
+from scenarios.locks.redis_lock import FencedResource, Grant, RedisLock
 
 if TYPE_CHECKING:
-    from scenarios.runner import RunContext
+    from scenarios.kit.context import RunContext
 
 HOLDER_FAULTS = ("pause-holder", "kill-holder", "expire-session")
 
@@ -48,40 +47,9 @@ COMMON_PARAMS = (
 )
 
 
-@dataclass
-class FaultPlan:
-    """Which faults are due, shared by the clients of one run (in this process)."""
-
-    fault_at: int
-    scheduled: list[str]
-    """Faults given at start, armed at acquisition number ``fault_at``."""
-    armed: list[str] = field(default_factory=list)
-    """Holder faults waiting for the next holder."""
-    acquisitions: int = 0
-    _events: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    def acquired(self) -> None:
-        self.acquisitions += 1
-        if self.acquisitions >= self.fault_at and self.scheduled:
-            for name in self.scheduled:
-                self.arm(name)
-            self.scheduled.clear()
-
-    def arm(self, name: str) -> None:
-        if name in HOLDER_FAULTS:
-            self.armed.append(name)
-        else:
-            self.event(name).set()
-
-    def event(self, name: str) -> asyncio.Event:
-        return self._events.setdefault(name, asyncio.Event())
-
-    async def fired(self, name: str) -> None:
-        """Wait until the nemesis fault ``name`` is due."""
-        await self.event(name).wait()
-
-    def take_holder_fault(self) -> str | None:
-        return self.armed.pop(0) if self.armed else None
+def fault_plan(ctx: RunContext) -> FaultPlan:
+    """Faults given at start hit the ``fault_at``-th acquisition; holder faults the holder."""
+    return FaultPlan(fault_at=ctx.number("fault_at"), scheduled=list(ctx.faults), actor_faults=HOLDER_FAULTS)
 
 
 PauseHook = Callable[[str], Awaitable[None]]
@@ -100,7 +68,7 @@ async def critical_section(
     """Read, (fault), work, write. False when the actor died in it."""
     value = await resource.read()
     ctx.record(actor, "ok", "read", key=resource.key, value=str(value))
-    fault = plan.take_holder_fault()
+    fault = plan.take()
     if fault == "kill-holder":
         ctx.record(actor, "info", "crash", note="died holding the lock")
         return False
@@ -128,6 +96,7 @@ def record_grant(ctx: RunContext, actor: str, lock: RedisLock, grant: Grant, att
         fence=grant.fence,
         ttl_ms=lock.ttl_ms,
         note=f"after {attempts - 1} {verb}",
+        data={"attempts": attempts},
     )
 
 
@@ -147,62 +116,39 @@ async def write(ctx: RunContext, actor: str, resource: FencedResource, value: in
             value=str(value),
             fence=fence,
             note=f"rejected: fence {fence} < {seen} the resource has seen",
-        )
-    judge_live(ctx)
-
-
-def judge_live(ctx: RunContext) -> None:
-    """Mark the first violation on the lanes the moment it happens."""
-    if ctx.reported_violation:
-        return
-    pair = first_overlap(ctx.history.ops)
-    if pair is not None:
-        ctx.reported_violation = True
-        a, b = pair
-        ctx.record(
-            CHECKER,
-            "info",
-            "violation",
-            value=[a.actor, b.actor],
-            note=f"{a.actor} and {b.actor} both wrote while both believed they held the lock",
+            data={"seen": seen},
         )
 
 
-async def live_faults(ctx: RunContext, arm: Callable[[str], object]) -> None:
-    """Faults injected while the run goes (from any viewer, through the store)."""
-    while True:
-        name = await ctx.live_faults.get()
-        ctx.record("runner", "info", "fault-requested", value=name, note="injected while running")
-        arm(name)
+def watch_mutex(ctx: RunContext) -> None:
+    """Judge mutual exclusion live: mark the first violation on the lanes the moment it
+    happens (each write costs what the open holds cost)."""
+    monitor = MutexMonitor()
+
+    def feed(op: Op) -> None:
+        pair = monitor.feed(op)
+        if pair is not None:
+            a, b = pair
+            ctx.record(
+                CHECKER,
+                "info",
+                "violation",
+                value=[a.actor, b.actor],
+                note=f"{a.actor} and {b.actor} both wrote while both believed they held the lock",
+            )
+
+    ctx.history.watchers.append(feed)
 
 
-async def judge(ctx: RunContext, lock_key: str, resource: FencedResource) -> Verdict:
-    """Read the resource one last time and judge the whole history."""
+async def read_final(ctx: RunContext, lock_key: str, resource: FencedResource) -> None:
+    """Read the resource one last time, into the history the checker judges."""
     totals = await resource.totals()
     ctx.record(
-        "runner",
+        RUNNER,
         "ok",
-        "read",
+        FINAL,
         key=resource.key,
         value=str(totals.get("value", 0)),
         note=f"final: {totals.get('writes', 0)} writes accepted, {totals.get('rejected', 0)} rejected",
+        data={"lock": lock_key, "value": totals.get("value", 0), **totals},
     )
-    return check_mutex(ctx.history.ops, lock_key, resource.key, totals.get("value", 0))
-
-
-async def with_helpers(
-    ctx: RunContext,
-    arm: Callable[[str], object],
-    clients: Iterable[Awaitable[None]],
-    *helpers: Awaitable[None],
-) -> None:
-    """Run the clients to the end with live faults (handed to ``arm``) and nemesis
-    helpers beside them."""
-    background = [asyncio.ensure_future(live_faults(ctx, arm))]
-    background += [asyncio.ensure_future(h) for h in helpers]
-    try:
-        await asyncio.gather(*clients)
-    finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)

@@ -1,15 +1,22 @@
-"""Checkers: pure functions from a history of operations to a verdict.
+"""Checkers of the lock scenarios: pure functions of a history as the store holds it.
 
 Mutual exclusion on a protected resource
 -----------------------------------------
 Every client does a read-modify-write of the resource while it believes it
 holds the lock. A *hold* starts when the client's ``acquire`` completed ok
 and, for the purpose of a write, lasts until that write completed. Two
-writes the resource *accepted* whose holds overlap in time violate mutual
-exclusion: both clients believed they held the lock at once and both
-changed the resource (Jepsen's lock workloads judge the same thing). A write
-the resource *rejected* (fencing: its token was lower than one already seen)
+writes the resource *accepted* whose holds overlap violate mutual exclusion:
+both clients believed they held the lock at once and both changed the
+resource (Jepsen's lock workloads judge the same thing). A write the
+resource *rejected* (fencing: its token was lower than one already seen)
 does not count — that is fencing doing its job, and it is reported as such.
+
+Overlap is decided by the order of the operations in the history, not by
+their timestamps: client B's grant recorded before client A's write
+completed overlaps A's hold even when both happened in the same millisecond.
+:class:`MutexMonitor` judges as operations arrive, keeping only the accepted
+writes an open hold could still overlap, so judging a write costs what the
+open holds cost, never a replay of the whole history.
 
 Two further findings, reported beside the verdict:
 
@@ -22,18 +29,19 @@ Two further findings, reported beside the verdict:
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from collectors.events import Verdict
-from collectors.runs import Op
+from collectors.runs import RUNNER, Op, Verdict
 
 MUTEX = "mutual exclusion on the protected resource"
+FINAL = "final"
+"""The runner's last read of a resource (``data``: lock, writes, rejected)."""
 
 
 @dataclass(frozen=True)
-class _Hold:
+class Hold:
     actor: str
     acquired: Op
     write: Op
@@ -42,55 +50,97 @@ class _Hold:
     def start(self) -> int:
         return self.acquired.t_ms
 
-    @property
-    def end(self) -> int:
-        return self.write.t_ms
+
+@dataclass
+class _Resource:
+    accepted: int = 0
+    rejected: list[Hold] = field(default_factory=list)
+    recent: list[Hold] = field(default_factory=list)
+    """Accepted writes an open hold could still overlap."""
+    first: tuple[Hold, Hold] | None = None
+    regressions: list[str] = field(default_factory=list)
 
 
-def _writes_with_holds(ops: list[Op]) -> tuple[list[_Hold], list[_Hold]]:
-    """(accepted, rejected) writes, each with the acquire it was made under."""
-    last_acquire: dict[str, Op] = {}
-    accepted: list[_Hold] = []
-    rejected: list[_Hold] = []
-    for op in ops:
+class MutexMonitor:
+    """Mutual exclusion judged as operations arrive, in history order, per resource."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Op] = {}
+        """actor -> its latest ok acquire."""
+        self._open: dict[str, Op] = {}
+        """actor -> the acquire of a hold it has not released yet."""
+        self._latest: Op | None = None
+        self.resources: dict[str, _Resource] = {}
+
+    def feed(self, op: Op) -> tuple[Hold, Hold] | None:
+        """Take one op; returns the pair of holds when it makes the first violation on
+        its resource (at once: the live checker marks it on the lanes)."""
         if op.f == "acquire" and op.kind == "ok":
-            last_acquire[op.actor] = op
-        elif op.f == "write" and op.kind in ("ok", "fail") and op.actor in last_acquire:
-            hold = _Hold(op.actor, last_acquire[op.actor], op)
-            (accepted if op.kind == "ok" else rejected).append(hold)
-    return accepted, rejected
+            self._last[op.actor] = self._open[op.actor] = self._latest = op
+        elif op.f in ("release", "crash"):
+            self._open.pop(op.actor, None)
+        elif op.f == "write" and op.kind in ("ok", "fail") and op.actor in self._last:
+            return self._write(Hold(op.actor, self._last[op.actor], op))
+        return None
+
+    def _write(self, hold: Hold) -> tuple[Hold, Hold] | None:
+        res = self.resources.setdefault(hold.write.key, _Resource())
+        if hold.write.kind == "fail":
+            res.rejected.append(hold)
+            latest = self._latest
+            if latest is not None and latest.actor == hold.actor and "seen" in hold.write.data:
+                res.regressions.append(
+                    f"fencing went backwards: {hold.actor} held the lock (fence {latest.fence}) "
+                    f"yet was rejected (the resource had seen {hold.write.data['seen']}) — "
+                    "the counter restarted with its node"
+                )
+            return None
+        res.accepted += 1
+        found = None
+        for other in res.recent:
+            # other's write completed before ours; the holds overlap when it completed
+            # after our grant (ours necessarily completed after its grant)
+            if other.actor != hold.actor and other.write.index > hold.acquired.index:
+                found = (other, hold) if other.acquired.index <= hold.acquired.index else (hold, other)
+                break
+        res.recent.append(hold)
+        oldest_open = min((a.index for a in self._open.values()), default=None)
+        res.recent = [h for h in res.recent if oldest_open is not None and h.write.index > oldest_open]
+        if found is not None and res.first is None:
+            res.first = found
+            return found
+        return None
 
 
-def first_overlap(ops: list[Op]) -> tuple[_Hold, _Hold] | None:
-    """The earliest pair of accepted writes from overlapping holds, if any."""
-    accepted, _ = _writes_with_holds(ops)
-    worst: tuple[_Hold, _Hold] | None = None
-    for i, a in enumerate(accepted):
-        for b in accepted[i + 1 :]:
-            if a.actor == b.actor or a.write.key != b.write.key:
-                continue  # the same client, or two resources (lock-compare runs two locks)
-            if a.start < b.end and b.start < a.end:
-                pair = (a, b) if a.start <= b.start else (b, a)
-                if worst is None or max(pair[0].start, pair[1].start) < max(worst[0].start, worst[1].start):
-                    worst = pair
-    return worst
+def first_overlap(ops: Iterable[Op]) -> tuple[Hold, Hold] | None:
+    """The first pair of accepted writes from overlapping holds, if any (any resource)."""
+    monitor = MutexMonitor()
+    for op in ops:
+        pair = monitor.feed(op)
+        if pair is not None:
+            return pair
+    return None
 
 
-def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: int | None = None) -> Verdict:
-    accepted, rejected = _writes_with_holds(ops)
+def check_mutex(
+    ops: Iterable[Op], lock_key: str, resource_key: str, final_value: int | None = None
+) -> Verdict:
+    monitor = MutexMonitor()
+    for op in ops:
+        monitor.feed(op)
+    res = monitor.resources.get(resource_key, _Resource())
     findings: list[str] = []
-    if rejected:
-        who = ", ".join(sorted({f"{h.actor} (fence {h.write.fence})" for h in rejected}))
-        findings.append(f"{len(rejected)} stale write(s) rejected by fencing: {who}")
-    if final_value is not None and final_value < len(accepted):
+    if res.rejected:
+        who = ", ".join(sorted({f"{h.actor} (fence {h.write.fence})" for h in res.rejected}))
+        findings.append(f"{len(res.rejected)} stale write(s) rejected by fencing: {who}")
+    if final_value is not None and final_value < res.accepted:
         findings.append(
-            f"lost update: {len(accepted)} increments were accepted but the resource holds {final_value}"
+            f"lost update: {res.accepted} increments were accepted but the resource holds {final_value}"
         )
-    findings.extend(_fence_regressions(ops))
-    pair = first_overlap(ops)
-    if pair is None:
-        summary = f"held: {len(accepted)} writes accepted, none from overlapping holds" + (
-            f"; {len(rejected)} stale write(s) rejected" if rejected else ""
+    findings.extend(res.regressions[:3])
+    if res.first is None:
+        summary = f"held: {res.accepted} writes accepted, none from overlapping holds" + (
+            f"; {len(res.rejected)} stale write(s) rejected" if res.rejected else ""
         )
         return Verdict(
             holds=True,
@@ -99,7 +149,7 @@ def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: in
             keys=(lock_key, resource_key),
             findings=tuple(findings),
         )
-    a, b = pair
+    a, b = res.first
     if a.write.fence is not None and a.write.fence == b.write.fence:
         findings.append(
             f"fencing could not tell them apart: both held fence {a.write.fence} "
@@ -122,81 +172,59 @@ def check_mutex(ops: list[Op], lock_key: str, resource_key: str, final_value: in
     )
 
 
-def _who(hold: _Hold) -> str:
+def _who(hold: Hold) -> str:
     fence = hold.acquired.fence
     return hold.actor if fence is None else f"{hold.actor} (fence {fence})"
 
 
-def _fence_regressions(ops: list[Op]) -> list[str]:
-    """Rejected writes by the most recent acquirer: the fencing counter went backwards."""
-    out = []
-    latest: Op | None = None
-    for op in ops:
-        if op.f == "acquire" and op.kind == "ok":
-            latest = op
-        elif (
-            op.f == "write"
-            and op.kind == "fail"
-            and latest is not None
-            and latest.actor == op.actor
-            and latest.fence is not None
-            and "resource has seen" in op.note
-        ):
-            out.append(
-                f"fencing went backwards: {op.actor} held the lock (fence {latest.fence}) "
-                f"yet was rejected ({op.note}) — the counter restarted with its node"
-            )
-    return out[:3]
+def finals(ops: Sequence[Op]) -> list[Op]:
+    """The runner's final reads of the protected resources, one per resource."""
+    return [op for op in ops if op.actor == RUNNER and op.f == FINAL and op.kind == "ok"]
+
+
+def check_lock_run(ops: Sequence[Op], params: Mapping[str, Any]) -> Verdict:
+    """A lock scenario's verdict: mutual exclusion on its one protected resource."""
+    final = finals(ops)
+    if not final:
+        raise ValueError("the history has no final read of the protected resource")
+    op = final[-1]
+    return check_mutex(ops, str(op.data.get("lock", "")), op.key, int(op.data.get("value", 0)))
 
 
 FIFO = "FIFO: the lock is granted in the order contenders queued"
 
 
-def _grants(ops: list[Op]) -> list[tuple[Op, dict[str, Any]]]:
-    out = []
-    for op in ops:
-        if op.f == "acquire" and op.kind == "ok" and op.value.startswith("{"):
-            try:
-                detail = json.loads(op.value)
-            except ValueError:
-                continue
-            if isinstance(detail, dict):
-                out.append((op, detail))
-    return out
-
-
-def with_fifo(verdict: Verdict, ops: list[Op], watch: str) -> Verdict:
+def with_fifo(verdict: Verdict, ops: Sequence[Op], watch: str) -> Verdict:
     """Add the queue's fairness (grants in sequence order) and its wake-up cost to a verdict."""
-    grants = _grants(ops)
+    grants = [op for op in ops if op.f == "acquire" and op.kind == "ok" and "seq" in op.data]
     if not grants:
         return verdict
-    wakeups = sum(int(d.get("wakeups", 0)) for _, d in grants)
-    requests = sum(int(d.get("requests", 0)) for _, d in grants)
+    wakeups = sum(int(op.data.get("wakeups", 0)) for op in grants)
+    requests = sum(int(op.data.get("requests", 0)) for op in grants)
     cost = (
         f"{len(grants)} acquisitions: {wakeups} wake-ups ({wakeups / len(grants):.1f} per "
         f"acquisition, watch={watch}), {requests / len(grants):.1f} requests per acquisition"
     )
     findings = (*verdict.findings, cost)
-    previous: tuple[Op, dict[str, Any]] | None = None
-    for op, detail in grants:
-        if previous is not None and int(detail["seq"]) < int(previous[1]["seq"]):
+    previous: Op | None = None
+    for op in grants:
+        if previous is not None and int(op.data["seq"]) < int(previous.data["seq"]):
             if not verdict.holds:
                 break
-            early, late = op, previous[0]
             return Verdict(
                 holds=False,
                 invariant=FIFO,
-                actors=(early.actor, late.actor),
-                at_ms=early.t_ms,
+                actors=(op.actor, previous.actor),
+                at_ms=op.t_ms,
                 keys=verdict.keys,
-                ops=(late.index, early.index),
+                ops=(previous.index, op.index),
                 findings=findings,
                 summary=(
-                    f"violated: {early.actor} (seq {detail['seq']}) got the lock after "
-                    f"{late.actor} (seq {previous[1]['seq']}) although it queued first"
+                    f"violated: {op.actor} (seq {op.data['seq']}) got the lock after "
+                    f"{previous.actor} (seq {previous.data['seq']}) although it queued first"
                 ),
             )
-        previous = (op, detail)
+        previous = op
     return replace(
         verdict, findings=findings, invariant=verdict.invariant + (" and FIFO" if verdict.holds else "")
     )

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
 from collectors.redis_keyspace import NETWORK_ERRORS
-from scenarios.primitives.redis_lock import RELEASE
+from scenarios.locks.redis_lock import RELEASE
 
 GRANTED, DENIED, ERROR = "granted", "denied", "error"
 CELL = {GRANTED: "■", DENIED: "□", ERROR: "✖"}

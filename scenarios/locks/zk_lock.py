@@ -236,22 +236,6 @@ class ZkLock:
         self.client.remove_listener(self._on_state)
 
 
-async def expire_session(client: KazooClient, hosts: str) -> None:
-    """Expire ``client``'s session from outside, as a long pause or partition would:
-    a second client joins the same session and closes it (kazoo's own test trick)."""
-    session_id, password = client.client_id
-
-    def steal() -> None:
-        thief = KazooClient(hosts=hosts, client_id=(session_id, password))
-        try:
-            thief.start(timeout=10)
-        finally:
-            thief.stop()
-            thief.close()
-
-    await asyncio.to_thread(steal)
-
-
 async def start_sessions(clients: dict[str, KazooClient], timeout_s: float = 15.0) -> None:
     """Connect every client (each its own session); ConnectionError when one cannot."""
     try:
@@ -273,14 +257,3 @@ async def close_sessions(clients: dict[str, KazooClient]) -> None:
             client.close()
 
     await asyncio.gather(*(asyncio.to_thread(close, c) for c in clients.values()))
-
-
-async def remove_tree(bridge: KazooBridge, client: KazooClient, path: str) -> None:
-    """Delete a lock znode and whatever contenders are left in it (best effort, and
-    bounded: kazoo queues requests while it reconnects to a server that may be gone)."""
-    with contextlib.suppress(KazooException, TimeoutError):
-        async with asyncio.timeout(5.0):
-            for child in await bridge.result(client.get_children_async(path)):
-                with contextlib.suppress(KazooException):
-                    await bridge.result(client.delete_async(f"{path}/{child}"))
-            await bridge.result(client.delete_async(path))

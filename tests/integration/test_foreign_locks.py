@@ -8,7 +8,8 @@ import redis_lock
 from pottery import Redlock
 
 from app.cluster import ClusterInfo
-from collectors.events import Lock, RawKey
+from collectors.families.keys import RawKey
+from collectors.families.locks import Lock
 from collectors.state import State
 from tests.conftest import observing, redis_client, until
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.core import environment
-from collectors.events import Run
+from collectors.families.runs import Run
 from collectors.layouts import coordscope
 from collectors.state import now_ms
-from scenarios.primitives.redis_lock import Grant, RedisLock
+from scenarios.locks.redis_lock import Grant, RedisLock
 from scenarios.runner import Environment, LocalRun, Runner
-from tests.conftest import observing, redis_client, run_scenario, settings_for, until
+from tests.conftest import cli, observing, redis_client, run_scenario, settings_for, until
 
 FAST = {"rounds": "3", "hold_ms": "60", "ttl_ms": "600", "poll_ms": "20"}
 
@@ -53,7 +48,7 @@ async def test_pause_without_fencing_violates_and_names_both_holders(
     assert verdict.at_ms is not None and len(verdict.ops) == 4
     assert coordscope.lock_key(done.id) in verdict.keys
     assert any("lost update" in f for f in verdict.findings)
-    paused = next(op.actor for op in done.context.history.ops if op.f == "pause")
+    paused = next(op.actor for op in done.stored if op.f == "pause")
     assert paused in verdict.actors
     assert keys_left(cluster) == []  # the run cleaned up after itself
 
@@ -63,7 +58,7 @@ async def test_pause_with_fencing_rejects_the_stale_write_and_holds(
 ) -> None:
     done = await run(cluster, local_cluster, ["pause-holder"])
     assert done.status == "held"
-    ops = done.context.history.ops
+    ops = done.stored
     paused = next(op.actor for op in ops if op.f == "pause")
     rejected = [op for op in ops if op.f == "write" and op.kind == "fail"]
     assert [op.actor for op in rejected] == [paused]
@@ -89,7 +84,7 @@ async def test_naive_del_deletes_another_clients_lock(
         poll_ms="10",
     )
     assert done.status == "violated"
-    notes = [op.note for op in done.context.history.ops if op.f == "release"]
+    notes = [op.note for op in done.stored if op.f == "release"]
     assert any(n.startswith("DEL deleted client-") for n in notes)
 
 
@@ -98,7 +93,7 @@ async def test_kill_holder_frees_the_lock_only_at_its_ttl(
 ) -> None:
     done = await run(cluster, local_cluster, ["kill-holder"])
     assert done.status == "held"
-    ops = done.context.history.ops
+    ops = done.stored
     crash = next(op for op in ops if op.f == "crash")
     acquired = [op for op in ops if op.f == "acquire" and op.kind == "ok"]
     crashed_grant = max(op.t_ms for op in acquired if op.actor == crash.actor and op.t_ms <= crash.t_ms)
@@ -111,7 +106,7 @@ async def test_kill_node_takes_the_lock_service_away_and_restarts_it(
 ) -> None:
     done = await run(cluster, local_cluster, ["kill-node"], down_ms="500")
     assert done.status == "held"
-    ops = done.context.history.ops
+    ops = done.stored
     assert [op.f for op in ops if op.actor == "nemesis"] == ["fault", "heal"]
     assert any(op.f == "error" and "unreachable" in op.note for op in ops)
     # the fencing counter restarted with the node: the checker says so
@@ -121,7 +116,7 @@ async def test_kill_node_takes_the_lock_service_away_and_restarts_it(
 
 
 async def test_kill_node_needs_the_local_cluster(cluster: ClusterInfo) -> None:
-    from scenarios.catalogue import ScenarioError
+    from scenarios.kit.catalogue import ScenarioError
 
     with pytest.raises(ScenarioError, match="needs the local cluster"):
         await Runner(env(cluster, None)).start("lock-redis", FAST, ["kill-node"])
@@ -140,7 +135,7 @@ async def test_a_fault_injected_while_running_reaches_the_run(
         )
         await runner.request_fault(started.id, "lock-redis", "pause-holder")
         done = await runner.wait(started.id)
-        assert any(op.f == "fault-requested" for op in done.context.history.ops)
+        assert any(op.f == "fault-requested" for op in done.stored)
         assert done.status == "violated"
         # what every viewer sees: the same verdict, read back from the stores
         await until(
@@ -155,18 +150,6 @@ async def test_a_fault_injected_while_running_reaches_the_run(
         seen = bus.state.get("run", started.id)
         assert isinstance(seen, Run) and seen.verdict == done.verdict
         assert {lane.actor for lane in seen.lanes} >= {"client-1", "client-2"}
-
-
-def cli(info: ClusterInfo, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COORDSCOPE_STATE": info.state_dir}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=Path(__file__).parent,
-    )
 
 
 def test_cli_exit_codes(cluster: ClusterInfo) -> None:

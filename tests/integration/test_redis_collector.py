@@ -9,7 +9,10 @@ import redis
 from redis.lock import Lock as RedisPyLock
 
 from app.cluster import ClusterInfo, LocalCluster
-from collectors.events import Lock, Node, RawKey, Session
+from collectors.families.keys import RawKey
+from collectors.families.locks import Lock
+from collectors.families.nodes import Node
+from collectors.families.sessions import Session
 from collectors.state import State
 from tests.conftest import observing, redis_client, until
 

@@ -13,7 +13,8 @@ from kazoo.client import KazooClient
 from kazoo.recipe.lock import Lock as KazooLock
 
 from app.cluster import ClusterInfo
-from collectors.events import Lock, Node
+from collectors.families.locks import Lock
+from collectors.families.nodes import Node
 from collectors.state import State
 from tests.conftest import observing, until, wait_until, zk_client
 

@@ -19,7 +19,7 @@ from app.tui.screens.launcher import LauncherScreen
 from app.tui.screens.run_view import RunScreen
 from app.tui.widgets.entity_table import EntityTable
 from app.tui.widgets.lanes import Lanes
-from collectors.events import Run
+from collectors.families.runs import Run
 from scenarios.runner import catalogue
 from tests.conftest import redis_client, settings_for, until
 
@@ -196,7 +196,7 @@ async def test_enter_on_a_zookeeper_lock_shows_its_chain(
 
     from kazoo.recipe.lock import Lock as KazooLock
 
-    from app.tui.screens.lock_detail import LockScreen
+    from app.tui.screens.entity_detail import EntityScreen
     from tests.conftest import zk_client
 
     app, pilot = tui
@@ -213,13 +213,13 @@ async def test_enter_on_a_zookeeper_lock_shows_its_chain(
         )
         table(app, "locks").focus()
         await pilot.press("enter")
-        await rendered(pilot, lambda: isinstance(app.screen, LockScreen), "the lock screen")
-        body = str(app.screen.query_one("#lock-body").render())
+        await rendered(pilot, lambda: isinstance(app.screen, EntityScreen), "the lock screen")
+        body = str(app.screen.query_one("#entity-body").render())
         assert "worker-A" in body and "worker-B" in body and "watches" in body
         first.release()
         await rendered(
             pilot,
-            lambda: "nobody waits" in str(app.screen.query_one("#lock-body").render()),
+            lambda: "nobody waits" in str(app.screen.query_one("#entity-body").render()),
             "the hand-over, live",
         )
         await pilot.press("escape")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collectors.runs import Op, lanes
-from scenarios.checker import check_mutex, first_overlap
+from scenarios.locks.mutex import MutexMonitor, check_mutex, first_overlap
 
 
 class H:
@@ -13,6 +13,8 @@ class H:
         self.ops: list[Op] = []
 
     def op(self, t: int, actor: str, kind: str, f: str, **kw: object) -> H:
+        if f == "write":
+            kw.setdefault("key", "R")
         self.ops.append(Op(index=len(self.ops), t_ms=t, actor=actor, kind=kind, f=f, **kw))  # type: ignore[arg-type]
         return self
 
@@ -31,7 +33,7 @@ def paused_holder(fencing_rejects: bool) -> H:
         "fail" if fencing_rejects else "ok",
         "write",
         fence=1,
-        note="rejected: fence 1 < 2 the resource has seen" if fencing_rejects else "",
+        data={"seen": 2} if fencing_rejects else {},
     )
     h.op(202, "client-1", "fail", "release")
     return h
@@ -68,7 +70,7 @@ def test_rightful_holder_rejected_means_the_fence_went_backwards() -> None:
     h.op(0, "a", "ok", "acquire", fence=7)
     h.op(1, "a", "ok", "write", fence=7)
     h.op(50, "b", "ok", "acquire", fence=1)
-    h.op(51, "b", "fail", "write", fence=1, note="rejected: fence 1 < 7 the resource has seen")
+    h.op(51, "b", "fail", "write", fence=1, data={"seen": 7})
     verdict = check_mutex(h.ops, "L", "R", final_value=1)
     assert verdict.holds
     assert any("went backwards" in f for f in verdict.findings)
@@ -112,3 +114,44 @@ def test_overlapping_holds_on_two_different_resources_are_not_a_violation() -> N
     h.op(12, "zk-3", "ok", "write", fence=9, key="R-zk")
     pair = first_overlap(h.ops)
     assert pair is not None and {pair[0].actor, pair[1].actor} == {"zk-2", "zk-3"}
+
+
+def test_overlap_is_decided_by_the_order_of_operations_not_the_millisecond() -> None:
+    # lock-redis with ttl_ms=100, hold_ms=99: client-1's lease ran out as it wrote; client-3
+    # was granted the lock (t=110) before client-1's write completed (t=110), both accepted
+    h = H()
+    h.op(10, "client-1", "ok", "acquire", fence=1, ttl_ms=100)
+    h.op(110, "client-1", "invoke", "write", fence=1)
+    h.op(110, "client-3", "ok", "acquire", fence=2, ttl_ms=100)
+    h.op(110, "client-1", "ok", "write", fence=1)
+    h.op(111, "client-1", "fail", "release")
+    h.op(150, "client-3", "ok", "write", fence=2)
+    verdict = check_mutex(h.ops, "L", "R", final_value=2)
+    assert not verdict.holds and set(verdict.actors) == {"client-1", "client-3"}
+    # the same timestamps with the grant recorded after the write completed: no overlap
+    h2 = H()
+    for op in (h.ops[0], h.ops[1], h.ops[3], h.ops[4], h.ops[2], h.ops[5]):
+        h2.op(op.t_ms, op.actor, op.kind, op.f, fence=op.fence)
+    assert check_mutex(h2.ops, "L", "R", final_value=2).holds
+
+
+def test_live_judging_keeps_only_what_open_holds_could_overlap() -> None:
+    monitor = MutexMonitor()
+    index = 0
+    for round_ in range(50):
+        for c in range(16):
+            actor = f"client-{c}"
+            for kind, f in (("ok", "acquire"), ("ok", "write"), ("ok", "release")):
+                op = Op(
+                    index=index,
+                    t_ms=index,
+                    actor=actor,
+                    kind=kind,
+                    f=f,
+                    fence=index,
+                    key="R" if f == "write" else "",
+                )
+                assert monitor.feed(op) is None
+                index += 1
+            assert len(monitor.resources["R"].recent) <= 1, (round_, c)
+    assert monitor.resources["R"].accepted == 800

@@ -10,7 +10,7 @@ from app import config
 from app.config import ConfigError
 from app.tui.text import printable, safe
 from collectors.targets import RedisTarget, TargetError, ZkTarget
-from scenarios.catalogue import ScenarioError, parse_assignments
+from scenarios.kit.catalogue import ScenarioError, parse_assignments
 from scenarios.runner import spec_of
 
 

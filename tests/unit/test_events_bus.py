@@ -8,18 +8,8 @@ import json
 import pytest
 
 from app.bus import Bus
-from collectors.events import (
-    Grant,
-    Lock,
-    Logged,
-    Removed,
-    SchemaError,
-    Snapshot,
-    Upserted,
-    Waiter,
-    from_json,
-    to_json,
-)
+from collectors.events import Logged, Removed, SchemaError, Snapshot, Upserted, from_json, to_json
+from collectors.families.locks import Grant, Lock, Waiter
 from collectors.observatory import Observatory
 from collectors.records import KeyRecord
 

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from collectors.layouts import LayoutConfig, javaser, recognise_key, recognise_zk_lock
+from collectors.families import recognise_key
+from collectors.layouts import LayoutConfig, javaser, zk_locks
 from collectors.layouts.coordscope import lock_value, parse_lock_value
 from collectors.layouts.facts import (
     AuxiliaryFact,
@@ -16,6 +17,7 @@ from collectors.layouts.facts import (
     SessionFact,
     SessionShadowFact,
     WaitersFact,
+    ZkLockFact,
 )
 from collectors.records import KeyRecord, ZNodeRecord
 
@@ -28,6 +30,12 @@ INT_1800 = bytes.fromhex(
     "787200106a6176612e6c616e672e4e756d62657286ac951d0b94e08b020000787000000708"
 )
 ALICE = bytes.fromhex("aced0005740005616c696365")
+
+
+def recognise_zk_lock(
+    path: str, children: list[ZNodeRecord], config: LayoutConfig | None = None
+) -> ZkLockFact | None:
+    return zk_locks.recognise(path, children, (config or LayoutConfig()).compiled_zk_patterns())
 
 
 def string(key: str, value: bytes | str, ttl: int | None = 30000) -> KeyRecord:

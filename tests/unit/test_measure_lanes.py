@@ -3,15 +3,12 @@ RedLock lanes, RedLock attempt cells."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from collectors.events import Verdict
-from collectors.runs import Op, lanes
-from scenarios.checker import with_fifo
-from scenarios.measure import Sample, contention, percentile
-from scenarios.primitives.redlock import Attempt
+from collectors.runs import Op, Verdict, lanes
+from scenarios.locks.measure import Sample, contention, percentile
+from scenarios.locks.mutex import with_fifo
+from scenarios.locks.redlock import Attempt
 
 
 def test_fifo_hand_offs_and_latency() -> None:
@@ -35,9 +32,7 @@ def test_percentiles_are_inclusive_and_bounded() -> None:
 
 
 def grant(index: int, t: int, actor: str, seq: int, wakeups: int = 1) -> Op:
-    return Op(
-        index, t, actor, "ok", "acquire", value=json.dumps({"seq": seq, "wakeups": wakeups, "requests": 4})
-    )
+    return Op(index, t, actor, "ok", "acquire", data={"seq": seq, "wakeups": wakeups, "requests": 4})
 
 
 HELD = Verdict(holds=True, invariant="mutual exclusion", summary="held: 3 writes")

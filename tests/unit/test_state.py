@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
-from collectors.events import Lock, Logged, Node, Removed, Run, Session, Upserted
+from collectors.events import Logged, Removed, Upserted
+from collectors.families.locks import Lock
+from collectors.families.nodes import Node
+from collectors.families.runs import Run
+from collectors.families.sessions import Session
 from collectors.layouts.coordscope import history_key, lock_value, run_key
 from collectors.records import KeyRecord, ZNodeRecord
 from collectors.runs import Op
@@ -231,11 +235,13 @@ def test_run_hash_and_history_make_a_run_with_lanes() -> None:
         )
     )
     ops = [
-        Op(0, 5, "client-1", "invoke", "acquire"),
-        Op(1, 9, "client-1", "ok", "acquire", fence=1, ttl_ms=100),
-        Op(2, 9, "client-1", "ok", "read", value="0"),
+        Op(0, 5, "client-1", "invoke", "acquire", n=0),
+        Op(1, 9, "client-1", "ok", "acquire", fence=1, ttl_ms=100, n=1),
+        Op(2, 9, "client-1", "ok", "read", value="0", n=2),
     ]
     entries = tuple((f"{i}-0".encode(), {b"op": op.to_json().encode()}) for i, op in enumerate(ops))
+    # a writer that retried a write whose reply it lost appended op 1 twice: read once
+    entries = (*entries[:2], entries[1], entries[2])
     state.apply_key(
         KeyRecord(
             node="redis-3",

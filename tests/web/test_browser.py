@@ -129,13 +129,15 @@ def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: Cluste
         expect(row).to_contain_text("worker-A", timeout=10_000)
         expect(row.locator("td.waiters")).to_contain_text("worker-C", timeout=10_000)
         row.click()
-        chain = page.locator("#lock-detail .chain li")
-        expect(chain).to_have_count(3)
-        expect(chain.nth(0)).to_contain_text("worker-A")
-        expect(chain.nth(1)).to_contain_text("worker-B")
-        expect(chain.nth(2)).to_contain_text("watches")
+        holder = page.locator("#detail-lock .line", has_text="●")
+        expect(holder).to_contain_text("worker-A")
+        waiters = page.locator("#detail-lock .line", has_text="└─")
+        expect(waiters).to_have_count(2)
+        expect(waiters.nth(0)).to_contain_text("worker-B")
+        expect(waiters.nth(1)).to_contain_text("worker-C")
+        expect(waiters.nth(1)).to_contain_text("watches")
         locks[0].release()
-        expect(chain.nth(0)).to_contain_text("worker-B", timeout=5_000)  # live
+        expect(holder).to_contain_text("worker-B", timeout=5_000)  # live
         for lock, t in zip(locks[1:], waiting, strict=True):
             t.join(10)  # its acquire has returned: it holds
             lock.release()

@@ -1,4 +1,4 @@
-"""The dashboard: nodes, locks, sessions, marks, transactions, queues/keys and the event log."""
+"""The dashboard: a panel per family (from the registry), and the live event log."""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 
 from app.tui.model import Model
+from app.tui.screens.entity_detail import EntityScreen
 from app.tui.screens.live import LiveScreen
-from app.tui.screens.lock_detail import LockScreen
 from app.tui.text import printable, safe
-from app.tui.widgets import columns
-from app.tui.widgets.columns import clock
 from app.tui.widgets.entity_table import EntityTable
 from collectors.events import Logged
+from collectors.families import REGISTRY, Family
+from collectors.families.nodes import clock
 
-TABLES = {
-    "lock": ("locks", "Locks", columns.LOCKS, "name"),
-    "session": ("sessions", "Sessions", columns.SESSIONS, "id"),
-    "mark": ("marks", "Idempotency marks", columns.MARKS, "key"),
-    "transaction": ("transactions", "Transactions", columns.TRANSACTIONS, "id"),
-    "node": ("nodes", "Nodes", columns.NODES, "id"),
-    "key": ("keys", "Queues and other keys", columns.KEYS, "key"),
-}
 LEVEL_STYLE = {"warn": "yellow", "error": "bold red"}
+SHOWN = {f.kind: f for f in REGISTRY if f.panel != "none" and f.columns}
+"""The families with a table on the dashboard, in the registry's order."""
 
 
 class Panel(Vertical):
@@ -49,26 +43,30 @@ class DashboardScreen(LiveScreen):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
         yield Input(placeholder="filter: type to narrow every table (esc clears)", id="filter")
-        yield from self._panel("node")
+        for family in SHOWN.values():
+            if family.panel == "top":
+                yield from self._panel(family)
         with Horizontal(id="main"):
             with VerticalScroll(id="left"):
-                for kind in ("lock", "session", "mark", "transaction"):
-                    yield from self._panel(kind)
+                for family in SHOWN.values():
+                    if family.panel == "main":
+                        yield from self._panel(family)
             with VerticalScroll(id="right"):
                 with Panel(id="panel-log"):
                     yield Static("Event log", classes="panel-title")
                     # min_width: RichLog renders at least 78 cells wide by default, which
                     # crops every wrapped line in a narrower panel
                     yield RichLog(id="log", max_lines=500, markup=False, wrap=True, min_width=20)
-                yield from self._panel("key")
+                for family in SHOWN.values():
+                    if family.panel == "side":
+                        yield from self._panel(family)
         yield Footer()
 
-    def _panel(self, kind: str) -> ComposeResult:
-        table_id, title, cols, sort_column = TABLES[kind]
-        with Panel(id=f"panel-{table_id}"):
-            yield Static(title, classes="panel-title", id=f"title-{table_id}")
-            yield EntityTable(cols, sort_column=sort_column, id=table_id)
-            yield Static("nothing here yet", classes="panel-empty", id=f"empty-{table_id}")
+    def _panel(self, family: type[Family]) -> ComposeResult:
+        with Panel(id=f"panel-{family.plural}"):
+            yield Static(family.title, classes="panel-title", id=f"title-{family.plural}")
+            yield EntityTable(family, id=family.plural)
+            yield Static(family.empty, classes="panel-empty", id=f"empty-{family.plural}")
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
@@ -76,22 +74,24 @@ class DashboardScreen(LiveScreen):
         self.set_interval(0.25, self._tick)
 
     def redraw(self) -> None:
-        self.apply(set(TABLES), list(self.model.log), reset_log=True)
+        self.apply(set(SHOWN), list(self.model.log), reset_log=True)
 
     def apply(self, kinds: set[str], lines: list[Logged], reset_log: bool = False) -> None:
         self.live(lambda: self._apply(kinds, lines, reset_log))
 
     def _apply(self, kinds: set[str], lines: list[Logged], reset_log: bool) -> None:
         with self.app.batch_update():
-            for kind in kinds & set(TABLES):
-                table_id, title, _, _ = TABLES[kind]
+            for kind in kinds & set(SHOWN):
+                family = SHOWN[kind]
                 entities = list(self.model.entities[kind].values())
-                table = self.query_one(f"#{table_id}", EntityTable)
+                table = self.query_one(f"#{family.plural}", EntityTable)
                 table.sync(entities, self.needle)
                 shown = table.row_count
-                count = f"{title} ({shown}" + (f" of {len(entities)})" if shown != len(entities) else ")")
-                self.query_one(f"#title-{table_id}", Static).update(safe(count))
-                self.query_one(f"#empty-{table_id}", Static).display = not entities
+                count = f"{family.title} ({shown}" + (
+                    f" of {len(entities)})" if shown != len(entities) else ")"
+                )
+                self.query_one(f"#title-{family.plural}", Static).update(safe(count))
+                self.query_one(f"#empty-{family.plural}", Static).display = not entities
             log = self.query_one("#log", RichLog)
             if reset_log:
                 log.clear()
@@ -104,8 +104,8 @@ class DashboardScreen(LiveScreen):
                 log.write(text)
 
     def _tick(self) -> None:
-        for kind in ("lock", "session", "mark"):
-            self.query_one(f"#{TABLES[kind][0]}", EntityTable).tick()
+        for table in self.query(EntityTable):
+            table.tick()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -125,8 +125,9 @@ class DashboardScreen(LiveScreen):
             self.redraw()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "locks" and event.row_key.value is not None:
-            self.app.push_screen(LockScreen(self.model, str(event.row_key.value)))
+        table = event.data_table
+        if isinstance(table, EntityTable) and event.row_key.value is not None:
+            self.app.push_screen(EntityScreen(self.model, table.family, str(event.row_key.value)))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":

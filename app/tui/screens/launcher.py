@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from app.tui.text import safe
-from scenarios.catalogue import ScenarioSpec
+from scenarios.kit.catalogue import ScenarioSpec
 
 
 @dataclass(frozen=True)

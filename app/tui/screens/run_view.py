@@ -9,13 +9,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Header, Static
 
+from app.tui.cells import status_style
 from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
 from app.tui.text import safe
-from app.tui.widgets.columns import STATUS_STYLE
 from app.tui.widgets.lanes import Lanes
-from collectors.events import Run
-from scenarios.catalogue import ScenarioSpec
+from collectors.families.runs import Run
+from scenarios.kit.catalogue import ScenarioSpec
 
 
 class RunScreen(LiveScreen):
@@ -101,7 +101,7 @@ class RunScreen(LiveScreen):
             self._faults(None)
             self._table(None)
             return
-        text = safe(f"{run.status.upper()} ", "bold " + STATUS_STYLE.get(run.status, ""))
+        text = safe(f"{run.status.upper()} ", "bold " + status_style(run.status))
         text.append_text(safe(f"{run.scenario}  {run.id}", "bold"))
         params = " ".join(f"{k}={v}" for k, v in run.params.items())
         text.append("\n")

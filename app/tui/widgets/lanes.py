@@ -17,7 +17,8 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from app.tui.text import printable
-from collectors.events import Lane, Run
+from collectors.families.runs import Run
+from collectors.runs import Lane
 
 LABEL = 12
 FAULT_BG = "#3c1212"

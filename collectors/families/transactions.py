@@ -1,0 +1,84 @@
+"""Transactions: where each distributed transaction stands, branch by branch.
+
+coordscope's own scenarios keep a transaction's state in ``coordscope:txn:<id>``
+(protocol, state, branches); later layouts (a coordinator's log in ZooKeeper,
+prepared transactions in PostgreSQL) join here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from collectors.families.base import OWN, Column, Family, Member, Recogniser, prefer_master, status, text
+from collectors.layouts import LayoutConfig, coordscope
+from collectors.layouts.facts import TransactionFact
+from collectors.records import KeyRecord
+
+
+@dataclass(frozen=True)
+class Branch:
+    id: str
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    KIND: ClassVar[str] = "transaction"
+    id: str
+    protocol: str
+    state: str
+    branches: tuple[Branch, ...] = ()
+    layout: str = "coordscope"
+    node: str = ""
+    as_of_ms: int = 0
+    stale: bool = False
+
+
+def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
+    return coordscope.recognise_transaction(rec)
+
+
+class Transactions(Family):
+    kind = "transaction"
+    plural = "transactions"
+    title = "Transactions"
+    entity = Transaction
+    facts = (TransactionFact,)
+    recognisers = (Recogniser(OWN, _own),)
+    sort = "id"
+    empty = "no transactions"
+    columns = (
+        Column("id", "transaction", lambda t: text(t.id), limit=30),
+        Column("protocol", "protocol", lambda t: text(t.protocol)),
+        Column("state", "state", lambda t: status(t.state)),
+        Column(
+            "branches",
+            "branches",
+            lambda t: text(" ".join(f"{b.id}:{b.state}" for b in t.branches)),
+            limit=50,
+        ),
+    )
+
+    def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
+        return str(fact.txn_id)
+
+    def build(self, entity_id: str, members: list[Member]) -> Transaction | None:
+        found = prefer_master(self.view, members, TransactionFact)
+        if found is None:
+            return None
+        node_id, rec, fact = found
+        return Transaction(
+            id=entity_id,
+            protocol=fact.protocol,
+            state=fact.state,
+            branches=tuple(Branch(id=b, state=s, detail=d) for b, s, d in fact.branches),
+            node=node_id,
+            as_of_ms=rec.read_at_ms,
+            stale=self.view.stale(n for n, _ in members),
+        )
+
+    def narrate(self, old: Transaction | None, new: Transaction | None, cause: str) -> None:
+        if new is not None and (old is None or old.state != new.state):
+            self.view.log("info", new.node, f"transaction {new.id} ({new.protocol}): {new.state}")

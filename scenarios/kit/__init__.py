@@ -1,0 +1,1 @@
+"""What every scenario shares: its context, history, faults, processes and registry entry."""

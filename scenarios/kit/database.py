@@ -1,0 +1,46 @@
+"""The business database: a scenario's tables live in a PostgreSQL schema of its own
+(``coordscope_<run>``), created when the run starts and dropped when it ends (or by
+its janitor), so a run never touches anyone else's tables."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import psycopg
+from psycopg import sql
+
+from collectors.targets import PostgresTarget
+
+CONNECT_TIMEOUT_S = 5
+
+
+def schema_for(run_id: str) -> str:
+    """A PostgreSQL identifier for the run's schema (lower case, ``[a-z0-9_]``)."""
+    return "coordscope_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower())
+
+
+async def connect(
+    target: PostgresTarget | str, autocommit: bool = False
+) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    dsn = target if isinstance(target, str) else target.dsn
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S
+    )
+
+
+async def create_schema(target: PostgresTarget, schema: str, ddl: str) -> None:
+    """Create the run's schema with ``ddl`` run inside it (one transaction)."""
+    async with await connect(target) as conn:
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(ddl.encode())
+
+
+async def drop_schema(dsn: str, schema: str) -> bool:
+    """Drop the schema and everything in it; False when the database could not be reached."""
+    with contextlib.suppress(psycopg.Error, OSError):
+        async with await connect(dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            return True
+    return False
