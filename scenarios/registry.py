@@ -3,6 +3,7 @@ A new scenario is a module in its topic's folder and one line below."""
 
 from __future__ import annotations
 
+from scenarios.idempotency import payment
 from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
 from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
@@ -15,6 +16,7 @@ SCENARIOS: dict[str, Scenario] = {
         lock_redlock.SCENARIO,
         lock_zk.SCENARIO,
         lock_compare.SCENARIO,
+        payment.SCENARIO,
     )
 }
 

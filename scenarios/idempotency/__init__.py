@@ -1,0 +1,1 @@
+"""Idempotency (the seed's first section): a payment sent twice, across service instances."""
