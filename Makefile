@@ -28,6 +28,7 @@ bench: $(STAMP)
 	@scripts/ensure-system demo
 	$(BIN)/python bench/keyspace.py
 	$(BIN)/python bench/locks.py
+	$(BIN)/python bench/idempotency.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

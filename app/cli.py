@@ -30,6 +30,7 @@ from collectors.families.runs import Run
 from collectors.runs import Op
 from collectors.targets import TargetError
 from scenarios.kit.catalogue import ScenarioError, parse_assignments
+from scenarios.kit.history import follow
 from scenarios.runner import catalogue
 
 EXIT_OK, EXIT_VIOLATED, EXIT_ERROR = 0, 1, 2
@@ -266,9 +267,10 @@ def _scenarios(args: argparse.Namespace) -> int:
 def _print_op(op: Op) -> None:
     fence = f" fence={op.fence}" if op.fence is not None else ""
     value = f" value={op.value}" if op.value and len(op.value) <= 40 else ""
-
+    key = f" {op.key}" if op.key and op.f in ("pay", "handle", "charge", "replay", "ledger") else ""
     note = f"  {op.note}" if op.note else ""
-    print(f"{op.t_ms:>7} ms  {op.actor:<10} {op.kind:<6} {op.f:<8}{fence}{value}{note}", flush=True)
+    line = f"{op.t_ms:>7} ms  {op.actor:<10} {op.kind:<6} {op.f:<8}{key}{fence}{value}{note}"
+    print(line.encode("utf-8", "backslashreplace").decode("utf-8"), flush=True)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -276,9 +278,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     params = parse_assignments(args.set)
     core = Core(settings)
-    run = await core.runner.start(
-        args.scenario, params, args.fault, echo=None if (args.quiet or args.json) else _print_op
-    )
+    run = await core.runner.start(args.scenario, params, args.fault)
+    following: asyncio.Task[None] | None = None
     if not (args.quiet or args.json):
         shown = " ".join(f"{k}={v}" for k, v in run.context.params.items())
         print(
@@ -286,11 +287,18 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             + (f"; faults: {', '.join(run.context.faults)}" if run.context.faults else ""),
             flush=True,
         )
+        # what the store holds, as it arrives: the run's own operations and its services'
+        control = core.runner.env.client(core.runner.env.control_node)
+        following = asyncio.create_task(follow(control, run.id, run.done, _print_op))
     try:
         await core.runner.wait(run.id)
+        if following is not None:
+            await asyncio.wait_for(following, 10)
     except asyncio.CancelledError:
         await core.runner.close()
         raise
+    except TimeoutError:
+        pass  # the control node went away: the verdict below is still the run's
     if args.json:
         print(
             json.dumps(

@@ -33,6 +33,7 @@ Config file (TOML)::
     [layouts]
     lock_patterns = ["*lock*", "mutex:*"]
     session_patterns = ["sess:*", "myapp:session:*"]
+    mark_patterns = ["payments:idem:*"]   # idempotency records, whatever their value
     zk_lock_patterns = ['^worker-(?P<seq>\\d{10})$']
     token_heuristics = true
 
@@ -244,6 +245,7 @@ def _layouts(cfg: dict[str, Any]) -> LayoutConfig:
         lock_patterns=_strings(cfg, "lock_patterns", "layouts") or defaults.lock_patterns,
         token_heuristics=bool(cfg.get("token_heuristics", True)),
         session_patterns=_strings(cfg, "session_patterns", "layouts") or defaults.session_patterns,
+        mark_patterns=_strings(cfg, "mark_patterns", "layouts") or defaults.mark_patterns,
         zk_lock_patterns=zk_patterns,
     )
 

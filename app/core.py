@@ -39,6 +39,7 @@ class Core:
             list(settings.zookeeper),
             settings.layouts,
             scan_interval_s=settings.scan_interval_s,
+            postgres=list(settings.postgres),
         )
         self.bus = Bus(self.observatory)
         self.runner = Runner(environment(settings, self.cluster))

@@ -17,9 +17,10 @@ import asyncio
 from collections.abc import Callable
 
 from collectors.layouts import LayoutConfig
+from collectors.postgres import PgCollector
 from collectors.redis_keyspace import RedisCollector, Topology
 from collectors.state import State
-from collectors.targets import RedisTarget, ZkTarget
+from collectors.targets import PostgresTarget, RedisTarget, ZkTarget
 from collectors.zookeeper import ZkCollector
 
 
@@ -31,12 +32,14 @@ class Observatory:
         layouts: LayoutConfig | None = None,
         on_change: Callable[[], None] | None = None,
         scan_interval_s: float = 2.0,
+        postgres: list[PostgresTarget] | None = None,
     ) -> None:
         self.state = State(layouts)
         self._on_change = on_change or (lambda: None)
         topology = Topology(redis)
         self.redis = [RedisCollector(t, self.state, self._changed, topology, scan_interval_s) for t in redis]
         self.zookeeper = [ZkCollector(t, self.state, self._changed) for t in zookeeper]
+        self.postgres = [PgCollector(t, self.state, self._changed) for t in postgres or ()]
         self._tasks: list[asyncio.Task[None]] = []
 
     def set_on_change(self, callback: Callable[[], None]) -> None:
@@ -50,10 +53,16 @@ class Observatory:
             self._tasks.append(asyncio.create_task(c.run(), name=f"collector {c.target.id}"))
         for z in self.zookeeper:
             self._tasks.append(asyncio.create_task(z.run(), name=f"collector {z.target.id}"))
+        for p in self.postgres:
+            self._tasks.append(asyncio.create_task(p.run(), name=f"collector {p.target.id}"))
 
     async def wait_synced(self, timeout: float) -> list[str]:
         """Wait until every collector has read its node once; returns those that did not."""
-        collectors: list[RedisCollector | ZkCollector] = [*self.redis, *self.zookeeper]
+        collectors: list[RedisCollector | ZkCollector | PgCollector] = [
+            *self.redis,
+            *self.zookeeper,
+            *self.postgres,
+        ]
         waits = [asyncio.create_task(c.synced.wait()) for c in collectors]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=timeout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Store = Literal["redis", "zookeeper"]
+Store = Literal["redis", "zookeeper", "postgres"]
 
 
 def display(raw: bytes) -> str:

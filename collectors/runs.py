@@ -42,6 +42,45 @@ RUN_SOURCE = "run"
 """The ``src`` of the ops the run's own process writes."""
 
 
+SPANS = {
+    "hold": "hold (fence)",
+    "lease": "lease (TTL)",
+    "wait": "waiting",
+    "pause": "paused",
+    "fault": "fault",
+    "suspended": "session suspended",
+    "lost": "session lost",
+    "pay": "request in flight",
+    "handle": "handling a request",
+}
+"""What each kind of span on a lane means (the screens' legends, in this order)."""
+TICKS = {
+    "write": "write accepted",
+    "rejected": "write rejected",
+    "violation": "violation",
+    "crash": "crash",
+    "granted": "RedLock majority",
+    "refused": "RedLock refused",
+    "charge": "charge",
+    "replay": "answer replayed",
+    "replayed": "got a replay",
+    "conflict": "409 in flight",
+    "mismatch": "422 other payload",
+    "timeout": "no reply",
+    "error": "error",
+}
+"""What each kind of tick on a lane means."""
+
+
+def legend(lanes: Iterable[Lane]) -> list[tuple[str, str, str]]:
+    """(``span`` | ``tick``, kind, meaning) of the kinds these lanes use, in legend order."""
+    spans = {s.kind for lane in lanes for s in lane.spans}
+    ticks = {t.kind for lane in lanes for t in lane.ticks}
+    return [("span", k, v) for k, v in SPANS.items() if k in spans] + [
+        ("tick", k, v) for k, v in TICKS.items() if k in ticks
+    ]
+
+
 @dataclass(frozen=True)
 class Span:
     """A bar on an actor's lane: a hold, a wait, a pause, a lease (TTL), a fault window."""

@@ -241,6 +241,12 @@ class Runner:
         except Exception as exc:
             run.status, run.error = "error", f"the checker failed: {type(exc).__name__}: {exc}"
             return
+        if ctx.history.write_errors:
+            retried = (
+                f"{ctx.history.write_errors} write(s) of the history to {self.env.control_node} failed and "
+                "were retried; the stored history is complete"
+            )
+            run.verdict = dataclasses.replace(run.verdict, findings=(*run.verdict.findings, retried))
         run.status = "stopped" if ctx.stopping.is_set() else ("held" if run.verdict.holds else "violated")
 
     async def _commands(self, run: LocalRun) -> None:

@@ -509,7 +509,7 @@ function drawLanes(run, root) {
     parts.push(svg("line", {x1: vx, x2: vx, y1: AXIS_H, y2: height, class: "violation-line"}));
   }
   root.replaceChildren(...parts);
-  renderLegend();
+  renderLegend(run);
 }
 
 function spanGeometry(kind, y) {
@@ -525,7 +525,10 @@ function spanGeometry(kind, y) {
 function tickPath(kind, x, y) {
   if (kind === "granted" || kind === "refused") return `M${x} ${y + 6} L${x + 3} ${y + 9} L${x} ${y + 12} L${x - 3} ${y + 9} Z`;
   if (kind === "violation") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
-  if (kind === "rejected" || kind === "crash" || kind === "lost") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (["rejected", "crash", "lost", "error", "mismatch"].includes(kind)) return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (kind === "charge") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;  // a square: money moved
+  if (kind === "replay" || kind === "replayed") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
+  if (kind === "conflict" || kind === "timeout") return `M${x} ${y - 6} L${x + 6} ${y + 5} L${x - 6} ${y + 5} Z`;
   return `M${x} ${y - 5} L${x + 5} ${y} L${x} ${y + 5} L${x - 5} ${y} Z`;
 }
 
@@ -535,22 +538,21 @@ function niceStep(end) {
   return 120000;
 }
 
-let legendDone = false;
-function renderLegend() {
-  if (legendDone) return;
-  legendDone = true;
-  const items = [["span-hold", "hold (fence)"], ["span-lease", "lease (TTL)"], ["span-wait", "waiting"],
-                 ["span-pause", "paused"], ["fault-window", "fault"], ["tick-write", "write accepted"],
-                 ["tick-rejected", "write rejected"], ["tick-violation", "violation"],
-                 ["span-suspended", "session suspended"], ["span-lost", "session lost"]];
-  $("#legend").replaceChildren(...items.map(([cls, text]) => {
+// What the lanes show: only the kinds this run uses, named by the run itself (run.legend).
+function renderLegend(run) {
+  const box = $("#legend");
+  const key = (run.legend || []).map(l => l.join(":")).join("|");
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.replaceChildren(...(run.legend || []).map(([what, kind, meaning]) => {
     const s = el("span", {class: "legend-item"});
-    s.append(el("i", {class: "swatch " + cls}), document.createTextNode(text));
+    const cls = what === "span" ? (kind === "fault" ? "fault-window" : `span-${kind}`) : `tick-${kind}`;
+    s.append(el("i", {class: "swatch " + cls}), document.createTextNode(meaning));
     return s;
   }));
 }
 
-// A scenario's own table (RedLock attempts, a comparison): rows are only ever appended.
+// A scenario's own table (RedLock attempts, charges per order): rows are added or redrawn.
 function renderRunTable(run) {
   const table = $("#run-table");
   const rows = run ? run.table : [];
@@ -566,11 +568,18 @@ function renderRunTable(run) {
     }
   }
   const body = table.tBodies[0];
-  for (const row of rows.slice(1 + body.rows.length)) {
-    const tr = el("tr");
-    for (const c of row) tr.append(el("td", {}, c));
-    body.append(tr);
-  }
+  rows.slice(1).forEach((row, i) => {
+    let tr = body.rows[i];
+    if (!tr) {
+      tr = el("tr");
+      for (const c of row) tr.append(el("td", {}, c));
+      body.append(tr);
+      return;
+    }
+    row.forEach((c, j) => {  // a row that changed (an order charged meanwhile) is redrawn
+      if (tr.cells[j] && tr.cells[j].textContent !== c) tr.cells[j].textContent = c;
+    });
+  });
   table.hidden = rows.length === 0;
 }
 

@@ -111,6 +111,15 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def eventually(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """:func:`wait_until` for async tests: the loop runs meanwhile (a run, a collector)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def until(bus: Bus, predicate: Callable[[State], object], what: str, timeout: float = 5.0) -> None:
     """Wait for the state to satisfy a condition, woken by every flush of the bus."""
     if not await bus.wait_for(lambda st: bool(predicate(st)), timeout):
@@ -120,7 +129,13 @@ async def until(bus: Bus, predicate: Callable[[State], object], what: str, timeo
 @contextlib.asynccontextmanager
 async def observing(info: ClusterInfo, scan_interval_s: float = 0.5, **kw: object) -> AsyncIterator[Bus]:
     """Collectors on the whole local cluster, synced, behind a bus."""
-    obs = Observatory(info.redis_targets(), info.zk_targets(), scan_interval_s=scan_interval_s, **kw)  # type: ignore[arg-type]
+    obs = Observatory(
+        info.redis_targets(),
+        info.zk_targets(),
+        scan_interval_s=scan_interval_s,
+        postgres=info.pg_targets(),
+        **kw,  # type: ignore[arg-type]
+    )
     bus = Bus(obs)
     await obs.start()
     try:

@@ -106,7 +106,8 @@ class CoordscopeApp(App[None]):
         parts = []
         if self.web_url:
             parts.append(f"web: {self.web_url}")
-        nodes = len(self.core.settings.redis) + len(self.core.settings.zookeeper)
+        settings = self.core.settings
+        nodes = len(settings.redis) + len(settings.zookeeper) + len(settings.postgres)
         where = "local cluster" if self.core.settings.local else "external"
         parts.append(f"{nodes} nodes ({where})")
         if self.paused:

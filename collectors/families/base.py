@@ -287,14 +287,18 @@ def _plain(value: object) -> str:
 
 
 def prefer_master(view: StateView, members: Iterable[Member], want: type[Any]) -> tuple[str, Any, Any] | None:
-    """(node, record, fact) of the first observation of type ``want``, a master's first."""
+    """(node, record, fact) of the first observation of type ``want``, a master's first.
+
+    A replica's copy stands in only while its master is down: with the master up, a copy
+    the master no longer has is the replica lagging behind (a key deleted a moment ago)."""
     best = None
     for node_id, key in sorted(members):
         rec, fact = view.observation((node_id, key))
         if isinstance(fact, want):
             if not view.is_replica(node_id):
                 return node_id, rec, fact
-            best = best or (node_id, rec, fact)
+            if view.down(view.group(node_id)):
+                best = best or (node_id, rec, fact)
     return best
 
 

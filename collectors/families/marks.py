@@ -20,11 +20,13 @@ from typing import Any, ClassVar
 from collectors.families.base import (
     MARKS,
     OWN,
+    Cell,
     Column,
     Family,
     Member,
     Recogniser,
     countdown,
+    pieces,
     prefer_master,
     status,
     text,
@@ -61,6 +63,27 @@ def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
     return coordscope.recognise_mark(rec)
 
 
+def name(mark: Mark) -> str:
+    """How a mark is called on screen: a scenario's mark by its request id (the run is
+    in its key), anyone else's by its key."""
+    if mark.layout == coordscope.LAYOUT:
+        return mark.key.removeprefix(coordscope.mark_key("")).rpartition(":")[2] or mark.key
+    return mark.key
+
+
+def _name_cell(m: Mark) -> Cell:
+    short = name(m)
+    if short == m.key:
+        return text(m.key, "dim" if m.stale else "", title=m.key)
+    run = m.key.removeprefix(coordscope.mark_key("")).rpartition(":")[0]
+    return pieces((short, "dim" if m.stale else "bold"), (run, "dim"), title=m.key)
+
+
+def _response(m: Mark) -> Cell:
+    body = m.detail.get("body", "")
+    return pieces(m.response or "–", (body, "dim"), title=body or (m.response or ""))
+
+
 def _libraries(rec: KeyRecord, config: LayoutConfig) -> Any:
     """Powertools, @node-idempotency, the generic rule and the user's patterns; and the
     helper keys of those libraries, which are not marks and never held locks."""
@@ -77,7 +100,7 @@ class Marks(Family):
     sort = "key"
     empty = "no marks"
     columns = (
-        Column("key", "mark", lambda m: text(m.key, "dim" if m.stale else "", title=m.key), limit=34),
+        Column("key", "mark", _name_cell, limit=34),
         Column("state", "state", lambda m: status(m.state)),
         Column("owner", "owner", lambda m: text(m.owner), limit=14),
         Column(
@@ -86,7 +109,7 @@ class Marks(Family):
             lambda m: countdown(m.lease_expires_at_ms) if m.state == "IN_PROGRESS" else text(None),
         ),
         Column("ttl", "TTL", lambda m: countdown(m.expires_at_ms, m.ttl_ms)),
-        Column("response", "response", lambda m: text(m.response, title=m.response or ""), limit=16),
+        Column("response", "response", _response, limit=16),
         Column(
             "fingerprint",
             "fingerprint",
@@ -135,15 +158,17 @@ class Marks(Family):
         log = self.view.log
         if new is not None and (old is None or old.state != new.state or old.owner != new.owner):
             who = f" by {new.owner}" if new.owner else ""
+            mark = f"mark {name(new)}"
             if old is not None and old.owner and new.owner and old.owner != new.owner:
-                text_ = f"{new.key}: taken over by {new.owner} from {old.owner} ({old.state})"
+                line = f"{mark}: taken over by {new.owner} from {old.owner} ({old.state})"
             elif new.state == "COMPLETED":
-                text_ = f"{new.key}: completed{who}" + (f", response {new.response}" if new.response else "")
+                line = f"{mark}: completed{who}" + (f" ({new.response})" if new.response else "")
             elif new.state == "STALE":
-                text_ = f"{new.key}: lease of {new.owner or '?'} ended while in progress"
+                line = f"{mark}: lease of {new.owner or '?'} ended while in progress"
             else:
-                text_ = f"{new.key}: {new.state.lower().replace('_', ' ')}{who}"
-            log("warn" if new.state in ("STALE", "FAILED") else "info", new.node, text_)
-        elif new is None and old is not None:
-            verb = {"expired": "expired", "evicted": "evicted"}.get(cause, "deleted")
-            log("info", old.node, f"{old.key}: {verb} ({old.state}) — the same id now counts as new")
+                line = f"{mark}: {new.state.lower().replace('_', ' ')}{who}"
+            log("warn" if new.state in ("STALE", "FAILED") else "info", new.node, line)
+        elif new is None and old is not None and cause in ("expired", "evicted"):
+            # a mark deleted on purpose (a run's cleanup) is no news; one that expired is:
+            # the same id now counts as a new request
+            log("info", old.node, f"mark {name(old)}: {cause} ({old.state}): the same id now counts as new")

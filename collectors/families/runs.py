@@ -19,7 +19,7 @@ from collectors.families.base import OWN, Column, Family, Member, Recogniser, pr
 from collectors.layouts import LayoutConfig, coordscope
 from collectors.layouts.facts import RunFact, RunHistoryFact
 from collectors.records import KeyRecord
-from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes
+from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes, legend
 
 MAX_RUN_OPS = 5000
 ABANDONED_MS = 5000
@@ -45,6 +45,8 @@ class Run:
     error: str = ""
     table: tuple[tuple[str, ...], ...] = ()
     """A scenario's own table (RedLock attempts, charges per order): a header row, then rows."""
+    legend: tuple[tuple[str, str, str], ...] = ()
+    """(span | tick, kind, meaning) of what its lanes show, for the screens' legends."""
     as_of_ms: int = 0
 
 
@@ -106,6 +108,7 @@ class Runs(Family):
                 f"the process running it ({meta.get('owner', '?')}) stopped answering: "
                 f"no sign of life for over {ABANDONED_MS // 1000} s"
             )
+        drawn = lanes(ops)
         return Run(
             id=entity_id,
             scenario=meta.get("scenario", "?"),
@@ -116,7 +119,8 @@ class Runs(Family):
             ended_ms=_int(meta.get("ended_ms")),
             verdict=_verdict(meta.get("verdict", "")),
             actors=tuple(_json_list(meta.get("actors"))),
-            lanes=lanes(ops),
+            lanes=drawn,
+            legend=tuple(legend(drawn)),
             ops=len(ops),
             last_op=describe(ops[-1]) if ops else "",
             error=error,

@@ -181,16 +181,17 @@ def recognise_mark(rec: KeyRecord) -> Fact | None:
     """Our idempotency marks: ABSENT -> IN_PROGRESS{owner, fingerprint, lease} -> COMPLETED{code, body}."""
     if _ours(rec, "mark") is None or rec.type != "hash":
         return None
-    code = _field(rec, "code")
-    body = _field(rec, "body")
+    detail = {display(k): display(v[:200]) for k, v in rec.fields.items() if k not in MARK_FIELDS}
+    if b"body" in rec.fields:
+        detail["body"] = _field(rec, "body")[:200]
     return MarkFact(
         layout=LAYOUT,
         state=_field(rec, "state") or "?",
         owner=_field(rec, "owner") or None,
         fingerprint=_field(rec, "fingerprint") or None,
-        response=" ".join(p for p in (code, body[:60]) if p) or None,
+        response=_field(rec, "code") or None,
         lease_until_ms=_ms(rec, "lease_until"),
-        detail={display(k): display(v[:200]) for k, v in rec.fields.items() if k not in MARK_FIELDS},
+        detail=detail,
     )
 
 

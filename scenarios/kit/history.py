@@ -170,20 +170,25 @@ class History:
 
     def missing(self, stored: list[Op]) -> str:
         """How the stored history differs from what this process recorded ("" when it
-        holds every op, in order)."""
+        holds every op, unchanged and in order)."""
         mine = [op for op in stored if op.src == RUN_SOURCE]
-        for i, op in enumerate(self.ops):
-            if i >= len(mine):
-                lost = len(self.ops) - len(mine)
+        by_n = {op.n: op for op in mine}
+        lost = [op for op in self.ops if op.n not in by_n]
+        if lost:
+            first = lost[0]
+            return (
+                f"the stored history lost {len(lost)} of the run's {len(self.ops)} operations "
+                f"(the first: #{first.n}, {first.actor} {first.kind} {first.f} at {first.t_ms} ms)"
+            )
+        for op in self.ops:
+            if not op.same(by_n[op.n]):
+                got = by_n[op.n]
                 return (
-                    f"the stored history lost {lost} of the run's {len(self.ops)} operations "
-                    f"(from #{i}: {op.actor} {op.kind} {op.f} at {op.t_ms} ms)"
+                    f"the stored history differs from what the actors did at operation #{op.n}: "
+                    f"recorded {op.actor} {op.kind} {op.f}, stored {got.actor} {got.kind} {got.f}"
                 )
-            if not op.same(mine[i]):
-                return (
-                    f"the stored history differs from what the actors did at operation #{i}: "
-                    f"recorded {op.actor} {op.kind} {op.f}, stored {mine[i].actor} {mine[i].kind} {mine[i].f}"
-                )
+        if [op.n for op in mine] != sorted(op.n for op in mine):
+            return "the stored history holds the run's operations out of order"
         if len(mine) > len(self.ops):
             return f"the stored history holds {len(mine) - len(self.ops)} operation(s) the run never recorded"
         gaps = _gaps(stored)
@@ -203,6 +208,29 @@ def _gaps(stored: list[Op]) -> str:
         if lost:
             holes.append(f"{src} (#{lost[0]}" + (f" and {len(lost) - 1} more)" if len(lost) > 1 else ")"))
     return ", ".join(holes)
+
+
+async def follow(client: Redis, run_id: str, done: asyncio.Event, echo: Callable[[Op], None]) -> None:
+    """Hand every op of a run's history to ``echo`` as the store holds it (every source,
+    in stream order), until the run is ``done`` and the stream is read to its end."""
+    key = coordscope.history_key(run_id)
+    reader = HistoryReader()
+    last = b"0-0"
+    while True:
+        finished = done.is_set()
+        try:
+            replies: Any = await client.xread({key: last}, count=500, block=200)
+        except (redis_errors.RedisError, OSError):
+            if finished:
+                return
+            await asyncio.sleep(0.2)
+            continue
+        for _stream, entries in replies or []:
+            for op in reader.feed(entries):
+                echo(op)
+            last = entries[-1][0]
+        if finished and not replies:
+            return
 
 
 class Narrator:

@@ -32,7 +32,9 @@ def no_leftovers(info: ClusterInfo) -> None:
         assert left == [], f"{m.name} still holds {left}"
     zk = zk_client(info)
     try:
-        assert zk.get_children("/coordscope/locks") == [] if zk.exists("/coordscope/locks") else True
+        # the run created /coordscope/locks/<run> under the parent; it removed its own
+        assert zk.exists("/coordscope/locks") is not None
+        assert zk.get_children("/coordscope/locks") == []
     finally:
         zk.stop()
         zk.close()

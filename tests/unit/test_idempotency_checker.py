@@ -153,7 +153,9 @@ def test_the_run_notices_when_the_store_lost_or_changed_its_ops() -> None:
     history = History(_Client(), "run-1")  # type: ignore[arg-type]
     ops = [history.record("client-1", "invoke", "acquire"), history.record("client-1", "ok", "acquire")]
     assert history.missing(list(ops)) == ""
-    assert "lost 1 of the run's 2 operations" in history.missing(ops[:1])
+    assert "lost 1 of the run's 2 operations (the first: #1" in history.missing(ops[:1])
+    assert "lost 1 of the run's 2 operations (the first: #0" in history.missing(ops[1:])
+    assert "out of order" in history.missing([ops[1], ops[0]])
     changed = [ops[0], Op(index=1, t_ms=ops[1].t_ms, actor="client-2", kind="ok", f="acquire", n=1)]
     assert "differs from what the actors did at operation #1" in history.missing(changed)
     service = Op(index=2, t_ms=5, actor="pay-1", kind="ok", f="charge", src="pay-1", n=1)

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Header, Static
 
@@ -54,6 +55,7 @@ class RunScreen(LiveScreen):
         self.run_id = run_id
         self._fault_key = ""
         self._table_key = ""
+        self._table_rows: list[tuple[str, ...]] = []
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -117,17 +119,26 @@ class RunScreen(LiveScreen):
         self._faults(run)
 
     def _table(self, run: Run | None) -> None:
-        """The scenario's own table (RedLock attempts, a comparison): rows are only added."""
+        """The scenario's own table (RedLock attempts, charges per order): rows are added,
+        and a row that changed (an order charged meanwhile) is redrawn where it is."""
         table = self.query_one("#run-table", DataTable)
         rows = run.table if run is not None else ()
         key = f"{run.id if run else ''}|{rows[0] if rows else ''}"
         if key != self._table_key:
             self._table_key = key
+            self._table_rows = []
             table.clear(columns=True)
             if rows:
                 table.add_columns(*(safe(h, "bold") for h in rows[0]))
-        for row in rows[1 + table.row_count :]:
-            table.add_row(*(safe(c) for c in row))
+        shown = self._table_rows
+        for i, row in enumerate(rows[1:]):
+            if i >= len(shown):
+                table.add_row(*(safe(c) for c in row))
+                shown.append(row)
+            elif shown[i] != row:
+                for j, cell in enumerate(row):
+                    table.update_cell_at(Coordinate(i, j), safe(cell))
+                shown[i] = row
         table.display = bool(rows)
 
     def _verdict(self, run: Run) -> Text:

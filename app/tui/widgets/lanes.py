@@ -27,7 +27,13 @@ SPAN_STYLE = {
     "wait": ("─", "#6b7785"),
     "pause": ("▒", "#b07cff"),
     "lease": ("▀", "#7fb2ff"),
+    "suspended": ("┄", "yellow"),
+    "lost": ("╳", "#d05050"),
+    "pay": ("─", "#8fa3b8"),
+    "handle": ("━", "#5fa8a0"),
 }
+OTHER_SPAN = ("╌", "#6b7785")
+"""Any other operation in flight (a read, a write, a release)."""
 LOST_STYLE = "#d05050"
 UNDER = ("lease", "suspended", "lost")
 """Drawn on a lane's second row: what the store or the session says, under what the client does."""
@@ -37,6 +43,16 @@ TICKS = {
     "violation": ("▲", "bold red"),
     "crash": ("✖", "bold white"),
     "write?": ("?", "yellow"),
+    "lost": ("⚡", "bold red"),
+    "granted": ("◆", "green"),
+    "refused": ("◇", "dim"),
+    "charge": ("$", "bold green"),
+    "replay": ("↺", "bold cyan"),
+    "replayed": ("↺", "cyan"),
+    "conflict": ("!", "bold yellow"),
+    "mismatch": ("≠", "bold magenta"),
+    "timeout": ("?", "#8fa3b8"),
+    "error": ("✗", "bold red"),
 }
 
 
@@ -52,7 +68,25 @@ class Lanes(Widget):
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         lanes = self._lanes()
-        return 2 + 2 * len(lanes)
+        return 1 + 2 * len(lanes) + len(self._legend(width))
+
+    def _legend(self, width: int) -> list[Text]:
+        """What the lanes show, folded to the width (only the kinds this run uses)."""
+        lines = [Text(" " * LABEL, no_wrap=True)]
+        for what, kind, meaning in self.run.legend if self.run else ():
+            if what == "span" and kind == "fault":
+                char, style = "  ", f"on {FAULT_BG}"
+            else:
+                char, style = (
+                    SPAN_STYLE.get(kind, OTHER_SPAN) if what == "span" else TICKS.get(kind, ("•", "white"))
+                )
+            item = Text(no_wrap=True)
+            item.append(char, style=style)
+            item.append(f" {meaning}  ", style="dim")
+            if len(lines[-1]) + len(item) > width and len(lines[-1]) > LABEL:
+                lines.append(Text(" " * LABEL, no_wrap=True))
+            lines[-1].append_text(item)
+        return lines
 
     def _lanes(self) -> list[Lane]:
         return [lane for lane in (self.run.lanes if self.run else ()) if lane.actor != "runner"]
@@ -87,11 +121,16 @@ class Lanes(Widget):
         for lane in lanes:
             rows = [[" "] * width, [" "] * width]
             styles: list[list[str]] = [[""] * width, [""] * width]
-            for kind in ("wait", "hold", "pause", "lease", "suspended", "lost"):
+            order = [k for k in SPAN_STYLE if k != "hold"] + ["hold"]  # holds drawn over the rest
+            kinds = sorted(
+                {s.kind for s in lane.spans} - {"fault"},
+                key=lambda k: (k in SPAN_STYLE, order.index(k) if k in order else -1),
+            )
+            for kind in kinds:
                 for s in lane.spans:
                     if s.kind != kind:
                         continue
-                    char, style = SPAN_STYLE[kind]
+                    char, style = SPAN_STYLE.get(kind, OTHER_SPAN)
                     if kind == "hold" and s.outcome in ("lost", "crashed"):
                         style = LOST_STYLE
                     stop = s.end_ms if s.end_ms is not None else (now_t or end)
@@ -111,16 +150,9 @@ class Lanes(Widget):
                     if any(a <= c <= b for a, b in faults):
                         cell += Style(bgcolor=FAULT_BG)
                     out.append(rows[r][c], style=cell)
-        out.append("\n" + " " * LABEL)
-        out.append(
-            "█ hold  ─ wait  ▒ pause  ▀ lease  ┄ suspended  ╳ session lost  ● write  "
-            "✗ rejected  ▲ violation  ✖ crash",
-            style="dim",
-        )
-        if faults:
-            out.append("  ", style="dim")
-            out.append("  ", style=Style(bgcolor=FAULT_BG))
-            out.append(" fault", style="dim")
+        for line in self._legend(self.size.width):
+            out.append("\n")
+            out.append_text(line)
         return out
 
     @staticmethod
