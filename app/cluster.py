@@ -34,7 +34,6 @@ import contextlib
 import fcntl
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -46,7 +45,7 @@ from pathlib import Path
 
 from app import local_postgres
 from app.cluster_member import HOST, ClusterError, Member, alive, leads_its_group, processes_of, stopped, tail
-from collectors.targets import PostgresTarget, RedisTarget, ZkTarget
+from collectors.targets import PostgresTarget, RedisTarget, ZkTarget, free_port
 
 # Member, alive and ClusterError live in app.cluster_member; importers find them here too
 __all__ = ["HOST", "ZOO_CFG", "ClusterError", "ClusterInfo", "LocalCluster", "Member", "alive", "free_port"]
@@ -107,23 +106,6 @@ class ClusterInfo:
             what = m.role if m.master is None else f"{m.role} of {m.master}"
             lines.append(f"{m.name:<11} {m.kind:<9} {m.address:<16} {what:<18} pid {m.pid}")
         return lines
-
-
-PORT_RANGE = (20000, 30000)
-"""Below Linux's ephemeral range (32768-60999): a port the kernel hands out for some
-client's outgoing connection cannot steal ours between choosing it and binding it."""
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randrange(*PORT_RANGE)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise ClusterError(f"no free port on {HOST} between {PORT_RANGE[0]} and {PORT_RANGE[1]}")
 
 
 def _which(binary: str, install: str) -> str:

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import random
+import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+LOOPBACK = "127.0.0.1"
+PORT_RANGE = (20000, 30000)
+"""Below Linux's ephemeral range (32768-60999): a port the kernel hands out for some
+client's outgoing connection cannot steal ours between choosing it and binding it."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on now, in :data:`PORT_RANGE` (for a server about to bind it)."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise TargetError(f"no free port on {host} between {PORT_RANGE[0]} and {PORT_RANGE[1]}")
 
 
 class TargetError(ValueError):

@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
 from collectors.runs import RUNNER, Op, Verdict
+from collectors.targets import TargetError
 from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
 from scenarios.kit.cleanup import carry_out
 from scenarios.kit.context import ClusterControl, Environment, RunContext
@@ -171,7 +172,7 @@ class Runner:
         try:
             await found.run(ctx)
             completed = True
-        except ScenarioError as exc:
+        except (ScenarioError, TargetError) as exc:
             run.status, run.error = "error", str(exc)
         except (redis_errors.RedisError, OSError) as exc:
             run.status, run.error = "error", f"{type(exc).__name__}: {exc}"

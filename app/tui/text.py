@@ -35,15 +35,3 @@ def safe(value: object, style: str = "", limit: int = 0, wrap: bool = False) -> 
     return Text(
         printable(value, limit), style=style, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis"
     )
-
-
-def fmt_ms(ms: int | None) -> str:
-    if ms is None:
-        return "–"
-    if ms < 0:
-        return "expired"
-    if ms < 10_000:
-        return f"{ms / 1000:.1f}s"
-    if ms < 3_600_000:
-        return f"{ms // 1000}s"
-    return f"{ms / 3_600_000:.1f}h"

@@ -36,7 +36,6 @@ from typing import Any
 
 import psycopg
 from redis import exceptions as redis_errors
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -205,17 +204,11 @@ async def main() -> None:
     args = p.parse_args()
     runtime = ServiceRuntime(args)
     service = PaymentService(runtime, args)
-    app = Starlette(
-        routes=[
-            Route("/pay", service.pay, methods=["POST"]),
-            Route("/_arm", service.arm, methods=["POST"]),
-            Route("/healthz", lambda r: JSONResponse({"ok": True})),
-        ]
-    )
-    try:
-        await runtime.serve(app, on_start=service.start)
-    finally:
-        await service.close()
+    routes = [
+        Route("/pay", service.pay, methods=["POST"]),
+        Route("/_arm", service.arm, methods=["POST"]),
+    ]
+    await runtime.serve(routes, on_start=service.start, on_close=service.close)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
 from collectors.layouts import coordscope
 from collectors.state import now_ms
@@ -122,8 +126,20 @@ class ServiceRuntime:
             self.stop_reason = why
             self.stopping.set()
 
-    async def serve(self, app: Any, on_start: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Register, serve ``app`` until stopped, unregister."""
+    async def serve(
+        self,
+        routes: Sequence[BaseRoute],
+        on_start: Callable[[], Awaitable[None]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Register, serve these routes (and ``GET /healthz``) until stopped, unregister."""
+        try:
+            await self._serve(Starlette(routes=[*routes, Route("/healthz", _healthy)]), on_start)
+        finally:
+            if on_close is not None:
+                await on_close()
+
+    async def _serve(self, app: Any, on_start: Callable[[], Awaitable[None]] | None) -> None:
         await self._beat("starting", first=True)
         if on_start is not None:
             await on_start()
@@ -162,6 +178,10 @@ class ServiceRuntime:
             await self.control.delete(self.key)
         await self.control.aclose()
         print(f"{self.name}: stopped ({self.stop_reason})", file=sys.stderr)
+
+
+async def _healthy(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
 
 
 class _Server(uvicorn.Server):

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,24 +29,11 @@ from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
 from collectors.state import now_ms
+from collectors.targets import LOOPBACK, free_port
 from scenarios.kit.catalogue import ScenarioError
 
-HOST = "127.0.0.1"
-PORT_RANGE = (20000, 30000)
+HOST = LOOPBACK
 READY_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A free loopback port below Linux's ephemeral range (32768-60999)."""
-    for _ in range(200):
-        port = random.randrange(*PORT_RANGE)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise ScenarioError(f"no free port on {HOST} between {PORT_RANGE[0]} and {PORT_RANGE[1]}")
 
 
 def runs_dir() -> Path:

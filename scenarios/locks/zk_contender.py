@@ -21,7 +21,6 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -103,17 +102,11 @@ async def main() -> None:
     args = p.parse_args()
     runtime = ServiceRuntime(args)
     contender = Contender(runtime, args.hosts, args.lock, args.name, args.watch, args.session_ms)
-    app = Starlette(
-        routes=[
-            Route("/acquire", contender.acquire, methods=["POST"]),
-            Route("/release", contender.release, methods=["POST"]),
-            Route("/healthz", lambda r: JSONResponse({"ok": True})),
-        ]
-    )
-    try:
-        await runtime.serve(app, on_start=contender.start)
-    finally:
-        await contender.close()
+    routes = [
+        Route("/acquire", contender.acquire, methods=["POST"]),
+        Route("/release", contender.release, methods=["POST"]),
+    ]
+    await runtime.serve(routes, on_start=contender.start, on_close=contender.close)
 
 
 if __name__ == "__main__":
