@@ -211,22 +211,25 @@ class _LaneBuilder:
         self.actor = actor
         self.spans: list[Span] = []
         self.ticks: list[Tick] = []
-        self.open: dict[str, tuple[int, str]] = {}
+        self.open: dict[tuple[str, str], tuple[int, str]] = {}
+        """(kind, span id) -> (start, label): what the actor is doing now. An actor that does
+        several things of a kind at once (an instance serving two requests) tells them apart
+        by a ``span`` id in the ops' data."""
         self.lease: tuple[int, int, str] | None = None
         """(start, the TTL's end, label) of the grant the store holds for this actor."""
 
-    def start(self, kind: str, at: int, label: str = "") -> None:
-        self.close(kind, at, "superseded")
-        self.open[kind] = (at, label)
+    def start(self, kind: str, at: int, label: str = "", sid: str = "") -> None:
+        self.close(kind, at, "superseded", sid)
+        self.open[(kind, sid)] = (at, label)
 
-    def close(self, kind: str, at: int, outcome: str) -> None:
-        if kind in self.open:
-            start, label = self.open.pop(kind)
+    def close(self, kind: str, at: int, outcome: str, sid: str = "") -> None:
+        if (kind, sid) in self.open:
+            start, label = self.open.pop((kind, sid))
             self.spans.append(Span(kind=kind, start_ms=start, end_ms=at, label=label, outcome=outcome))
 
     def close_all(self, at: int, outcome: str) -> None:
-        for kind in list(self.open):
-            self.close(kind, at, outcome)
+        for kind, sid in list(self.open):
+            self.close(kind, at, outcome, sid)
 
     def grant(self, at: int, ttl_ms: int, label: str) -> None:
         self.end_lease(at)
@@ -245,7 +248,7 @@ class _LaneBuilder:
             self.spans.append(Span(kind="lease", start_ms=start, end_ms=ends, label=label))
             self.lease = None
         spans = self.spans + [
-            Span(kind=k, start_ms=s, end_ms=None, label=label) for k, (s, label) in self.open.items()
+            Span(kind=k, start_ms=s, end_ms=None, label=label) for (k, _), (s, label) in self.open.items()
         ]
         spans.sort(key=lambda s: (s.start_ms, s.kind))
         return Lane(actor=self.actor, spans=tuple(spans), ticks=tuple(self.ticks))
@@ -275,8 +278,9 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
         tick = op.data.get("tick")
         if isinstance(tick, str):
             b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note))
+        sid = str(op.data.get("span", ""))
         if op.kind == "invoke":
-            b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key)
+            b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key, sid)
             continue
         if op.kind == "info" and op.f == "pause":
             b.start("pause", op.t_ms, op.note)
@@ -303,7 +307,7 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
             b.close("release", op.t_ms, op.kind)
             b.close("hold", op.t_ms, "released" if op.kind == "ok" else "lost")
         else:
-            b.close(op.f, op.t_ms, op.kind)
+            b.close(op.f, op.t_ms, op.kind, sid)
             if op.f == "write":
                 kind = {"ok": "write", "fail": "rejected"}.get(op.kind, "write?")
                 b.ticks.append(Tick(kind=kind, at_ms=op.t_ms, label=op.note))

@@ -59,6 +59,8 @@ from scenarios.kit.services import Service
 INVARIANT = "at most one charge per order id, and every client got a consistent answer"
 FAULTS = ("lost-reply", "concurrent-duplicate", "crash-mid-request", "lease-too-short", "mark-expired")
 LEDGER_OP = "ledger"
+ARMED = ("lost-reply", "concurrent-duplicate", "crash-mid-request", "lease-too-short")
+"""The faults set up on the instance about to serve a payment."""
 
 SPEC = ScenarioSpec(
     name="idempotency",
@@ -250,7 +252,18 @@ async def _client(
 async def _pay(
     ctx: RunContext, http: Http, actor: str, order: str, turn: Iterator[Service], fault: str | None
 ) -> str | None:
-    """One payment, retried until a definite answer (or the retry budget is spent)."""
+    """One payment, retried until a definite answer (or the retry budget is spent); a fault
+    armed for it is a window on the nemesis's lane until then."""
+    try:
+        return await _attempts(ctx, http, actor, order, turn, fault)
+    finally:
+        if fault in ARMED:
+            ctx.record(NEMESIS, "info", "heal", value=fault, note=f"{order} answered")
+
+
+async def _attempts(
+    ctx: RunContext, http: Http, actor: str, order: str, turn: Iterator[Service], fault: str | None
+) -> str | None:
     timeout_s = ctx.number("timeout_ms") / 1000
     deadline = time.monotonic() + ctx.number("retry_for_ms") / 1000
     for attempt in itertools.count(1):
@@ -311,10 +324,14 @@ async def _send(
         "pay",
         key=order,
         note=f"to {service.name}" + (f" (retry {attempt - 1})" if attempt > 1 else ""),
-        data={"instance": service.name, "request": body["request_id"]},
+        data={"instance": service.name, "request": body["request_id"], "span": body["request_id"]},
     )
     reply = await http.post(service, "/pay", body, timeout_s)
-    data: dict[str, Any] = {"instance": service.name, "request": body["request_id"]}
+    data: dict[str, Any] = {
+        "instance": service.name,
+        "request": body["request_id"],
+        "span": body["request_id"],
+    }
     if reply.ok:
         replayed = bool(reply.body.get("replayed"))
         data |= {"code": reply.status, "charge_id": reply.body.get("charge_id"), "replayed": replayed}
@@ -358,7 +375,6 @@ async def _arm(ctx: RunContext, http: Http, service: Service, fault: str, order:
     ctx.record(NEMESIS, "info", "fault", value=fault, note=what)
     if arm:
         await http.post(service, "/_arm", arm, 5)
-    ctx.record(NEMESIS, "info", "heal", value=fault)
 
 
 async def _read_ledger(ctx: RunContext, conn: Any, schema: str) -> None:

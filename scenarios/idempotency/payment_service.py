@@ -105,13 +105,14 @@ class PaymentService:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "send {order_id, amount, request_id, client}"}, status_code=400)
         self.rt.served(f"pay {order} from {client}")
-        await self.record("invoke", "handle", key=order, note=f"{request_id} from {client}")
+        span = {"span": request_id}  # this instance may serve several requests at once
+        await self.record("invoke", "handle", key=order, note=f"{request_id} from {client}", data=span)
         try:
             code, answer = await self._pay(order, amount, request_id)
         except (psycopg.Error, redis_errors.RedisError, OSError) as exc:
             code, answer = 503, {"error": f"{type(exc).__name__}: {exc}"[:200]}
         await self.record(
-            "ok" if code < 300 else "fail", "handle", key=order, note=f"{code}", data={"code": code}
+            "ok" if code < 300 else "fail", "handle", key=order, note=f"{code}", data={"code": code, **span}
         )
         lose = self.armed.pop("lose_reply_ms", None)
         if lose:

@@ -76,3 +76,18 @@ def test_redlock_attempt_cells() -> None:
         held=False,
     )
     assert attempt.row() == "■✖□" and attempt.granted == 1
+
+
+def test_an_instance_serving_two_requests_at_once_draws_both() -> None:
+    ops = [
+        Op(0, 100, "pay-2", "invoke", "handle", key="order-2", data={"span": "r1"}),
+        Op(1, 900, "pay-2", "invoke", "handle", key="order-2", data={"span": "r2"}),
+        Op(2, 950, "pay-2", "ok", "charge", key="order-2", data={"tick": "charge", "span": "r2"}),
+        Op(3, 960, "pay-2", "ok", "handle", key="order-2", data={"span": "r2"}),
+        Op(4, 4000, "pay-2", "ok", "charge", key="order-2", data={"tick": "charge", "span": "r1"}),
+        Op(5, 4010, "pay-2", "ok", "handle", key="order-2", data={"span": "r1"}),
+    ]
+    (lane,) = lanes(ops)
+    handles = sorted((s.start_ms, s.end_ms) for s in lane.spans if s.kind == "handle")
+    assert handles == [(100, 4010), (900, 960)]  # the slow one is not cut short by the second
+    assert [t.kind for t in lane.ticks] == ["charge", "charge"]
