@@ -31,10 +31,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from collectors.layouts import coordscope
+from collectors.targets import RedisTarget
+from scenarios.kit.wire import Wire
 
 # KEYS[1] - the mark
 # ARGV[1] - owner (the instance claiming), ARGV[2] - fingerprint of the payload,
@@ -120,27 +121,33 @@ def fingerprint(order: str, amount: int) -> str:
 
 
 class _Script:
-    def __init__(self, client: Redis, source: str) -> None:
-        self.client = client
-        self.script = client.register_script(source)
+    """A Lua script called by its SHA (loaded once more after a ``NOSCRIPT``: a restarted
+    node has an empty script cache)."""
+
+    def __init__(self, wire: Wire, source: str) -> None:
+        self.wire = wire
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, key: str, *args: str | int) -> Any:
         try:
-            return await self.client.execute_command("EVALSHA", self.script.sha, 1, key, *args)  # type: ignore[no-untyped-call]
+            return await self.wire.call("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            return await self.script([key], list(args))
+            return await self.wire.call("EVAL", self.source, 1, key, *args)
 
 
 class Marks:
-    """One instance's handle on the marks of a run."""
+    """One instance's handle on the marks of a run: one connection, shared by its requests
+    (:class:`scenarios.kit.wire.Wire`: the mark's two round trips are the hot path)."""
 
-    def __init__(self, client: Redis, owner: str, lease_ms: int, ttl_ms: int) -> None:
+    def __init__(self, target: RedisTarget, owner: str, lease_ms: int, ttl_ms: int) -> None:
         self.owner = owner
         self.lease_ms = lease_ms
         self.ttl_ms = ttl_ms
-        self._claim = _Script(client, CLAIM)
-        self._complete = _Script(client, COMPLETE)
-        self._release = _Script(client, RELEASE)
+        self.wire = Wire(target)
+        self._claim = _Script(self.wire, CLAIM)
+        self._complete = _Script(self.wire, COMPLETE)
+        self._release = _Script(self.wire, RELEASE)
 
     async def claim(self, key: str, fp: str, request_id: str) -> Claim:
         reply = await self._claim(key, self.owner, fp, self.lease_ms, self.ttl_ms, request_id)
@@ -151,6 +158,9 @@ class Marks:
 
     async def release(self, key: str) -> bool:
         return int(await self._release(key, self.owner)) == 1
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()
 
 
 def _text(raw: Any) -> str:

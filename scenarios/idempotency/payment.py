@@ -73,7 +73,7 @@ SPEC = ScenarioSpec(
         Param(
             "guard",
             "redis-mark",
-            "none | local-set (per instance) | db-unique (the ledger's unique key) | redis-mark (Lua claim)",
+            "what stops a second charge: a per-instance set, the ledger's unique key, a Redis mark",
             choices=GUARDS,
         ),
         Param("orders", "6", "orders to pay", minimum=1, maximum=200),

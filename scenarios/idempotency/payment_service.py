@@ -43,7 +43,6 @@ from starlette.routing import Route
 from collectors.targets import RedisTarget
 from scenarios.idempotency import ledger
 from scenarios.idempotency.marks import Marks, fingerprint, mark_key
-from scenarios.kit.clients import redis_client
 from scenarios.kit.process import ServiceRuntime, parser
 
 GUARDS = ("none", "local-set", "db-unique", "redis-mark")
@@ -59,8 +58,7 @@ class PaymentService:
         self.dsn: str = args.pg
         self.work_s = args.work_ms / 1000
         self.narrate = args.narrate == "on"
-        self.redis = redis_client(RedisTarget.from_url(args.redis))
-        self.marks = Marks(self.redis, self.name, args.lease_ms, args.mark_ttl_ms)
+        self.marks = Marks(RedisTarget.from_url(args.redis), self.name, args.lease_ms, args.mark_ttl_ms)
         self.seen: dict[str, dict[str, Any]] = {}
         """local-set: the answers this process gave, by order id."""
         self.armed: dict[str, Any] = {}
@@ -74,7 +72,7 @@ class PaymentService:
     async def close(self) -> None:
         while not self.pool.empty():
             await self.pool.get_nowait().close()
-        await self.redis.aclose()
+        await self.marks.aclose()
 
     async def record(self, kind: str, f: str, **kw: Any) -> None:
         if self.narrate:
