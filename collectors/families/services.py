@@ -141,4 +141,5 @@ class Services(Family):
             level = "warn" if new.status in ("silent", "killed", "paused") else "info"
             log(level, new.name, f"{new.role or 'service'} {words.get(new.status, new.status)}")
         elif new is None and old is not None:
-            log("info", old.name, f"{old.role or 'service'} gone ({cause or 'unregistered'})")
+            gone = {"expired": "registration expired: no heartbeat for 30 s"}.get(cause, "stopped")
+            log("info", old.name, f"{old.role or 'service'} {gone}")

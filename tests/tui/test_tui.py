@@ -277,3 +277,26 @@ async def test_a_lock_on_every_master_keeps_the_locks_table_on_screen(
         for c in clients:
             c.delete("acct:wide:lock")
             c.close()
+
+
+async def test_an_idempotency_run_fills_the_services_and_marks_panels(
+    tui: tuple[Harness, Pilot[None]],
+) -> None:
+    app, pilot = tui
+    run = await app.core.start_run("idempotency", {"orders": "6", "work_ms": "200"}, [])
+    await rendered(pilot, lambda: table(app, "services").row_count == 3, "three payment services", timeout=20)
+    assert set(column(table(app, "services"), "role")) == {"payment-service"}
+    await rendered(
+        pilot, lambda: "COMPLETED" in column(table(app, "marks"), "state"), "a completed mark", timeout=20
+    )
+    owners = [
+        o
+        for o, s in zip(
+            column(table(app, "marks"), "owner"), column(table(app, "marks"), "state"), strict=True
+        )
+        if s == "COMPLETED"
+    ]
+    assert owners and all(o.startswith("pay-") for o in owners)
+    done = await app.core.runner.wait(run.id)
+    assert done.status == "held", done.error
+    await rendered(pilot, lambda: table(app, "services").row_count == 0, "the services gone", timeout=20)

@@ -145,3 +145,29 @@ def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: Cluste
         for c in clients:
             c.stop()
             c.close()
+
+
+def test_an_idempotency_run_shows_services_marks_and_charges(web: str, page: Page) -> None:
+    page.goto(web)
+    expect(page.locator("#conn")).to_have_text("live")
+    page.click("#pick-idempotency")
+    form = page.locator("#scenario-idempotency")
+    form.locator("input[name=orders]").fill("8")
+    form.locator("input[name=work_ms]").fill("300")
+    form.locator("input[name=fault][value=lost-reply]").check()
+    page.click("#run-idempotency")
+    services = page.locator("#services tbody tr")
+    expect(services).to_have_count(3, timeout=20_000)
+    expect(services.first.locator("td.status")).to_have_text("up")
+    expect(services.first.locator("td.role")).to_have_text("payment-service")
+    marks = page.locator("#marks tbody tr")
+    expect(marks.filter(has_text="COMPLETED").first).to_be_visible(timeout=20_000)
+    completed = marks.filter(has_text="COMPLETED").first
+    expect(completed.locator("td.owner")).to_contain_text("pay-")
+    expect(completed.locator("td.response")).to_contain_text("200")
+    expect(page.locator("#lanes path.tick-charge").first).to_be_attached(timeout=10_000)
+    expect(page.locator("#run-status")).to_have_text("held", timeout=40_000)
+    expect(page.locator("#run-table tbody tr")).to_have_count(8)
+    expect(page.locator("#legend")).to_contain_text("charge")
+    expect(services).to_have_count(0, timeout=20_000)  # stopped by the run, unregistered
+    page.screenshot(path="/tmp/coordscope-idempotency.png", full_page=True)
