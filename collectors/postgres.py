@@ -24,6 +24,8 @@ from collectors.targets import PostgresTarget
 
 POLL_S = 2.0
 CONNECT_TIMEOUT_S = 2
+ANSWER_S = 4.0
+"""A poll unanswered this long: the server is shown down."""
 
 
 class PgCollector:
@@ -42,32 +44,49 @@ class PgCollector:
         )
         self.synced = asyncio.Event()
         """Set once the server has been read (or found down) once."""
+        self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def run(self) -> None:
-        conn: psycopg.AsyncConnection[Any] | None = None
+        """Poll every ``every_s``, one query at a time. A query that does not answer is
+        never cancelled (psycopg cancels through libpq's blocking PQcancel, which would stall
+        the loop on a frozen server): the node is shown down meanwhile, and the next poll
+        waits until that query ends one way or the other."""
+        task: asyncio.Task[None] | None = None
+        started = 0.0
         try:
             while True:
-                started = time.monotonic()
-                try:
-                    if conn is None or conn.closed:
-                        conn = await psycopg.AsyncConnection.connect(
-                            self.target.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                        )
-                    await self._poll(conn)
-                except (psycopg.Error, OSError) as exc:
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            await conn.close()
-                    conn = None
-                    self._down(
-                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-                    )
-                self.synced.set()
-                await asyncio.sleep(max(0.1, self._every_s - (time.monotonic() - started)))
+                if task is None:
+                    task = asyncio.create_task(self._poll_once(), name=f"poll {self.target.id}")
+                    started = time.monotonic()
+                await asyncio.wait({task}, timeout=self._every_s)
+                if task.done():
+                    failure = task.exception()
+                    task = None
+                    if failure is not None:
+                        await self._forget_connection()
+                        self._down(_why(failure))
+                    self.synced.set()
+                    await asyncio.sleep(max(0.0, self._every_s - (time.monotonic() - started)))
+                elif time.monotonic() - started >= ANSWER_S:
+                    self._down(f"no answer for {time.monotonic() - started:.0f} s (frozen, or the network)")
+                    self.synced.set()
         finally:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
+            if task is not None:
+                task.cancel()
+            await self._forget_connection()
+
+    async def _poll_once(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.target.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        await self._poll(self._conn)
+
+    async def _forget_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 1.0)
 
     async def _poll(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await conn.execute(
@@ -99,3 +118,8 @@ class PgCollector:
     def _publish(self) -> None:
         self._state.set_node(self._node)
         self._wake()
+
+
+def _why(failure: BaseException) -> str:
+    first = str(failure).strip().splitlines()[0] if str(failure).strip() else "no detail"
+    return f"{type(failure).__name__}: {first}"

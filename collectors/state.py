@@ -341,6 +341,7 @@ class State:
     def _recompute(self, ref: EntityRef) -> None:
         kind, entity_id = ref
         self._rechecks.pop(ref, None)
+        cause = self._causes.pop(ref, "")  # taken now: a rebuild that changes nothing keeps none
         members = [m for m in self._members.get(ref, ()) if m[1] in self._entries.get(m[0], {})]
         if not members:
             self._members.pop(ref, None)
@@ -362,6 +363,6 @@ class State:
             self._entities[kind][entity_id] = new
             self._emit(Upserted(entity=new))
         try:
-            family.narrate(old, new, self._causes.pop(ref, ""))
+            family.narrate(old, new, cause)
         except Exception:
             self._bad += 1

@@ -110,6 +110,19 @@ class Runner:
                 "(coordscope up); coordscope never signals processes it did not start"
             )
 
+    KEEP_FINISHED = 20
+    """Finished runs this process remembers (everyone else reads them from the store)."""
+
+    def _prune(self) -> None:
+        """Reap the janitors that left, and forget all but the latest finished runs."""
+        finished = [r for r in self.runs.values() if r.done.is_set()]
+        for run in finished:
+            if run.janitor is not None and run.janitor.poll() is not None:
+                run.janitor = None
+        for run in finished[: -self.KEEP_FINISHED]:
+            if run.janitor is None:
+                del self.runs[run.id]
+
     async def start(
         self,
         scenario_name: str,
@@ -117,6 +130,7 @@ class Runner:
         faults: list[str] | None = None,
         echo: Callable[[Op], None] | None = None,
     ) -> LocalRun:
+        self._prune()
         found, resolved, fault_list = self.validate(scenario_name, params or {}, faults or [])
         spec = found.spec
         run_id = new_run_id(spec.name)
@@ -166,7 +180,7 @@ class Runner:
 
         background = (
             asyncio.create_task(self._commands(run)),
-            asyncio.create_task(record.heartbeat(changed_plan)),
+            asyncio.create_task(record.heartbeat(changed_plan, ctx.plan_changed)),
         )
         completed = False
         try:
@@ -198,6 +212,9 @@ class Runner:
         """Stop the services, write the rest of the history, judge what the store holds,
         write how the run ended, clean up, close the connections."""
         ctx = run.context
+        # no fault or stop request from now on: an op recorded after the history is closed
+        # would be missing from the store, and the run would end in error for nothing
+        background[0].cancel()
         await ctx.services.stop_all()
         for step in reversed(ctx._finally):
             with contextlib.suppress(Exception):
@@ -206,13 +223,14 @@ class Runner:
         unwritten = await ctx.history.close()
         if completed:
             await self._judge(run, found, unwritten)
-        background[0].cancel()  # the command reader; the heartbeat goes on until the status is written
-        verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
-        await record.finish(run.status, verdict_json, run.error)
-        background[1].cancel()
-        await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
+        # clean up while the status still says running: if this process dies meanwhile, its
+        # heartbeat stops and the janitor carries the plan out instead
         if not ctx.keep:
             await carry_out(ctx.plan)
+        verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
+        await record.finish(run.status, verdict_json, run.error)
+        background[1].cancel()  # the heartbeat, after the status is written
+        await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
         for c in reversed(ctx._closing):
             with contextlib.suppress(Exception):
                 await c.aclose()

@@ -304,6 +304,8 @@ async function loadFamilies() {
 async function loadScenarios() {
   const resp = await fetch("/api/scenarios");
   S.scenarios = await resp.json();
+  S.dirty.add("run");  // fault buttons of a run drawn before the catalogue came
+  schedule();
   const box = $("#scenarios");
   box.replaceChildren();
   // one tab per scenario, one form shown at a time (the first by default)
@@ -431,7 +433,7 @@ function renderRun() {
 
 function renderFaultButtons(run, box) {
   const sc = S.scenarios.find(s => s.name === run.scenario);
-  const key = `${run.id}|${run.status}`;
+  const key = `${run.id}|${run.status}|${sc ? "known" : "not loaded yet"}`;
   if (box.dataset.key === key) return;
   box.dataset.key = key;
   box.replaceChildren();

@@ -22,6 +22,9 @@ from collectors.records import KeyRecord
 from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes, legend
 
 MAX_RUN_OPS = 5000
+MAX_ORPHANS = 50
+"""History streams read without their run's hash (it expired first, or a run died before
+writing it): kept this many, the oldest forgotten first."""
 ABANDONED_MS = 5000
 """A running run with no sign of life for this long is shown abandoned."""
 
@@ -72,6 +75,8 @@ class Runs(Family):
         super().__init__(view)
         self._ops: dict[str, list[Op]] = defaultdict(list)
         self._readers: dict[str, HistoryReader] = {}
+        self._built: set[str] = set()
+        """Runs that are entities (their hash was read); the other readers are orphans."""
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
         return str(fact.run_id)
@@ -83,6 +88,9 @@ class Runs(Family):
             ops = self._ops[fact.run_id]
             ops.extend(reader.feed(rec.entries))
             del ops[:-MAX_RUN_OPS]
+            orphans = [r for r in self._readers if r not in self._built]
+            for run_id in orphans[:-MAX_ORPHANS]:
+                self.forget(run_id)
 
     def bad_entries(self) -> int:
         return sum(r.bad for r in self._readers.values())
@@ -90,6 +98,7 @@ class Runs(Family):
     def forget(self, entity_id: str) -> None:
         self._ops.pop(entity_id, None)
         self._readers.pop(entity_id, None)
+        self._built.discard(entity_id)
 
     def build(self, entity_id: str, members: list[Member]) -> Run | None:
         found = prefer_master(self.view, members, RunFact)
@@ -109,6 +118,7 @@ class Runs(Family):
                 f"no sign of life for over {ABANDONED_MS // 1000} s"
             )
         drawn = lanes(ops)
+        self._built.add(entity_id)
         return Run(
             id=entity_id,
             scenario=meta.get("scenario", "?"),
@@ -183,7 +193,11 @@ def _json_table(raw: str | None) -> tuple[tuple[str, ...], ...]:
         return ()
     if not isinstance(rows, list):
         return ()
-    return tuple(tuple(str(c) for c in row) for row in rows[:500] if isinstance(row, list))
+    table = [tuple(str(c) for c in row) for row in rows[:500] if isinstance(row, list)]
+    if not table:
+        return ()
+    width = len(table[0])  # every row as wide as the header: the screens rely on it
+    return tuple(row[:width] + ("",) * (width - len(row)) for row in table)
 
 
 def _verdict(raw: str) -> Verdict | None:

@@ -73,11 +73,12 @@ return {'claimed', '', ''}
 """
 
 # KEYS[1] - the mark
-# ARGV[1] - owner, ARGV[2] - response code, ARGV[3] - response body, ARGV[4] - the mark's TTL in ms
+# ARGV[1] - owner, ARGV[2] - response code, ARGV[3] - response body, ARGV[4] - the mark's TTL in ms,
+# ARGV[5] - the request's id (an instance may have taken over a claim of its own that lapsed)
 # Returns 1 when it completed our claim, 0 when the claim is not ours any more (taken over).
 COMPLETE = """
-local claim = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if claim[1] ~= ARGV[1] or claim[2] ~= 'IN_PROGRESS' then
+local claim = redis.call('HMGET', KEYS[1], 'owner', 'state', 'request')
+if claim[1] ~= ARGV[1] or claim[2] ~= 'IN_PROGRESS' or claim[3] ~= ARGV[5] then
     return 0
 end
 local t = redis.call('TIME')
@@ -89,11 +90,11 @@ return 1
 """
 
 # KEYS[1] - the mark
-# ARGV[1] - owner
+# ARGV[1] - owner, ARGV[2] - the request's id
 # Returns 1 when it removed our claim (the request failed before its effect: retry allowed).
 RELEASE = """
-local claim = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if claim[1] == ARGV[1] and claim[2] == 'IN_PROGRESS' then
+local claim = redis.call('HMGET', KEYS[1], 'owner', 'state', 'request')
+if claim[1] == ARGV[1] and claim[2] == 'IN_PROGRESS' and claim[3] == ARGV[2] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -153,11 +154,11 @@ class Marks:
         reply = await self._claim(key, self.owner, fp, self.lease_ms, self.ttl_ms, request_id)
         return Claim(*(_text(x) for x in reply))
 
-    async def complete(self, key: str, code: int, body: str) -> bool:
-        return int(await self._complete(key, self.owner, code, body, self.ttl_ms)) == 1
+    async def complete(self, key: str, request_id: str, code: int, body: str) -> bool:
+        return int(await self._complete(key, self.owner, code, body, self.ttl_ms, request_id)) == 1
 
-    async def release(self, key: str) -> bool:
-        return int(await self._release(key, self.owner)) == 1
+    async def release(self, key: str, request_id: str) -> bool:
+        return int(await self._release(key, self.owner, request_id)) == 1
 
     async def aclose(self) -> None:
         await self.wire.aclose()

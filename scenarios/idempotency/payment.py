@@ -276,7 +276,7 @@ async def _attempts(
             "request_id": request,
         }
         if fault is not None:
-            await _arm(ctx, http, service, fault, order)
+            await _arm(ctx, http, service, fault, order, request)
         if fault == "concurrent-duplicate":
             twin = next(turn)
             replies = await asyncio.gather(
@@ -356,17 +356,18 @@ async def _send(
     return reply
 
 
-async def _arm(ctx: RunContext, http: Http, service: Service, fault: str, order: str) -> None:
-    """Set the fault up at its protocol point on the instance about to serve ``order``."""
+async def _arm(ctx: RunContext, http: Http, service: Service, fault: str, order: str, request: str) -> None:
+    """Set the fault up at its protocol point, on the instance about to serve ``order``, for
+    that one request (a request of another client served meanwhile is left alone)."""
     arm: dict[str, Any] = {}
     if fault == "lost-reply":
-        arm = {"lose_reply_ms": 2 * ctx.number("timeout_ms") + 200}
+        arm["lose_reply_ms"] = 2 * ctx.number("timeout_ms") + 200
         what = f"{service.name} will lose its reply to {order}"
     elif fault == "crash-mid-request":
-        arm = {"crash_at": ctx.choice("crash_at")}
+        arm["crash_at"] = ctx.choice("crash_at")
         what = f"{service.name} dies {ctx.choice('crash_at')} of {order} (SIGKILL), then restarts"
     elif fault == "lease-too-short":
-        arm = {"slow_ms": 2 * ctx.number("lease_ms")}
+        arm["slow_ms"] = 2 * ctx.number("lease_ms")
         what = f"{service.name}'s work on {order} takes {2 * ctx.number('lease_ms')} ms, twice the lease"
     elif fault == "concurrent-duplicate":
         what = f"{order} goes to two instances at the same instant"
@@ -374,7 +375,7 @@ async def _arm(ctx: RunContext, http: Http, service: Service, fault: str, order:
         return
     ctx.record(NEMESIS, "info", "fault", value=fault, note=what)
     if arm:
-        await http.post(service, "/_arm", arm, 5)
+        await http.post(service, "/_arm", {"request": request, **arm}, 5)
 
 
 async def _read_ledger(ctx: RunContext, conn: Any, schema: str) -> None:

@@ -61,7 +61,8 @@ class PaymentService:
         self.marks = Marks(RedisTarget.from_url(args.redis), self.name, args.lease_ms, args.mark_ttl_ms)
         self.seen: dict[str, dict[str, Any]] = {}
         """local-set: the answers this process gave, by order id."""
-        self.armed: dict[str, Any] = {}
+        self.armed: dict[str, dict[str, Any]] = {}
+        """Faults the run set up, by the id of the request they are for."""
         self.pool: asyncio.Queue[psycopg.AsyncConnection[tuple[object, ...]]] = asyncio.Queue()
 
     async def start(self) -> None:
@@ -82,12 +83,13 @@ class PaymentService:
 
     async def arm(self, request: Request) -> JSONResponse:
         body = await request.json()
-        self.armed.update({k: v for k, v in body.items() if k in ("crash_at", "slow_ms", "lose_reply_ms")})
-        return JSONResponse({"armed": self.armed})
+        fault = {k: v for k, v in body.items() if k in ("crash_at", "slow_ms", "lose_reply_ms")}
+        self.armed[str(body.get("request", ""))] = fault
+        return JSONResponse({"armed": fault})
 
-    async def _point(self, where: str, order: str) -> None:
+    async def _point(self, where: str, order: str, armed: dict[str, Any]) -> None:
         """A protocol point: die right here if the run armed a crash for it."""
-        if self.armed.get("crash_at") == where:
+        if armed.get("crash_at") == where:
             await self.record("info", "crash-point", key=order, note=f"SIGKILL {where}")
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -100,19 +102,22 @@ class PaymentService:
             amount = int(body["amount"])
             request_id = str(body.get("request_id", ""))
             client = str(body.get("client", ""))
-        except (ValueError, KeyError, TypeError):
+            for text in (order, request_id, client):
+                text.encode()  # what goes to Redis and PostgreSQL must be text they can take
+        except (ValueError, KeyError, TypeError, UnicodeError):
             return JSONResponse({"error": "send {order_id, amount, request_id, client}"}, status_code=400)
         self.rt.served(f"pay {order} from {client}")
         span = {"span": request_id}  # this instance may serve several requests at once
         await self.record("invoke", "handle", key=order, note=f"{request_id} from {client}", data=span)
+        armed = self.armed.pop(request_id, {})
         try:
-            code, answer = await self._pay(order, amount, request_id)
+            code, answer = await self._pay(order, amount, request_id, armed)
         except (psycopg.Error, redis_errors.RedisError, OSError) as exc:
             code, answer = 503, {"error": f"{type(exc).__name__}: {exc}"[:200]}
         await self.record(
             "ok" if code < 300 else "fail", "handle", key=order, note=f"{code}", data={"code": code, **span}
         )
-        lose = self.armed.pop("lose_reply_ms", None)
+        lose = armed.get("lose_reply_ms")
         if lose:
             await asyncio.sleep(int(lose) / 1000)  # the client has given up waiting: its reply is lost
         return JSONResponse(
@@ -121,7 +126,9 @@ class PaymentService:
             headers={"Idempotent-Replayed": "true"} if answer.get("replayed") else {},
         )
 
-    async def _pay(self, order: str, amount: int, request_id: str) -> tuple[int, dict[str, Any]]:
+    async def _pay(
+        self, order: str, amount: int, request_id: str, armed: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         key = mark_key(self.rt.run_id, order)
         if self.guard == "local-set" and order in self.seen:
             await self.record("ok", "replay", key=order, note="seen here before", data={"tick": "replay"})
@@ -144,8 +151,8 @@ class PaymentService:
                 f"taken over from {claim.a}: its lease ended" if claim.outcome == "taken-over" else "claimed"
             )
             await self.record("ok", "claim", key=key, note=note, data={"outcome": claim.outcome})
-        await self._point("after-claim", order)
-        slow = self.armed.pop("slow_ms", None)
+        await self._point("after-claim", order, armed)
+        slow = armed.get("slow_ms")
         await asyncio.sleep((int(slow) if slow else 0) / 1000 + self.work_s)  # the payment provider's work
         conn = await self.pool.get()
         try:
@@ -163,7 +170,7 @@ class PaymentService:
         except BaseException:
             await conn.rollback()
             if self.guard == "redis-mark":
-                await self.marks.release(key)  # nothing was charged: a retry may go ahead
+                await self.marks.release(key, request_id)  # nothing was charged: a retry may go ahead
             raise
         finally:
             self.pool.put_nowait(conn)
@@ -176,8 +183,10 @@ class PaymentService:
             note=f"charged #{done.charge_id} ({amount})",
             data={"tick": "charge", "charge_id": done.charge_id, "request": request_id},
         )
-        await self._point("after-charge", order)
-        if self.guard == "redis-mark" and not await self.marks.complete(key, 200, json.dumps(answer)):
+        await self._point("after-charge", order, armed)
+        if self.guard == "redis-mark" and not await self.marks.complete(
+            key, request_id, 200, json.dumps(answer)
+        ):
             await self.record(
                 "info", "complete", key=key, note="the claim was taken over meanwhile: not ours"
             )

@@ -101,6 +101,8 @@ class RunContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     actors: list[str] = field(default_factory=list)
     plan: CleanupPlan = field(default_factory=CleanupPlan)
+    plan_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the plan grew: the heartbeat writes it to the run's hash at once."""
     _closing: list[Closable] = field(default_factory=list)
     _finally: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -137,16 +139,19 @@ class RunContext:
             if not key.startswith(coordscope.PREFIX):
                 raise ValueError(f"scenarios write only under {coordscope.PREFIX}: {key!r}")
             self.plan.keys.setdefault(url, []).append(key)
+        self.plan_changed.set()
 
     def cleanup_znode(self, hosts: str, path: str) -> None:
         if not (path == coordscope.ZNODE_ROOT or path.startswith(coordscope.ZNODE_ROOT + "/")):
             raise ValueError(f"scenarios write only under {coordscope.ZNODE_ROOT}: {path!r}")
         self.plan.znodes.append((hosts, path))
+        self.plan_changed.set()
 
     def cleanup_schema(self, database: PostgresTarget, schema: str) -> None:
         if not schema.startswith("coordscope_"):
             raise ValueError(f"scenarios keep their tables in coordscope_* schemas: {schema!r}")
         self.plan.schemas.append((database.dsn, schema))
+        self.plan_changed.set()
 
     async def set_table(self, rows: list[list[str]]) -> None:
         """Publish the scenario's own table (a header row first) with the run."""

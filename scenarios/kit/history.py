@@ -105,6 +105,8 @@ class History:
 
     def record(self, actor: str, kind: str, f: str, **kw: Any) -> Op:
         op = _op(len(self.ops), self.t_ms(), RUN_SOURCE, actor, kind, f, **kw)
+        if self._closing:
+            return op  # the history is closed: nothing more goes into it (nor is expected there)
         self.ops.append(op)
         self._pending.append(op)
         self._wakeup.set()
@@ -131,6 +133,7 @@ class History:
                     pipe = self._client.pipeline(transaction=False)
                     for op in batch:
                         pipe.xadd(self.key, {"op": op.to_json()})
+                    pipe.expire(self.key, RETAIN_S)  # like the run's hash: gone in a day, even if we die
                     await pipe.execute()
                 except (redis_errors.RedisError, OSError):
                     # some of the batch may be stored already: it is written again, and
@@ -305,13 +308,18 @@ class RunRecord:
         pipe.expire(self.key, RETAIN_S)  # even a run whose process dies goes away in time
         await pipe.execute()
 
-    async def heartbeat(self, extra: Callable[[], dict[str, str]], every_s: float = 0.5) -> None:
+    async def heartbeat(
+        self, extra: Callable[[], dict[str, str]], changed: asyncio.Event, every_s: float = 0.5
+    ) -> None:
         """While the run goes: a sign of life, so viewers (and the run's janitor and
         services) can tell a run whose process died (it stays "running" in the store)
-        from one that is still working; ``extra`` adds fields that changed (the plan)."""
+        from one that is still working. ``extra`` adds fields that changed (the cleanup
+        plan), written at once when ``changed`` is set, not at the next beat."""
         while True:
+            changed.clear()
             await self.update(alive_ms=str(now_ms()), **extra())
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), every_s)
 
     async def update(self, **fields: Any) -> None:
         mapping: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}

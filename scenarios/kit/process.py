@@ -51,6 +51,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--control", required=True, help="Redis URL of the run's control node")
     p.add_argument("--t0", type=float, required=True, help="the run's time origin (monotonic clock)")
+    p.add_argument("--incarnation", type=int, default=0, help="how many times it was started before")
     return p
 
 
@@ -61,7 +62,9 @@ class ServiceRuntime:
         self.role: str = args.role
         self.port: int = args.port
         self.control: Redis = redis_client(RedisTarget.from_url(args.control))
-        self.narrator = Narrator(self.control, self.run_id, self.name, args.t0)
+        # a restarted process narrates as a source of its own: its ops count from 0 again
+        source = self.name if not args.incarnation else f"{self.name}#{args.incarnation}"
+        self.narrator = Narrator(self.control, self.run_id, source, args.t0)
         self.key = coordscope.service_key(self.run_id, self.name)
         self.requests = 0
         self.last_request = ""
@@ -163,7 +166,10 @@ class ServiceRuntime:
                 raise SystemExit(f"{self.name}: uvicorn stopped before it started")
             await asyncio.sleep(0.01)
         await self._beat("up")
-        _ready()
+        try:
+            _ready()
+        except OSError:  # the run died before it read our line: nobody to serve
+            self.stop("the run that started it is gone")
         beating = asyncio.create_task(self.heartbeat())
         stopper = asyncio.create_task(self.stopping.wait())
         await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)

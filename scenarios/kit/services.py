@@ -54,6 +54,8 @@ class Service:
     expected_exit: bool = False
     """Set before the run itself stops or kills it (an exit then is no crash)."""
     exits: int = 0
+    spawns: int = 0
+    """How many times it was started: each start narrates as a source of its own."""
 
     @property
     def address(self) -> str:
@@ -91,10 +93,11 @@ class ServiceSet:
     def folder(self) -> Path:
         return runs_dir() / self.run_id
 
-    def common_args(self, name: str, role: str, port: int) -> list[str]:
+    def common_args(self, service: Service) -> list[str]:
         return [
-            "--run", self.run_id, "--name", name, "--role", role, "--port", str(port),
-            "--control", self.control_url, "--t0", repr(self.t0),
+            "--run", self.run_id, "--name", service.name, "--role", service.role,
+            "--port", str(service.port), "--control", self.control_url, "--t0", repr(self.t0),
+            "--incarnation", str(service.spawns),
         ]  # fmt: skip
 
     async def start(
@@ -126,7 +129,7 @@ class ServiceSet:
                 sys.executable,
                 "-m",
                 service.module,
-                *self.common_args(service.name, service.role, service.port),
+                *self.common_args(service),
                 *service.args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -136,6 +139,7 @@ class ServiceSet:
         finally:
             log.close()
         service.proc = proc
+        service.spawns += 1
         service.expected_exit = False
         assert proc.stdout is not None
         try:

@@ -82,12 +82,19 @@ class Wire:
                     )
             except (OSError, TimeoutError) as exc:
                 raise redis_errors.ConnectionError(f"cannot connect to {t.address}: {exc}") from None
+            # set up before anyone else may use it: a command slipped in between AUTH and
+            # SELECT would run in the wrong database
+            try:
+                if t.password is not None:
+                    auth = ("AUTH", t.username, t.password) if t.username else ("AUTH", t.password)
+                    await self._send(protocol, auth)
+                if t.db:
+                    await self._send(protocol, ("SELECT", t.db))
+            except BaseException:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+                raise
             self._protocol = protocol
-            if t.password is not None:
-                auth = ("AUTH", t.username, t.password) if t.username else ("AUTH", t.password)
-                await self._send(protocol, auth)
-            if t.db:
-                await self._send(protocol, ("SELECT", t.db))
             return protocol
 
     async def call(self, *args: str | int | bytes) -> Any:
@@ -99,9 +106,10 @@ class Wire:
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         if protocol.transport is None:
             raise redis_errors.ConnectionError(f"connection to {self.target.address} lost")
+        packed = hiredis.pack_command(args)  # first: a command that cannot be sent takes no place in line
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         protocol.waiting.append(waiter)
-        protocol.transport.write(hiredis.pack_command(args))
+        protocol.transport.write(packed)
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await waiter

@@ -80,10 +80,26 @@ async def test_marks_survive_an_emptied_script_cache(cluster: ClusterInfo) -> No
         again = await marks.claim(key, fingerprint("order-1", 5), "r2")
         assert again.outcome == "in-flight" and again.a == "pay-1"
         assert (await marks.claim(key, fingerprint("order-1", 6), "r3")).outcome == "mismatch"
-        assert await marks.complete(key, 200, '{"charge_id": 1}')
+        assert not await marks.complete(key, "r0", 200, "{}")  # another request's claim: not ours
+        assert await marks.complete(key, "r1", 200, '{"charge_id": 1}')
         replay = await marks.claim(key, fingerprint("order-1", 5), "r4")
         assert replay == ("replay", "200", '{"charge_id": 1}')
     finally:
         admin.delete(key)
         await marks.aclose()
         admin.close()
+
+
+async def test_a_command_that_cannot_be_sent_takes_no_place_in_line(cluster: ClusterInfo) -> None:
+    wire = Wire(target(cluster))
+    try:
+        await wire.call("SET", "coordscope:test:wire:a", "one")
+        await wire.call("SET", "coordscope:test:wire:b", "two")
+        with pytest.raises(UnicodeEncodeError):
+            await wire.call("GET", "\ud800")  # a lone surrogate: not encodable
+        a, b = await asyncio.gather(
+            wire.call("GET", "coordscope:test:wire:a"), wire.call("GET", "coordscope:test:wire:b")
+        )
+        assert (a, b) == (b"one", b"two")
+    finally:
+        await wire.aclose()

@@ -327,3 +327,24 @@ def test_a_run_whose_process_went_quiet_is_shown_abandoned() -> None:
     state.apply_key(run_meta(started_ms="1000"))
     run = state.get("run", "r2")
     assert isinstance(run, Run) and run.status == "abandoned"
+
+
+def test_a_run_table_from_the_store_is_made_as_wide_as_its_header() -> None:
+    state = State(clock=lambda: 10_000)
+    state.apply_key(
+        run_meta(started_ms="9000", alive_ms="9500", table='[["a", "b"], ["1"], ["1", "2", "3"], 7]')
+    )
+    run = state.get("run", "r2")
+    assert isinstance(run, Run) and run.table == (("a", "b"), ("1", ""), ("1", "2"))
+
+
+def test_keys_deleted_on_a_master_and_its_replica_leave_nothing_behind() -> None:
+    state = cluster_state()
+    for i in range(50):
+        state.apply_key(rec("redis-1", f"acct:{i}:lock", TOKEN))
+        state.apply_key(rec("replica-1", f"acct:{i}:lock", TOKEN))
+    for i in range(50):
+        state.drop_key("redis-1", f"acct:{i}:lock".encode(), "expired")
+        state.drop_key("replica-1", f"acct:{i}:lock".encode(), "expired")
+    assert locks(state) == {}
+    assert not state._causes and not state._members and not state._rechecks  # a long watch stays small
