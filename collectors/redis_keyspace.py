@@ -151,12 +151,7 @@ class RedisCollector:
         # redis-py's own retries: its silent re-subscribe is a gap we detect.
         retry = Retry(NoBackoff(), 3) if pubsub else Retry(NoBackoff(), 1)
         return Redis(
-            host=t.host,
-            port=t.port,
-            db=t.db,
-            username=t.username,
-            password=t.password,
-            ssl=t.tls,
+            **t.connection(),
             protocol=2,
             socket_connect_timeout=2.0,
             socket_timeout=None if pubsub else 5.0,

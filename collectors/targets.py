@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 LOOPBACK = "127.0.0.1"
@@ -45,6 +46,17 @@ class RedisTarget:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def connection(self) -> dict[str, Any]:
+        """Where and how to connect, as redis-py's ``Redis(...)`` takes it."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+            "ssl": self.tls,
+        }
 
     @property
     def url(self) -> str:

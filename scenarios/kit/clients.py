@@ -13,12 +13,7 @@ def redis_client(t: RedisTarget) -> Redis:
     """A scenario's client: no silent retries — a lock service that is down must show in
     the history as errors when they happen, not as one call that hangs through the outage."""
     return Redis(
-        host=t.host,
-        port=t.port,
-        db=t.db,
-        username=t.username,
-        password=t.password,
-        ssl=t.tls,
+        **t.connection(),
         protocol=2,
         socket_connect_timeout=1.0,
         socket_timeout=3.0,
