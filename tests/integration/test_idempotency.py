@@ -59,20 +59,19 @@ def test_expected_exit_status_from_the_cli(
     assert leftovers(cluster) == ([], []), "a run must clean up its marks, registrations and schema"
 
 
-def leftovers(info: ClusterInfo) -> tuple[list[bytes], list[str]]:
+def leftovers(info: ClusterInfo, run_id: str = "") -> tuple[list[bytes], list[str]]:
+    """A run's marks, service registrations and schema still there (every run's by default)."""
     keys: list[bytes] = []
     for m in info.masters:
         r = redis.Redis(port=m.port)
-        keys += [
-            k for k in r.scan_iter("coordscope:*") if k.split(b":")[1] in (b"mark", b"service", b"cleanup")
-        ]
+        found = r.scan_iter(f"coordscope:*{run_id}*")
+        keys += [k for k in found if k.split(b":")[1] in (b"mark", b"service", b"cleanup")]
         r.close()
     (pg,) = info.pg_targets()
+    pattern = schema_for(run_id) if run_id else "coordscope\\_%"
     with psycopg.connect(pg.dsn) as conn:
-        schemas = [
-            str(row[0])
-            for row in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'coordscope\\_%'")
-        ]
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,))
+        schemas = [str(row[0]) for row in rows]
     return keys, schemas
 
 
@@ -88,7 +87,7 @@ async def test_services_marks_and_charges_show_while_a_run_goes(
     cluster: ClusterInfo, local_cluster: LocalCluster
 ) -> None:
     async with observing(cluster) as bus:
-        params = {**FAST, "orders": "4"}
+        params = {**FAST, "orders": "6", "fault_at": "5"}  # the crash comes after we looked
         task = asyncio.create_task(
             run_scenario(cluster, local_cluster, "idempotency", ["crash-mid-request"], **params)
         )
@@ -103,7 +102,7 @@ async def test_services_marks_and_charges_show_while_a_run_goes(
         services = [s for s in bus.state.entities("service") if isinstance(s, Service)]
         assert {s.role for s in services} == {"payment-service"}
         pids = [s.pid for s in services if s.pid]
-        assert len(pids) == 3 and all(running(p) for p in pids)
+        assert len(pids) == 3 and all(running(p) for p in pids)  # real processes, up
         await until(
             bus,
             lambda st: any(
@@ -130,7 +129,7 @@ async def test_services_marks_and_charges_show_while_a_run_goes(
         await until(
             bus,
             lambda st: (
-                isinstance(r := st.get("run", run_id), Run) and r.status == "held" and len(r.table) == 5
+                isinstance(r := st.get("run", run_id), Run) and r.status == "held" and len(r.table) == 7
             ),
             "the run's charges per order",
             timeout=10,
@@ -138,7 +137,7 @@ async def test_services_marks_and_charges_show_while_a_run_goes(
         run = bus.state.get("run", run_id)
         assert isinstance(run, Run)
         assert run.table[0] == ("order", "charges", "charged by", "client's answer")
-        assert [row[1] for row in run.table[1:]] == ["1"] * 4
+        assert [row[1] for row in run.table[1:]] == ["1"] * 6
         lanes = {lane.actor: lane for lane in run.lanes}
         assert {"client-1", "client-2", "pay-1", "pay-2", "pay-3"} <= set(lanes)
         ticks = {t.kind for lane in lanes.values() for t in lane.ticks}
@@ -184,7 +183,8 @@ def test_kill_9_of_the_run_leaves_no_process_or_key_behind(cluster: ClusterInfo,
         run.wait(10)
     # the janitor and the services themselves notice the heartbeat stopped
     wait_until(lambda: not any(running(p) for p in pids), 20, "every service process gone")
-    wait_until(lambda: leftovers(cluster) == ([], []), 20, "the run's keys and schema gone")
+    run_id = run_key.decode().removeprefix("coordscope:run:")
+    wait_until(lambda: leftovers(cluster, run_id) == ([], []), 20, "the run's keys and schema gone")
     wait_until(lambda: r.hget(run_key, "status") == b"abandoned", 20, "the run marked abandoned")
     assert b"janitor" in (r.hget(run_key, "error") or b"")
     r.close()
