@@ -154,6 +154,9 @@ class ServiceRuntime:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=60,  # a SIGTERM lets the requests in flight finish
+            # longer than a client keeps an idle connection (httpx: 5 s): a request sent as
+            # the server closes an idle one would fail for nothing (a "lost" reply, a retry)
+            timeout_keep_alive=75,
         )
         server = _Server(config)
         loop = asyncio.get_running_loop()
