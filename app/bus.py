@@ -14,14 +14,17 @@ blocks the collectors or the other viewers.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import json
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from collectors.events import Event, Logged, Removed, Snapshot, Upserted
+from collectors.events import Event, Logged, Removed, Snapshot, Upserted, to_json
 from collectors.observatory import Observatory
 from collectors.state import State
 
 Delivery = Snapshot | list[Event]
+ENCODED_KEPT = 4096
+"""Events kept encoded (a viewer that falls further behind gets a snapshot anyway)."""
 
 
 class Viewer:
@@ -82,6 +85,7 @@ class Bus:
         self._scheduled = False
         self._last_flush = 0.0
         self.flushes = 0
+        self._encoded: OrderedDict[int, str] = OrderedDict()
         observatory.set_on_change(self.wake)
 
     def subscribe(self, max_batches: int | None = None) -> Viewer:
@@ -91,6 +95,17 @@ class Bus:
 
     def unsubscribe(self, viewer: Viewer) -> None:
         self._viewers.discard(viewer)
+
+    def encoded(self, event: Event) -> str:
+        """An event as JSON text, made once however many viewers send it (its row of cells
+        included: the family's columns run once per change, not once per browser)."""
+        text = self._encoded.get(event.seq)
+        if text is None:
+            text = json.dumps(to_json(event))
+            self._encoded[event.seq] = text
+            while len(self._encoded) > ENCODED_KEPT:
+                self._encoded.popitem(last=False)
+        return text
 
     def snapshot(self) -> Snapshot:
         self.flush()

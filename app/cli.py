@@ -297,8 +297,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         await core.runner.close()
         raise
-    except TimeoutError:
-        pass  # the control node went away: the verdict below is still the run's
+    except (TimeoutError, OSError):
+        pass  # the control node went away, or the terminal did (`| head`): the run ended all the same
     if args.json:
         print(
             json.dumps(

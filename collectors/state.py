@@ -85,9 +85,6 @@ class State:
     def now(self) -> int:
         return self._clock()
 
-    def node_of(self, node_id: str) -> Node | None:
-        return self._nodes.get(node_id)
-
     def group(self, node_id: str) -> str:
         node = self._nodes.get(node_id)
         return node.master if node is not None and node.master else node_id

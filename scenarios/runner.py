@@ -29,11 +29,11 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,6 @@ class Runner:
         scenario_name: str,
         params: dict[str, str] | None = None,
         faults: list[str] | None = None,
-        echo: Callable[[Op], None] | None = None,
     ) -> LocalRun:
         self._prune()
         found, resolved, fault_list = self.validate(scenario_name, params or {}, faults or [])
@@ -145,7 +144,7 @@ class Runner:
             raise ScenarioError(
                 f"cannot start: the control node {self.env.control_node} is unreachable ({exc})"
             ) from None
-        history = History(control, run_id, echo)
+        history = History(control, run_id)
         history.start()
         control_url = self.env.target(self.env.control_node).url
         services = ServiceSet(run_id, control_url, history.t0, control=control, record=history.record)
@@ -229,6 +228,9 @@ class Runner:
             await carry_out(ctx.plan)
         verdict_json = dataclasses.asdict(run.verdict) if run.verdict else None
         await record.finish(run.status, verdict_json, run.error)
+        if run.status != "error" and not ctx.keep:
+            # its processes' logs: kept only when something went wrong (or keep=on)
+            shutil.rmtree(ctx.services.folder, ignore_errors=True)
         background[1].cancel()  # the heartbeat, after the status is written
         await asyncio.wait(background, timeout=3.0)  # bounded: the run's end must not hang on them
         for c in reversed(ctx._closing):

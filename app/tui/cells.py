@@ -12,7 +12,7 @@ import time
 from rich.text import Text
 
 from app.tui.text import safe
-from collectors.families.base import Cell, Line, fmt_ms
+from collectors.families.base import STATUS_TONE, Cell, Line, fmt_ms
 
 TONE = {
     "": "",
@@ -60,6 +60,4 @@ def render_lines(lines: tuple[Line, ...], now: int | None = None) -> Text:
 
 
 def status_style(status: str) -> str:
-    from collectors.families.base import STATUS_TONE
-
     return TONE.get(STATUS_TONE.get(status, "bold"), "")

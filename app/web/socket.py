@@ -13,7 +13,7 @@ import json
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.bus import Viewer
+from app.bus import Bus, Viewer
 from app.core import Core
 from app.web.guard import Guard
 from collectors.events import Snapshot, to_json
@@ -29,7 +29,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     viewer = core.bus.subscribe()
-    sender = asyncio.create_task(_send(websocket, viewer))
+    sender = asyncio.create_task(_send(websocket, viewer, core.bus))
     try:
         await _receive(websocket, viewer)
     except WebSocketDisconnect:
@@ -41,7 +41,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await sender
 
 
-async def _send(websocket: WebSocket, viewer: Viewer) -> None:
+async def _send(websocket: WebSocket, viewer: Viewer, bus: Bus) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             delivery = await viewer.get()
@@ -49,7 +49,7 @@ async def _send(websocket: WebSocket, viewer: Viewer) -> None:
                 await websocket.send_text(json.dumps(to_json(delivery)))
             else:
                 for event in delivery:
-                    await websocket.send_text(json.dumps(to_json(event)))
+                    await websocket.send_text(bus.encoded(event))
 
 
 async def _receive(websocket: WebSocket, viewer: Viewer) -> None:

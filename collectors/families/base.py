@@ -162,7 +162,6 @@ class StateView(Protocol):
     """What a family may read (and say) while it joins observations into entities."""
 
     def now(self) -> int: ...
-    def node_of(self, node_id: str) -> Any: ...
     def group(self, node_id: str) -> str:
         """The master a replica belongs to (a node is its own group)."""
         ...
@@ -193,6 +192,13 @@ class Recogniser:
 
 
 OWN, MARKS, SESSIONS, LOCKS = 0, 10, 20, 30
+
+
+def own(recognise: Callable[[KeyRecord], Fact | None]) -> Recogniser:
+    """One of coordscope's own layouts (they take no configuration), asked first."""
+    return Recogniser(OWN, lambda rec, config: recognise(rec))
+
+
 """The order recognisers are asked in: coordscope's own layout first, then idempotency
 marks (which look like locks: a small value set NX with a TTL), sessions, then locks."""
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from collectors.families.base import OWN, Column, Family, Member, Recogniser, countdown, text
-from collectors.layouts import LayoutConfig, coordscope
+from collectors.families.base import Column, Family, Member, countdown, own, text
+from collectors.layouts import coordscope
 from collectors.layouts.facts import AuxiliaryFact
 from collectors.records import KeyRecord, Store, ZNodeRecord, display
 
@@ -37,17 +37,13 @@ class RawKey:
     stale: bool = False
 
 
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_auxiliary(rec)
-
-
 class Keys(Family):
     kind = "key"
     plural = "keys"
     title = "Other keys and znodes"
     entity = RawKey
     facts = (AuxiliaryFact, type(None))
-    recognisers = (Recogniser(OWN, _own),)
+    recognisers = (own(coordscope.recognise_auxiliary),)
     panel = "side"
     sort = "key"
     empty = "no other keys"

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from collectors.families.base import (
     LOCKS,
-    OWN,
     Cell,
     Column,
     Family,
@@ -35,6 +34,7 @@ from collectors.families.base import (
     Recogniser,
     countdown,
     fmt_ms,
+    own,
     pieces,
     text,
 )
@@ -107,10 +107,6 @@ class Lock:
     stale: bool = False
     """True when a node that holds part of this lock is down: the data is as of ``as_of_ms``."""
     detail: str = ""
-
-
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_lock(rec)
 
 
 def _third_party(rec: KeyRecord, config: LayoutConfig) -> Any:
@@ -186,7 +182,7 @@ class Locks(Family):
     entity = Lock
     facts = (LockFact, WaitersFact)
     group_facts = (ZkLockFact,)
-    recognisers = (Recogniser(OWN, _own), Recogniser(LOCKS, _third_party))
+    recognisers = (own(coordscope.recognise_lock), Recogniser(LOCKS, _third_party))
     group_recognisers = (_zk_lock,)
     sort = "name"
     empty = "no locks held right now"

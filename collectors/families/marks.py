@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 
 from collectors.families.base import (
     MARKS,
-    OWN,
     Cell,
     Column,
     Family,
     Member,
     Recogniser,
     countdown,
+    own,
     pieces,
     prefer_master,
     status,
@@ -57,10 +57,6 @@ class Mark:
     node: str = ""
     as_of_ms: int = 0
     stale: bool = False
-
-
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_mark(rec)
 
 
 def name(mark: Mark) -> str:
@@ -96,7 +92,7 @@ class Marks(Family):
     title = "Idempotency marks"
     entity = Mark
     facts = (MarkFact,)
-    recognisers = (Recogniser(OWN, _own), Recogniser(MARKS, _libraries))
+    recognisers = (own(coordscope.recognise_mark), Recogniser(MARKS, _libraries))
     sort = "key"
     empty = "no marks"
     columns = (

@@ -15,8 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from collectors.families.base import OWN, Column, Family, Member, Recogniser, prefer_master, status, text
-from collectors.layouts import LayoutConfig, coordscope
+from collectors.families.base import Column, Family, Member, own, prefer_master, status, text
+from collectors.layouts import coordscope
 from collectors.layouts.facts import RunFact, RunHistoryFact
 from collectors.records import KeyRecord
 from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes, legend
@@ -53,17 +53,13 @@ class Run:
     as_of_ms: int = 0
 
 
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_run(rec)
-
-
 class Runs(Family):
     kind = "run"
     plural = "runs"
     title = "Runs"
     entity = Run
     facts = (RunFact, RunHistoryFact)
-    recognisers = (Recogniser(OWN, _own),)
+    recognisers = (own(coordscope.recognise_run),)
     panel = "none"  # the run view draws them
     sort = "id"
     columns = (

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collectors.families.base import (
-    OWN,
     Column,
     Family,
     Member,
-    Recogniser,
     fmt_ms,
+    own,
     prefer_master,
     status,
     text,
 )
 from collectors.families.nodes import clock
-from collectors.layouts import LayoutConfig, coordscope
+from collectors.layouts import coordscope
 from collectors.layouts.facts import ServiceFact
 from collectors.records import KeyRecord
 
@@ -57,10 +56,6 @@ class Service:
     stale: bool = False
 
 
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_service(rec)
-
-
 def _int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
@@ -77,7 +72,7 @@ class Services(Family):
     title = "Services"
     entity = Service
     facts = (ServiceFact,)
-    recognisers = (Recogniser(OWN, _own),)
+    recognisers = (own(coordscope.recognise_service),)
     sort = "name"
     empty = "no scenario processes running"
     columns = (

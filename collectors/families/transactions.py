@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from collectors.families.base import OWN, Column, Family, Member, Recogniser, prefer_master, status, text
-from collectors.layouts import LayoutConfig, coordscope
+from collectors.families.base import Column, Family, Member, own, prefer_master, status, text
+from collectors.layouts import coordscope
 from collectors.layouts.facts import TransactionFact
 from collectors.records import KeyRecord
 
@@ -36,17 +36,13 @@ class Transaction:
     stale: bool = False
 
 
-def _own(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return coordscope.recognise_transaction(rec)
-
-
 class Transactions(Family):
     kind = "transaction"
     plural = "transactions"
     title = "Transactions"
     entity = Transaction
     facts = (TransactionFact,)
-    recognisers = (Recogniser(OWN, _own),)
+    recognisers = (own(coordscope.recognise_transaction),)
     sort = "id"
     empty = "no transactions"
     columns = (

@@ -76,7 +76,7 @@ def _op(
 class History:
     """The run's own narration (source ``run``), and the history read back at the end."""
 
-    def __init__(self, client: Redis, run_id: str, echo: Callable[[Op], None] | None = None) -> None:
+    def __init__(self, client: Redis, run_id: str) -> None:
         self._client = client
         self.run_id = run_id
         self.ops: list[Op] = []
@@ -85,7 +85,6 @@ class History:
         self._wakeup = asyncio.Event()
         self.t0 = time.monotonic()
         """The run's time origin (the machine's monotonic clock: services share it)."""
-        self._echo = echo
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.write_errors = 0
@@ -112,11 +111,6 @@ class History:
         self._wakeup.set()
         for watcher in self.watchers:
             watcher(op)
-        if self._echo is not None:
-            try:
-                self._echo(op)
-            except Exception:  # a closed terminal (`| head`) must not stop the run
-                self._echo = None
         return op
 
     @property

@@ -251,14 +251,14 @@ async def test_kazoo_holder_session_closed_moves_the_lock_at_once(cluster: Clust
                 bus,
                 lambda st: (lk := zk_lock(st, path)) is not None and lk.holder == "worker-1",
                 "worker-1 to hold",
-                timeout=2,
+                timeout=5,  # half the 10 s session timeout: the close moved it, not an expiry
             )
             locks[1].release()
             await until(
                 bus,
                 lambda st: (lk := zk_lock(st, path)) is not None and lk.holder == "worker-2",
                 "worker-2 to hold",
-                timeout=2,
+                timeout=5,
             )
             locks[2].release()
             for t in waiting:

@@ -128,3 +128,18 @@ async def test_wait_for_wakes_on_flush() -> None:
     assert await bus.wait_for(lambda st: st.get("lock", "redis:acct:9:lock") is not None, 2)
     assert not await bus.wait_for(lambda st: False, 0.05)
     await task
+
+
+async def test_an_event_is_encoded_once_for_every_viewer() -> None:
+    bus = Bus(Observatory([], []), interval_s=0.0)
+    viewers = [bus.subscribe() for _ in range(3)]
+    for v in viewers:
+        assert isinstance(await v.get(), Snapshot)
+    bus.state.apply_key(key("acct:9:lock", "0" * 32))
+    bus.flush()
+    batches = [await asyncio.wait_for(v.get(), 1) for v in viewers]
+    texts = [[bus.encoded(e) for e in b] for b in batches if isinstance(b, list)]
+    assert len(texts) == 3
+    assert all(a is b for a, b in zip(texts[0], texts[1], strict=True))  # the same str, made once
+    upsert = json.loads(next(t for t in texts[0] if '"lock.upserted"' in t))
+    assert upsert["lock"]["name"] == "acct:9:lock" and len(upsert["row"]) >= 5  # its cells too
