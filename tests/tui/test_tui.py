@@ -181,6 +181,25 @@ async def test_launcher_runs_a_scenario_into_the_run_view(tui: tuple[Harness, Pi
     assert isinstance(app.screen, DashboardScreen)
 
 
+async def test_launcher_switches_scenarios_and_shows_each_ones_form(tui: tuple[Harness, Pilot[None]]) -> None:
+    app, pilot = tui
+    await pilot.press("r")
+    launcher = app.screen
+    assert isinstance(launcher, LauncherScreen)
+    specs = {s.name: s for s in catalogue()}
+    for name in ("idempotency", "lock-zk", "lock-redis", "idempotency"):  # the same ids come back
+        await pilot.click(f"#pick-{name}")
+        await pilot.pause()
+        spec = specs[name]
+        shown = {w.id for w in launcher.query("#form .param > *") if w.id}
+        assert shown == {f"param-{p.name}" for p in spec.all_params()}
+        ticks = {w.id for w in launcher.query("#faults Checkbox")}
+        assert ticks == {f"fault-{f.name}" for f in spec.faults}
+        assert spec.title in str(launcher.query_one("#summary").render())
+    await pilot.press("escape")
+    assert not isinstance(app.screen, LauncherScreen)
+
+
 async def test_command_palette_offers_every_scenario_and_fault(tui: tuple[Harness, Pilot[None]]) -> None:
     app, _ = tui
     titles = [c.title for c in app.get_system_commands(app.screen)]

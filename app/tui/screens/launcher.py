@@ -72,10 +72,10 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
                 yield Button("Cancel", id="cancel", compact=True)
                 yield Button("Run", id="run", variant="success", compact=True)
 
-    def on_mount(self) -> None:
-        self._show(self.selected)
+    async def on_mount(self) -> None:
+        await self._show(self.selected)
 
-    def _show(self, name: str) -> None:
+    async def _show(self, name: str) -> None:
         self.selected = name
         spec = self.specs[name]
         for button in self.query("#scenario-buttons Button").results(Button):
@@ -85,7 +85,7 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         summary.append_text(safe(f"invariant: {spec.invariant}", "italic", wrap=True))
         self.query_one("#summary", Static).update(summary)
         form = self.query_one("#form", Vertical)
-        form.remove_children()
+        await form.remove_children()  # gone before the next form's ids (param-clients, ...) arrive
         rows = []
         for p in spec.all_params():
             widget: Select[str] | Input
@@ -109,13 +109,13 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
             )
             for f in spec.faults
         ]
-        form.mount_all([*rows, Vertical(*faults, id="faults")])
+        await form.mount_all([*rows, Vertical(*faults, id="faults")])
 
     @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
+    async def _pressed(self, event: Button.Pressed) -> None:
         button_id = event.button.id or ""
         if button_id.startswith("pick-"):
-            self._show(button_id.removeprefix("pick-"))
+            await self._show(button_id.removeprefix("pick-"))
         elif button_id == "cancel":
             self.dismiss(None)
         elif button_id == "run":
