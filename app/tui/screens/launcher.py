@@ -32,10 +32,10 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
     #scenario-buttons Button { margin: 0 1 0 0; }
     #summary { color: $text-muted; height: auto; margin-bottom: 1; }
     #form { height: auto; }
-    .param { height: 1; }
+    .param { height: auto; }
     .param Label { width: 14; }
     .param Select, .param Input { width: 18; background: $boost; }
-    .param .help { width: 1fr; padding-left: 2; color: $text-muted; }
+    .param .help { width: 1fr; height: auto; padding-left: 2; color: $text-muted; }
     #faults { height: auto; margin-top: 1; }
     #faults Checkbox { height: 1; }
     #launch-error { color: $error; height: 2; margin-top: 1; }  /* fixed: Run must not move */
@@ -97,9 +97,16 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
             else:
                 widget = Input(value=p.default, type="integer", compact=True, id=f"param-{p.name}")
             rows.append(
-                Horizontal(Label(p.name), widget, Static(safe(p.help), classes="help"), classes="param")
+                Horizontal(
+                    Label(p.name), widget, Static(safe(p.help, wrap=True), classes="help"), classes="param"
+                )
             )
-        faults: list[Static | Checkbox] = [Static("faults at start (or inject them live from the run view):")]
+        heading = (
+            "faults at start (or inject them live from the run view):"
+            if spec.faults
+            else "no faults to inject"
+        )
+        faults: list[Static | Checkbox] = [Static(heading)]
         faults += [
             Checkbox(
                 f"{f.name} — {f.help}",
