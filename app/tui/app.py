@@ -58,6 +58,9 @@ class CoordscopeApp(App[None]):
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._viewer: Viewer | None = None
+        self.launched: dict[str, LaunchRequest] = {}
+        """The last request run per scenario: the launcher opens on them again."""
+        self.last_launched: str | None = None
         self._services = list(services)
         self._tasks: list[asyncio.Task[None]] = []
         self.specs = {s.name: s for s in core.catalogue()}
@@ -142,10 +145,14 @@ class CoordscopeApp(App[None]):
         self.push_screen(RunScreen(self.model, self.specs, run_id))
 
     def action_launch(self, scenario: str | None = None, fault: str | None = None) -> None:
-        self.push_screen(
-            LauncherScreen(list(self.specs.values()), scenario, [fault] if fault else [], check=self._check),
-            self._launched,
+        launcher = LauncherScreen(
+            list(self.specs.values()),
+            scenario or self.last_launched,
+            [fault] if fault else [],
+            check=self._check,
+            remembered=self.launched,
         )
+        self.push_screen(launcher, self._launched)
 
     def _check(self, request: LaunchRequest) -> str | None:
         try:
@@ -156,6 +163,8 @@ class CoordscopeApp(App[None]):
 
     def _launched(self, request: LaunchRequest | None) -> None:
         if request is not None:
+            self.launched[request.scenario] = request
+            self.last_launched = request.scenario
             self.run_worker(self._start(request), group="runs")
 
     async def _start(self, request: LaunchRequest) -> None:

@@ -180,6 +180,16 @@ async def test_launcher_runs_a_scenario_into_the_run_view(tui: tuple[Harness, Pi
     await pilot.press("escape")
     assert isinstance(app.screen, DashboardScreen)
 
+    await pilot.press("r")  # the launcher opens on what was run last, as it was run
+    again = app.screen
+    assert isinstance(again, LauncherScreen) and again.selected == "lock-redis"
+    await pilot.pause()
+    shown = {n: again.query_one(f"#param-{n}").value for n in ("rounds", "hold_ms", "fencing", "clients")}  # type: ignore[attr-defined]
+    assert shown == {"rounds": "3", "hold_ms": "60", "fencing": "off", "clients": "4"}
+    assert again.query_one("#fault-pause-holder").value is True  # type: ignore[attr-defined]
+    assert again.query_one("#fault-kill-holder").value is False  # type: ignore[attr-defined]
+    await pilot.press("escape")
+
 
 async def test_launcher_switches_scenarios_and_shows_each_ones_form(tui: tuple[Harness, Pilot[None]]) -> None:
     app, pilot = tui

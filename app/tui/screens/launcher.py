@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from textual import on
@@ -49,12 +49,18 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         selected: str | None = None,
         faults: list[str] | None = None,
         check: Callable[[LaunchRequest], str | None] | None = None,
+        remembered: Mapping[str, LaunchRequest] | None = None,
     ) -> None:
+        """``remembered``: the last request run per scenario, shown again when it is picked;
+        ``faults`` (the palette's "Run X with F") replace the remembered ones of ``selected``."""
         super().__init__()
         self.check = check
         self.specs = {s.name: s for s in specs}
         self.selected = selected if selected in self.specs else next(iter(self.specs))
-        self.initial_faults = set(faults or [])
+        self.remembered = dict(remembered or {})
+        if faults:
+            last = self.remembered.get(self.selected)
+            self.remembered[self.selected] = LaunchRequest(self.selected, last.params if last else {}, faults)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="launcher"):
@@ -84,6 +90,9 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         summary.append("\n")
         summary.append_text(safe(f"invariant: {spec.invariant}", "italic", wrap=True))
         self.query_one("#summary", Static).update(summary)
+        last = self.remembered.get(name)
+        values = last.params if last else {}
+        ticked = set(last.faults) if last else set()
         form = self.query_one("#form", Vertical)
         await form.remove_children()  # gone before the next form's ids (param-clients, ...) arrive
         rows = []
@@ -92,10 +101,16 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
             if p.choices:
                 options = [(c, c) for c in p.choices]
                 widget = Select(
-                    options, value=p.default, allow_blank=False, compact=True, id=f"param-{p.name}"
+                    options,
+                    value=values.get(p.name, p.default),
+                    allow_blank=False,
+                    compact=True,
+                    id=f"param-{p.name}",
                 )
             else:
-                widget = Input(value=p.default, type="integer", compact=True, id=f"param-{p.name}")
+                widget = Input(
+                    value=values.get(p.name, p.default), type="integer", compact=True, id=f"param-{p.name}"
+                )
             rows.append(
                 Horizontal(
                     Label(p.name), widget, Static(safe(p.help, wrap=True), classes="help"), classes="param"
@@ -110,7 +125,7 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
         faults += [
             Checkbox(
                 f"{f.name} — {f.help}",
-                value=f.name in self.initial_faults,
+                value=f.name in ticked,
                 compact=True,
                 id=f"fault-{f.name}",
             )
