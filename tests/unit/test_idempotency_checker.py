@@ -22,14 +22,17 @@ class H:
         self.ops.append(Op(index=len(self.ops), t_ms=t, actor=actor, kind=kind, f=f, **kw))  # type: ignore[arg-type]
         return self
 
-    def charge(self, t: int, order: str, charge_id: int, instance: str, request: str) -> H:
-        data = {
+    def charge(
+        self, t: int, order: str, charge_id: int, instance: str, request: str, marked: bool = True
+    ) -> H:
+        data: dict[str, object] = {
             "charge_id": charge_id,
             "instance": instance,
             "request": request,
             "at_ms": t,
-            "mark": f"m:{order}",
         }
+        if marked:  # the redis-mark guard: the mark that should have stopped a second charge
+            data["mark"] = f"m:{order}"
         return self.op(900, RUNNER, "ok", "ledger", key=order, value=str(charge_id), data=data)
 
     def read(self) -> H:
@@ -63,6 +66,14 @@ def test_a_second_charge_names_the_order_both_charges_the_instances_and_the_mome
     assert "#1 by pay-2 at t=12 ms" in verdict.summary and "#5 by pay-3 at t=640 ms" in verdict.summary
     assert verdict.actors == ("client-1", "pay-2", "pay-3") and verdict.at_ms == 640
     assert verdict.keys == ("m:order-2", "coordscope_r.ledger") and len(verdict.ops) == 2
+
+
+def test_without_a_mark_the_verdict_names_only_the_ledger() -> None:
+    h = paid(H(), "order-2", 1)
+    h.charge(12, "order-2", 1, "pay-2", "client-1:order-2:1", marked=False)
+    h.charge(640, "order-2", 5, "pay-3", "client-1:order-2:2", marked=False)
+    verdict = check(h.read().ops, {})
+    assert not verdict.holds and verdict.keys == ("coordscope_r.ledger",)
 
 
 def test_an_answer_naming_a_charge_the_ledger_does_not_hold_is_inconsistent() -> None:
