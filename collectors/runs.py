@@ -72,13 +72,20 @@ TICKS = {
 """What each kind of tick on a lane means."""
 
 
-def legend(lanes: Iterable[Lane]) -> list[tuple[str, str, str]]:
-    """(``span`` | ``tick``, kind, meaning) of the kinds these lanes use, in legend order."""
+VERDICT_LINE = ("line", "verdict", "where the verdict found it broken")
+"""A line across every lane at the counterexample's moment (:attr:`Verdict.at_ms`)."""
+
+
+def legend(lanes: Iterable[Lane], verdict: Verdict | None = None) -> list[tuple[str, str, str]]:
+    """(``span`` | ``tick`` | ``line``, kind, meaning) of what these lanes show, in legend order."""
     spans = {s.kind for lane in lanes for s in lane.spans}
     ticks = {t.kind for lane in lanes for t in lane.ticks}
-    return [("span", k, v) for k, v in SPANS.items() if k in spans] + [
-        ("tick", k, v) for k, v in TICKS.items() if k in ticks
-    ]
+    line = [VERDICT_LINE] if verdict is not None and not verdict.holds and verdict.at_ms is not None else []
+    return (
+        [("span", k, v) for k, v in SPANS.items() if k in spans]
+        + [("tick", k, v) for k, v in TICKS.items() if k in ticks]
+        + line
+    )
 
 
 @dataclass(frozen=True)

@@ -548,7 +548,8 @@ function renderLegend(run) {
   box.dataset.key = key;
   box.replaceChildren(...(run.legend || []).map(([what, kind, meaning]) => {
     const s = el("span", {class: "legend-item"});
-    const cls = what === "span" ? (kind === "fault" ? "fault-window" : `span-${kind}`) : `tick-${kind}`;
+    const cls = what === "span" ? (kind === "fault" ? "fault-window" : `span-${kind}`)
+      : what === "line" ? "violation-swatch" : `tick-${kind}`;
     s.append(el("i", {class: "swatch " + cls}), document.createTextNode(meaning));
     return s;
   }));

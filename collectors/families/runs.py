@@ -114,6 +114,7 @@ class Runs(Family):
                 f"no sign of life for over {ABANDONED_MS // 1000} s"
             )
         drawn = lanes(ops)
+        verdict = _verdict(meta.get("verdict", ""))
         self._built.add(entity_id)
         return Run(
             id=entity_id,
@@ -123,10 +124,10 @@ class Runs(Family):
             faults=tuple(_json_list(meta.get("faults"))),
             started_ms=_int(meta.get("started_ms")),
             ended_ms=_int(meta.get("ended_ms")),
-            verdict=_verdict(meta.get("verdict", "")),
+            verdict=verdict,
             actors=tuple(_json_list(meta.get("actors"))),
             lanes=drawn,
-            legend=tuple(legend(drawn)),
+            legend=tuple(legend(drawn, verdict)),
             ops=len(ops),
             last_op=describe(ops[-1]) if ops else "",
             error=error,

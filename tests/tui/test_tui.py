@@ -177,6 +177,7 @@ async def test_launcher_runs_a_scenario_into_the_run_view(tui: tuple[Harness, Pi
     lanes = screen.query_one("#lanes", Lanes)
     drawn = lanes.render().plain
     assert "client-1" in drawn and "▲" in drawn  # lanes with the violation marked
+    assert "┊" in drawn and "where the verdict found it broken" in drawn  # and the verdict's moment
     await pilot.press("escape")
     assert isinstance(app.screen, DashboardScreen)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.runs import Op, Verdict, lanes
+from collectors.runs import VERDICT_LINE, Op, Verdict, lanes, legend
 from scenarios.locks.measure import Sample, contention, percentile
 from scenarios.locks.mutex import with_fifo
 from scenarios.locks.redlock import Attempt
@@ -91,3 +91,12 @@ def test_an_instance_serving_two_requests_at_once_draws_both() -> None:
     handles = sorted((s.start_ms, s.end_ms) for s in lane.spans if s.kind == "handle")
     assert handles == [(100, 4010), (900, 960)]  # the slow one is not cut short by the second
     assert [t.kind for t in lane.ticks] == ["charge", "charge"]
+
+
+def test_the_legend_names_the_verdict_line_only_when_a_moment_broke_it() -> None:
+    drawn = lanes([grant(0, 0, "a", 1), Op(1, 20, "a", "ok", "write", data={"fence": 1})])
+    broken = Verdict(holds=False, invariant="mutual exclusion", summary="violated", at_ms=20)
+    assert legend(drawn, broken)[-1] == VERDICT_LINE
+    assert VERDICT_LINE not in legend(drawn, HELD)
+    assert VERDICT_LINE not in legend(drawn, Verdict(holds=False, invariant="x", summary="y"))  # no moment
+    assert VERDICT_LINE not in legend(drawn)  # still running

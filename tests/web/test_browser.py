@@ -87,6 +87,9 @@ def test_pressing_run_shows_a_holder_then_the_verdict(web: str, page: Page) -> N
     expect(verdict).to_contain_text("VIOLATED")
     expect(verdict).to_contain_text("both wrote")
     expect(page.locator("#lanes path.tick-violation").first).to_be_attached()
+    expect(page.locator("#lanes line.violation-line")).to_have_count(1)
+    expect(page.locator("#legend .violation-swatch")).to_have_count(1)
+    expect(page.locator("#legend")).to_contain_text("where the verdict found it broken")
     page.screenshot(path="/tmp/coordscope-browser.png", full_page=True)
 
 

@@ -4,7 +4,8 @@ Row 1 of a lane: ``█`` holding the lock (red when the hold ended lost or in a
 crash), ``─`` waiting/polling, ``▒`` paused; ticks on top: ``●`` a write
 accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash, ``⚡`` a session
 lost. Row 2: ``▀`` the lease (TTL) the store granted; ``┄`` the ZooKeeper
-session SUSPENDED, ``╳`` LOST. Fault windows shade every lane red.
+session SUSPENDED, ``╳`` LOST; ``┊`` where the verdict found the invariant broken.
+Fault windows shade every lane red.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ SPAN_STYLE = {
 OTHER_SPAN = ("╌", "#6b7785")
 """Any other operation in flight (a read, a write, a release)."""
 LOST_STYLE = "#d05050"
+VERDICT_LINE = ("┊", "bold red")
+"""Down every lane's second row at the moment the verdict found the invariant broken."""
 UNDER = ("lease", "suspended", "lost")
 """Drawn on a lane's second row: what the store or the session says, under what the client does."""
 TICKS = {
@@ -76,6 +79,8 @@ class Lanes(Widget):
         for what, kind, meaning in self.run.legend if self.run else ():
             if what == "span" and kind == "fault":
                 char, style = "  ", f"on {FAULT_BG}"
+            elif what == "line":
+                char, style = VERDICT_LINE
             else:
                 char, style = (
                     SPAN_STYLE.get(kind, OTHER_SPAN) if what == "span" else TICKS.get(kind, ("•", "white"))
@@ -116,6 +121,8 @@ class Lanes(Widget):
             for s in lane.spans
             if s.kind == "fault"
         ]
+        verdict = run.verdict
+        broke = col(verdict.at_ms) if verdict and not verdict.holds and verdict.at_ms is not None else None
         out = Text(no_wrap=True)
         out.append_text(self._axis(width, end))
         for lane in lanes:
@@ -142,6 +149,8 @@ class Lanes(Widget):
                 char, style = TICKS.get(tick.kind, ("•", "white"))
                 rows[0][col(tick.at_ms)] = char
                 styles[0][col(tick.at_ms)] = style
+            if broke is not None and rows[1][broke] == " ":  # the store's own row wins
+                rows[1][broke], styles[1][broke] = VERDICT_LINE
             for r in range(2):
                 label = printable(lane.actor, LABEL - 1) if r == 0 else ""
                 out.append(f"\n{label:<{LABEL}}", style="bold" if r == 0 else "")
