@@ -473,7 +473,8 @@ function drawLanes(run, root) {
   const step = niceStep(end);
   for (let t = 0; t <= end; t += step) {
     parts.push(svg("line", {x1: x(t), x2: x(t), y1: AXIS_H - 4, y2: height, class: "grid"}));
-    parts.push(svg("text", {x: x(t), y: AXIS_H - 8, class: "axis"}, `${(t / 1000).toFixed(1)}s`));
+    const label = step % 60000 === 0 ? `${t / 60000}m` : `${(t / 1000).toFixed(1)}s`;
+    parts.push(svg("text", {x: x(t), y: AXIS_H - 8, class: "axis"}, label));
   }
   // fault windows shade every lane
   for (const lane of lanes) for (const s of lane.spans) if (s.kind === "fault") {
@@ -537,7 +538,7 @@ function tickPath(kind, x, y) {
 function niceStep(end) {
   const raw = end / 8;
   for (const s of [100, 250, 500, 1000, 2000, 5000, 10000, 30000, 60000]) if (raw <= s) return s;
-  return 120000;
+  return 60000 * Math.ceil(raw / 60000);  // whole minutes, however long (or odd) the run
 }
 
 // What the lanes show: only the kinds this run uses, named by the run itself (run.legend).

@@ -137,7 +137,8 @@ class RunScreen(LiveScreen):
                 shown.append(row)
             elif shown[i] != row:
                 for j, cell in enumerate(row):
-                    table.update_cell_at(Coordinate(i, j), safe(cell))
+                    if j >= len(shown[i]) or shown[i][j] != cell:  # a longer cell widens its column
+                        table.update_cell_at(Coordinate(i, j), safe(cell), update_width=True)
                 shown[i] = row
         table.display = bool(rows)
 

@@ -10,6 +10,7 @@ Fault windows shade every lane red.
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.style import Style
@@ -167,14 +168,15 @@ class Lanes(Widget):
     @staticmethod
     def _axis(width: int, end: int) -> Text:
         axis = [" "] * width
+        room = max(1, width // 8)  # labels that fit
         step = next(
-            (s for s in (100, 250, 500, 1000, 2000, 5000, 10000, 30000, 60000) if end / s <= width / 8),
-            120000,
+            (s for s in (100, 250, 500, 1000, 2000, 5000, 10000, 30000, 60000) if end / s <= room),
+            60000 * math.ceil(end / room / 60000),  # whole minutes, however long (or odd) the run
         )
         t = 0
         while t <= end:
             c = min(width - 1, int(t * (width - 1) / end))
-            label = f"{t / 1000:g}s"
+            label = f"{t // 60000}m" if step % 60000 == 0 else f"{t / 1000:g}s"
             if c + len(label) <= width:  # a label that would be cut is left out
                 axis[c : c + len(label)] = label
             t += step
