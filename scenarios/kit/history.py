@@ -192,11 +192,24 @@ class History:
         return f"the stored history lost operations of {gaps}" if gaps else ""
 
 
+def source_of(name: str, incarnation: int) -> str:
+    """The ``src`` a service's life narrates as: a restarted process counts from 0 again,
+    so each life is a source of its own (``pay-2``, then ``pay-2#1``...)."""
+    return name if not incarnation else f"{name}#{incarnation}"
+
+
 def _gaps(stored: list[Op]) -> str:
-    """Sources (services) whose sequence numbers skip: an op they wrote is missing."""
+    """Sources (services) whose sequence numbers skip: an op they wrote is missing. A life
+    the run SIGKILLed is left out: what its requests were still writing died with it (the
+    run's crash op names that life), which is the crash, not the store losing history."""
+    killed = {
+        str(op.data["source"])
+        for op in stored
+        if op.src == RUN_SOURCE and op.f == "crash" and "source" in op.data
+    }
     seen: dict[str, list[int]] = {}
     for op in stored:
-        if op.src != RUN_SOURCE:
+        if op.src != RUN_SOURCE and op.src not in killed:
             seen.setdefault(op.src, []).append(op.n)
     holes = []
     for src, ns in sorted(seen.items()):

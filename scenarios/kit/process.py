@@ -35,7 +35,7 @@ from collectors.layouts import coordscope
 from collectors.state import now_ms
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
-from scenarios.kit.history import Narrator
+from scenarios.kit.history import Narrator, source_of
 
 HEARTBEAT_S = 0.5
 RUN_SILENT_MS = 4000
@@ -63,8 +63,7 @@ class ServiceRuntime:
         self.port: int = args.port
         self.control: Redis = redis_client(RedisTarget.from_url(args.control))
         # a restarted process narrates as a source of its own: its ops count from 0 again
-        source = self.name if not args.incarnation else f"{self.name}#{args.incarnation}"
-        self.narrator = Narrator(self.control, self.run_id, source, args.t0)
+        self.narrator = Narrator(self.control, self.run_id, source_of(self.name, args.incarnation), args.t0)
         self.key = coordscope.service_key(self.run_id, self.name)
         self.requests = 0
         self.last_request = ""

@@ -31,6 +31,7 @@ from collectors.layouts import coordscope
 from collectors.state import now_ms
 from collectors.targets import LOOPBACK, free_port
 from scenarios.kit.catalogue import ScenarioError
+from scenarios.kit.history import source_of
 
 HOST = LOOPBACK
 READY_TIMEOUT_S = 20.0
@@ -162,7 +163,9 @@ class ServiceSet:
         if service.expected_exit or self._stopping:
             return
         how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-        self._narrate(service, "crash", how, status=status)
+        self._narrate(
+            service, "crash", how, status=status, source=source_of(service.name, service.spawns - 1)
+        )
         await self._mark(service, "killed", how)
         if service.restart:
             await asyncio.sleep(RESTART_AFTER_S)
@@ -210,7 +213,9 @@ class ServiceSet:
         assert service.proc is not None
         await service.proc.wait()
         if narrate:
-            self._narrate(service, "crash", f"SIGKILL: {why}")
+            self._narrate(
+                service, "crash", f"SIGKILL: {why}", source=source_of(service.name, service.spawns - 1)
+            )
         await self._mark(service, "killed", why)
         return service
 

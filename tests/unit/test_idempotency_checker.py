@@ -11,7 +11,7 @@ from collectors.records import KeyRecord
 from collectors.runs import RUNNER, Op
 from collectors.state import State
 from scenarios.idempotency.payment import check
-from scenarios.kit.history import History
+from scenarios.kit.history import History, source_of
 
 
 class H:
@@ -171,3 +171,19 @@ def test_the_run_notices_when_the_store_lost_or_changed_its_ops() -> None:
     assert "differs from what the actors did at operation #1" in history.missing(changed)
     service = Op(index=2, t_ms=5, actor="pay-1", kind="ok", f="charge", src="pay-1", n=1)
     assert "lost operations of pay-1 (#0)" in history.missing([*ops, service])
+
+
+def test_a_killed_life_may_end_with_writes_cut_but_another_life_may_not() -> None:
+    """Two requests of pay-1 write #3 and #4 at once; a SIGKILL lands between them: #3
+    never reaches the store. That is the crash; a hole in pay-1#1, the next life, is not."""
+    history = History(_Client(), "run-1")  # type: ignore[arg-type]
+    first = [
+        Op(index=i, t_ms=i, actor="pay-1", kind="info", f="handle", src="pay-1", n=n)
+        for i, n in enumerate((0, 1, 2, 4))
+    ]
+    crash = history.record("pay-1", "info", "crash", data={"source": source_of("pay-1", 0)})
+    assert history.missing([crash, *first]) == ""
+    unkilled = History(_Client(), "run-2")  # type: ignore[arg-type]
+    assert "lost operations of pay-1 (#3)" in unkilled.missing(first)  # no crash: the store lost it
+    second = Op(index=9, t_ms=9, actor="pay-1", kind="info", f="handle", src=source_of("pay-1", 1), n=1)
+    assert "lost operations of pay-1#1 (#0)" in history.missing([crash, *first, second])
