@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 from collectors.layouts import LayoutConfig
+from collectors.limits import Limits
 from collectors.postgres import PgCollector
 from collectors.redis_keyspace import RedisCollector, Topology
 from collectors.state import State
@@ -31,13 +33,17 @@ class Observatory:
         zookeeper: list[ZkTarget],
         layouts: LayoutConfig | None = None,
         on_change: Callable[[], None] | None = None,
-        scan_interval_s: float = 2.0,
+        scan_interval_s: float | None = None,
         postgres: list[PostgresTarget] | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        self.state = State(layouts)
+        limits = limits or Limits()
+        if scan_interval_s is not None:
+            limits = replace(limits, scan_interval_s=scan_interval_s)
+        self.state = State(layouts, limits=limits)
         self._on_change = on_change or (lambda: None)
         topology = Topology(redis)
-        self.redis = [RedisCollector(t, self.state, self._changed, topology, scan_interval_s) for t in redis]
+        self.redis = [RedisCollector(t, self.state, self._changed, topology) for t in redis]
         self.zookeeper = [ZkCollector(t, self.state, self._changed) for t in zookeeper]
         self.postgres = [PgCollector(t, self.state, self._changed) for t in postgres or ()]
         self._tasks: list[asyncio.Task[None]] = []

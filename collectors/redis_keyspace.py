@@ -2,8 +2,9 @@
 
 Algorithm
 ---------
-1. Subscribe to ``__keyspace@<db>__:*`` on a RESP2 connection parsed by
-   hiredis (RESP2 measured ~1.4x faster than RESP3 for pub/sub here).
+1. Subscribe to ``__keyspace@<db>__:*`` on a connection of our own whose
+   replies hiredis parses directly (:mod:`collectors.redis_subscription`):
+   no await per notification, so a burst drains at the parser's speed.
 2. A notification names a key and an event, not a value: the key is marked
    *dirty* (the latest event wins; repeats while it waits are counted as
    coalesced).
@@ -12,19 +13,29 @@ Algorithm
    type (a bounded prefix of a string, up to ``MAX_FIELDS`` hash fields, the
    first members of a collection, new entries of a run's history stream).
    A key that is gone is dropped with the event as the cause.
-4. Every subscribe confirmation is a (re)sync point: the first one after we
-   subscribe starts the initial scan; any later one means redis-py
-   reconnected and re-subscribed by itself and the notifications in between
-   were lost — a *gap*. A resync marks every scanned key dirty, and every key
-   we knew that the scan did not return (the reader then finds it gone).
-   Because we subscribe before we scan, nothing falls between the two.
+4. Every subscribe confirmation is a (re)sync point: the first one starts
+   the initial scan; any later one means a subscription was lost and
+   re-opened and the notifications in between are gone — a *gap*, resynced
+   by a scan. Because we subscribe before we scan, nothing falls between.
+5. Scans walk the keyspace a page (``SCAN ... COUNT``) at a time, read each
+   page back at once and pace themselves to ``Limits.scan_rate`` keys a
+   second, with their progress on the node: the first screen is useful long
+   before a million-key scan ends. What no family recognises is listed up to
+   the raw-key budget and counted by prefix beyond it (the state decides);
+   a node whose keys are summarised is rescanned every
+   ``census_interval_s`` to recount them.
+6. Our subscriber's output buffer on the server (``CLIENT LIST ID``) is read
+   every health period and shown on the node. Past ``sub_buffer_bytes`` we
+   unsubscribe and scan for ``pause_s`` instead, and say so: a watched
+   production Redis is never made to hold megabytes for us, nor cut us off
+   at its pub/sub limit (whose resubscribe would lose events silently).
 
 Error handling
 --------------
 A node that stops answering is shown ``down`` with the time of its last good
 read; its keys stay listed as stale until it answers again and a resync
 replaces them. With notifications off (``notify-keyspace-events`` lacks
-``K``), the collector says so on screen and falls back to a full scan every
+``K``), the collector says so on screen and falls back to a scan every
 ``scan_interval`` seconds; it turns them on itself only when the target
 allows it (``--enable-notifications``), never otherwise. Garbage in a key is
 the recognisers' problem and never reaches here as an exception.
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,11 +55,12 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.keyspace_notifications import KeyspaceChannel
 
 from collectors.families.nodes import Node
 from collectors.layouts import coordscope
+from collectors.limits import Limits
 from collectors.records import KeyRecord, display
+from collectors.redis_subscription import Subscription
 from collectors.state import State, now_ms
 from collectors.targets import RedisTarget
 
@@ -60,6 +73,7 @@ HEALTH_EVERY_S = 0.5
 CONFIG_EVERY_S = 2.0
 
 NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+OMEM = re.compile(rb"\bomem=(\d+)")
 
 
 class Topology:
@@ -96,13 +110,14 @@ class RedisCollector:
         state: State,
         wake: Callable[[], None],
         topology: Topology | None = None,
-        scan_interval_s: float = 2.0,
+        limits: Limits | None = None,
     ) -> None:
         self.target = target
         self._state = state
         self._wake = wake
         self._topology = topology or Topology([target])
-        self._scan_interval_s = scan_interval_s
+        self._limits = limits or state.limits
+        self._scan_interval_s = self._limits.scan_interval_s
         self._dirty: dict[bytes, bytes | str] = {}
         """Keys to read back, with the last event that named them (the cause we report)."""
         self.events = 0
@@ -115,6 +130,16 @@ class RedisCollector:
         self._connected_once = False
         self._client: Redis | None = None
         self._scanned = False
+        self._subscription: Subscription | None = None
+        self._subscriptions = 0
+        """Subscriptions opened in the current watch (a second one means one was lost)."""
+        self._paused_until = 0.0
+        """While in the future: not subscribed (our buffer grew too big), scanning instead."""
+        self._scan_task: asyncio.Task[None] | None = None
+        self._scan_wanted: str | None = None
+        self._last_scan_end = 0.0
+        self.scans = 0
+        """Complete scans of the keyspace."""
         self.synced = asyncio.Event()
         """Set once the first full scan has been read back: the state reflects the node."""
         self.subscribe_confirmations = 0
@@ -144,35 +169,29 @@ class RedisCollector:
             if self._node.status == "up":
                 backoff = 0.1
 
-    def _client_for(self, *, pubsub: bool) -> Redis:
-        t = self.target
+    def _client_for(self) -> Redis:
         # Reads retry once at once, then fail: a dead node must show as down within a
-        # health period, not after redis-py's backoff. The pub/sub connection keeps
-        # redis-py's own retries: its silent re-subscribe is a gap we detect.
-        retry = Retry(NoBackoff(), 3) if pubsub else Retry(NoBackoff(), 1)
+        # health period, not after redis-py's backoff.
         return Redis(
-            **t.connection(),
+            **self.target.connection(),
             protocol=2,
             socket_connect_timeout=2.0,
-            socket_timeout=None if pubsub else 5.0,
+            socket_timeout=5.0,
             decode_responses=False,
-            client_name="coordscope-watch" if pubsub else "coordscope-read",
-            retry=retry,
+            client_name="coordscope-read",
+            retry=Retry(NoBackoff(), 1),
         )
 
     async def _watch(self) -> None:
-        client = self._client_for(pubsub=False)
-        listener = self._client_for(pubsub=True)
-        pubsub: Any = listener.pubsub()
+        client = self._client_for()
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._health(client)
             self._client = client
+            self._subscriptions = 0
             self.subscribe_confirmations = 0
-            channel = str(KeyspaceChannel("*", db=self.target.db))
-            await pubsub.psubscribe(channel)
             tasks = [
-                asyncio.create_task(self._listen(pubsub, channel), name=f"listen {self.target.id}"),
+                asyncio.create_task(self._listen(), name=f"listen {self.target.id}"),
                 asyncio.create_task(self._reader(client), name=f"read {self.target.id}"),
                 asyncio.create_task(self._health_loop(client), name=f"health {self.target.id}"),
             ]
@@ -181,37 +200,47 @@ class RedisCollector:
                 task.result()  # re-raise what stopped it
         finally:
             self._client = None
+            if self._scan_task is not None:
+                tasks.append(self._scan_task)
+                self._scan_task = None
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            # bounded: a connection cancelled in the middle of redis-py's reconnect can
-            # leave a lock held that aclose() would wait on for ever
-            for closing in (pubsub.aclose(), listener.aclose(), client.aclose()):
-                with contextlib.suppress(Exception, TimeoutError):
-                    await asyncio.wait_for(closing, 1.0)
+            if self._subscription is not None:
+                self._subscription.close()
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(client.aclose(), 1.0)
 
-    async def _listen(self, pubsub: Any, channel: str) -> None:
-        prefix = channel[:-1].encode()
-        async for message in pubsub.listen():
-            kind = message["type"]
-            if kind == "pmessage":
-                self._mark(message["channel"][len(prefix) :], message["data"])
-            elif kind == "psubscribe":
-                self._subscribed()
-        raise redis_errors.ConnectionError("the subscription ended")
+    async def _listen(self) -> None:
+        """Keep one subscription open; a lost one is re-opened (its confirmation is a gap)."""
+        while True:
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            self._subscriptions += 1
+            sub = await Subscription.open(self.target, self._mark, self._subscribed)
+            self._subscription = sub
+            try:
+                why = await sub.ended
+            finally:
+                sub.close()
+                self._subscription = None
+            if self._paused_until <= time.monotonic():
+                self._state.log("warn", self.target.id, f"the subscription ended ({why}); subscribing again")
 
     def _subscribed(self) -> None:
         self.subscribe_confirmations += 1
-        if self.subscribe_confirmations == 1 and not self._connected_once:
+        if not self._connected_once:
             self._connected_once = True
             self._resync("initial scan")
             return
         self.gaps += 1
         why = (
-            "the pub/sub connection was re-established"
-            if self.subscribe_confirmations > 1
+            "the subscription was lost and re-opened"
+            if self._subscriptions > 1
             else "reconnected after the node was down"
         )
         self._state.log(
@@ -236,32 +265,63 @@ class RedisCollector:
         self._dirty_event.set()
 
     def _resync(self, why: str) -> None:
-        asyncio.get_running_loop().create_task(self._scan(why), name=f"scan {self.target.id}")
+        """Scan the keyspace (once more after the running scan, if one runs)."""
+        self._scan_wanted = why
+        if self._scan_task is None or self._scan_task.done():
+            self._scan_task = asyncio.get_running_loop().create_task(
+                self._scans(), name=f"scan {self.target.id}"
+            )
+
+    async def _scans(self) -> None:
+        while self._scan_wanted is not None:
+            why, self._scan_wanted = self._scan_wanted, None
+            with contextlib.suppress(*NETWORK_ERRORS):  # the node went away: the reconnect scans
+                await self._scan(why)
 
     async def _scan(self, why: str) -> None:
+        """Walk the keyspace a page at a time, reading each page back at once, at most
+        ``scan_rate`` keys a second: a big keyspace is never one stop-the-world read, and
+        what a page holds is on screen as soon as it is read."""
         client = self._client
         if client is None:
             return
-        started = time.monotonic()
-        seen: set[bytes] = set()
-        try:
-            async for raw in client.scan_iter(count=1000):
-                seen.add(raw)
-                self._dirty.setdefault(raw, "scan")
-                if len(seen) % 5000 == 0:
-                    self._dirty_event.set()
-                    await asyncio.sleep(0)
-        except NETWORK_ERRORS:
-            return  # the node went away mid-scan: the reconnect will scan again
+        limits = self._limits
+        started, started_ms = time.monotonic(), now_ms()
+        total = int(await client.dbsize())
+        self._state.scan_started(self.target.id)
+        cursor, read, shown = 0, 0, started
+        self._set_scan(f"scan 0% of {total:,} keys")
+        while True:
+            cursor, keys = await client.scan(cursor, count=limits.scan_count)
+            if keys:
+                await self._read(client, [(_raw(k), "scan") for k in keys])
+                read += len(keys)
+                self._wake()
+            if not cursor:
+                break
+            now = time.monotonic()
+            if now - shown >= 0.5:
+                shown = now
+                self._set_scan(f"scan {min(99, 100 * read // max(total, 1))}% of {total:,} keys")
+            await asyncio.sleep(max(0.0, started + read / limits.scan_rate - now))
+        # A key we list that this scan did not read went (or changed) while we were away.
         for key in self._state.keys_of(self.target.id):
             rec = self._state.record(self.target.id, key)
-            if isinstance(rec, KeyRecord) and rec.raw_key not in seen:
+            if isinstance(rec, KeyRecord) and rec.read_at_ms < started_ms:
                 self._dirty.setdefault(rec.raw_key, "scan")
+        self._state.scan_ended(self.target.id)
+        self.scans += 1
         self._scanned = True
+        self._last_scan_end = time.monotonic()
         self._dirty_event.set()
+        took = self._last_scan_end - started
+        self._set_scan(f"scanned {read:,} keys in {took:.1f}s")
         if why != "periodic scan":
-            took = (time.monotonic() - started) * 1000
-            self._state.log("info", self.target.id, f"{why}: {len(seen)} keys in {took:.0f} ms")
+            self._state.log("info", self.target.id, f"{why}: {read:,} keys in {took * 1000:.0f} ms")
+
+    def _set_scan(self, progress: str) -> None:
+        self._node = replace(self._node, scan=progress)
+        self._publish_node()
 
     async def _reader(self, client: Redis) -> None:
         while True:
@@ -379,7 +439,6 @@ class RedisCollector:
 
     async def _health_loop(self, client: Redis) -> None:
         last_config = 0.0
-        last_scan = time.monotonic()
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             now = time.monotonic()
@@ -387,9 +446,52 @@ class RedisCollector:
                 await self._check_notifications(client)
                 last_config = now
             await self._health(client, check_config=False)
-            if not self._notifications and now - last_scan >= self._scan_interval_s:
-                last_scan = now
-                await self._scan("periodic scan")
+            await self._check_buffer(client)
+            scanning = not self._notifications or self._paused_until > now
+            since = now - self._last_scan_end
+            busy = self._scan_task is not None and not self._scan_task.done()
+            if busy or not self._scanned:
+                continue
+            if scanning and since >= self._scan_interval_s:
+                self._resync("periodic scan")
+            elif self._state.summarising(self.target.id) and since >= self._limits.census_interval_s:
+                self._resync("periodic scan")  # recount what is summarised
+
+    async def _check_buffer(self, client: Redis) -> None:
+        """Read our subscriber's output buffer on the server; past the limit, stop
+        subscribing for a while (scanning instead) rather than make Redis hold megabytes
+        for us or cut us off at its pub/sub limit."""
+        sub = self._subscription
+        if sub is None or sub.client_id is None:
+            if self._node.sub_buffer is not None:
+                self._node = replace(self._node, sub_buffer=None)
+                self._publish_node()
+            return
+        reply = await client.execute_command(  # type: ignore[no-untyped-call]
+            "CLIENT", "LIST", "ID", str(sub.client_id)
+        )
+        match = OMEM.search(reply if isinstance(reply, bytes) else str(reply).encode())
+        if match is None:
+            return
+        omem = int(match.group(1))
+        if omem != self._node.sub_buffer:
+            self._node = replace(self._node, sub_buffer=omem)
+            self._publish_node()
+        if omem > self._limits.sub_buffer_bytes:
+            self._paused_until = time.monotonic() + self._limits.pause_s
+            self._state.log(
+                "warn",
+                self.target.id,
+                f"notifications come faster than we read them: {omem / 1048576:.1f} MiB queued for us "
+                f"on the server; unsubscribed, scanning every {self._scan_interval_s:g}s for "
+                f"{self._limits.pause_s:g}s, then subscribing again",
+            )
+            sub.close()
+            self._set_feed(
+                self._notifications,
+                f"notifications paused (buffer past {self._limits.sub_buffer_bytes // 1048576} MiB): "
+                f"scanning every {self._scan_interval_s:g}s",
+            )
 
     async def _health(self, client: Redis, check_config: bool = True) -> None:
         info = await client.info("replication")
@@ -420,6 +522,8 @@ class RedisCollector:
         self._publish_node()
 
     async def _check_notifications(self, client: Redis) -> None:
+        if self._paused_until > time.monotonic():
+            return  # the feed says why we are not subscribed
         try:
             reply: dict[Any, Any] = await client.config_get("notify-keyspace-events")
             raw = next(iter(reply.values()), b"")  # redis-py decodes this reply itself
@@ -473,3 +577,7 @@ class RedisCollector:
         self._node = replace(self._node, events=self.events, coalesced=self.coalesced, gaps=self.gaps)
         self._state.set_node(self._node)
         self._wake()
+
+
+def _raw(key: bytes | str) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()

@@ -23,12 +23,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from collectors.census import NodeCensus
 from collectors.events import Entity, Event, Logged, Removed, Snapshot, Upserted
 from collectors.families import REGISTRY
 from collectors.families.base import EntityRef, Family, Member, first_fact, key_chain
 from collectors.families.nodes import Node
 from collectors.layouts import LayoutConfig
 from collectors.layouts.facts import Fact, GroupFact
+from collectors.limits import Limits
 from collectors.records import KeyRecord, ZNodeRecord, display
 
 
@@ -50,8 +52,10 @@ class State:
         clock: Callable[[], int] = now_ms,
         log_size: int = 300,
         families: tuple[type[Family], ...] = REGISTRY,
+        limits: Limits | None = None,
     ) -> None:
         self._layouts = layouts or LayoutConfig()
+        self.limits = limits or Limits()
         self._clock = clock
         self.families: dict[str, Family] = {cls.kind: cls(self) for cls in families}
         self._owner: dict[type[Any], Family] = {}
@@ -74,6 +78,11 @@ class State:
         self._log: deque[Logged] = deque(maxlen=log_size)
         self._seq = 0
         self._bad = 0
+        self._raw_kept: dict[str, int] = defaultdict(int)
+        """Unrecognised Redis keys listed one by one, per node (at most ``limits.raw_keys``)."""
+        self._census: dict[str, NodeCensus] = {}
+        self._summarising: set[str] = set()
+        """Nodes with more unrecognised keys than the budget: the rest are counted by prefix."""
 
     @property
     def bad_data(self) -> int:
@@ -158,6 +167,8 @@ class State:
         except Exception:  # a recogniser must never take the collector down
             self._bad += 1
             fact = None
+        if fact is None and not self._keep_raw(rec):
+            return
         family = self._owner.get(type(fact), self._raw)
         try:
             family.observed(rec, fact)
@@ -165,10 +176,53 @@ class State:
             self._bad += 1
         self._place(rec.node, rec.key, rec, fact)
 
+    def _keep_raw(self, rec: KeyRecord) -> bool:
+        """Count a key no family claims, and say whether it is listed on its own (within
+        the node's budget) or only summarised under its prefix."""
+        census = self._census_of(rec.node)
+        if census is not None and rec.cause == "scan":
+            census.counted(rec)
+        if rec.key in self._entries[rec.node] or self._raw_kept[rec.node] < self.limits.raw_keys:
+            return True
+        if rec.node not in self._summarising:
+            self._summarising.add(rec.node)
+            self.log(
+                "info",
+                rec.node,
+                f"more than {self.limits.raw_keys:,} unrecognised keys: the rest are summarised by "
+                "prefix (raise redis.raw_keys in the config to list more)",
+            )
+        if census is not None and rec.cause != "scan":
+            census.seen(rec.key, removed=False)
+        return False
+
+    def _census_of(self, node_id: str) -> NodeCensus | None:
+        if self.is_replica(node_id):
+            return None  # a replica holds its master's keys: counted there
+        census = self._census.get(node_id)
+        if census is None:
+            census = self._census[node_id] = NodeCensus(node_id, self.limits.prefixes, self._clock)
+        return census
+
+    def scan_started(self, node_id: str) -> None:
+        if (census := self._census_of(node_id)) is not None:
+            census.scan_started()
+
+    def scan_ended(self, node_id: str) -> None:
+        if (census := self._census_of(node_id)) is not None:
+            census.scan_ended()
+
+    def summarising(self, node_id: str) -> bool:
+        return node_id in self._summarising
+
     def drop_key(self, node_id: str, raw_key: bytes, cause: str = "del") -> None:
         entry = self._entries.get(node_id, {}).pop(display(raw_key), None)
         if entry is None:
+            if node_id in self._summarising and (census := self._census_of(node_id)) is not None:
+                census.seen(display(raw_key), removed=True)
             return
+        if entry.ref[0] == self._raw.kind:
+            self._raw_kept[node_id] -= 1
         self._members[entry.ref].discard((node_id, display(raw_key)))
         self._causes[entry.ref] = cause
         self._recompute(entry.ref)
@@ -192,6 +246,8 @@ class State:
         ref = self._ref_for_key(node_id, rec, fact)
         old = self._entries[node_id].get(key)
         self._entries[node_id][key] = _Entry(rec=rec, fact=fact, ref=ref)
+        raw = self._raw.kind
+        self._raw_kept[node_id] += (ref[0] == raw) - (old is not None and old.ref[0] == raw)
         self._members[ref].add((node_id, key))
         if old is not None and old.ref != ref:
             self._members[old.ref].discard((node_id, key))
@@ -317,6 +373,17 @@ class State:
         moment came (called by the flusher, at least once a second while collectors run)."""
         for node_id in list(self._nodes):
             self._refresh_counts(node_id)
+        for node_id in self._summarising:
+            census = self._census.get(node_id)
+            if census is None:
+                continue
+            upserts, gone = census.take_changes()
+            for entity in upserts:
+                self._entities["prefix"][entity.id] = entity
+                self._emit(Upserted(entity=entity))
+            for entity_id in gone:
+                self._entities["prefix"].pop(entity_id, None)
+                self._emit(Removed(kind="prefix", id=entity_id))
         now = self._clock()
         for ref, at in list(self._rechecks.items()):
             if now >= at:
@@ -325,8 +392,12 @@ class State:
     def _refresh_counts(self, node_id: str) -> None:
         node = self._nodes[node_id]
         keys = len(self._entries.get(node_id, {}))
-        if node.keys != keys:
-            self._nodes[node_id] = self._entities["node"][node_id] = replace(node, keys=keys)
+        census = self._census.get(node_id) if node_id in self._summarising else None
+        summarised = census.total if census is not None else 0
+        if node.keys != keys or node.summarised != summarised:
+            self._nodes[node_id] = self._entities["node"][node_id] = replace(
+                node, keys=keys, summarised=summarised
+            )
             self._emit(Upserted(entity=self._nodes[node_id]))
 
     def _emit(self, event: Event) -> None:

@@ -11,6 +11,7 @@ from collectors.families.keys import Keys
 from collectors.families.locks import Locks
 from collectors.families.marks import Marks
 from collectors.families.nodes import Nodes
+from collectors.families.prefixes import Prefixes
 from collectors.families.runs import Runs
 from collectors.families.services import Services
 from collectors.families.sessions import Sessions
@@ -29,6 +30,7 @@ REGISTRY: tuple[type[Family], ...] = (
     Transactions,
     Services,
     Keys,
+    Prefixes,
     Runs,
 )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from collectors.families.base import Cell, Column, Family, Member, status, text
+from collectors.families.base import Cell, Column, Family, Member, pieces, status, text
 from collectors.records import Store
 
 
@@ -32,6 +32,13 @@ class Node:
     """Time of the last good data read from this node."""
     detail: str = ""
     keys: int = 0
+    """Keys (or znodes) kept one by one."""
+    summarised: int = 0
+    """Unrecognised keys counted by prefix only, past the raw-key budget."""
+    scan: str = ""
+    """The running scan's progress, or when the last one ended."""
+    sub_buffer: int | None = None
+    """Bytes the server holds in our subscriber's output buffer (``CLIENT LIST omem``)."""
     events: int = 0
     coalesced: int = 0
     gaps: int = 0
@@ -50,6 +57,22 @@ def _as_of(n: Node) -> Cell:
     return text(f"as of {clock(n.as_of_ms)}", "warn")
 
 
+def _keys(n: Node) -> Cell:
+    if not n.summarised:
+        return text(f"{n.keys:,}")
+    listed = f"{n.keys:,}"
+    return pieces(listed, (f"+{n.summarised:,} by prefix", "dim"), title="listed + summarised by prefix")
+
+
+def _feed(n: Node) -> Cell:
+    parts: list[tuple[str, str] | str] = [n.feed]
+    if n.scan:
+        parts.append((n.scan, "warn" if "%" in n.scan else "dim"))
+    if n.sub_buffer:
+        parts.append((f"buffer {n.sub_buffer // 1024:,} KiB", "warn" if n.sub_buffer > 1 << 20 else "dim"))
+    return pieces(*parts, title=" · ".join(p if isinstance(p, str) else p[0] for p in parts))
+
+
 class Nodes(Family):
     kind = "node"
     plural = "nodes"
@@ -65,10 +88,10 @@ class Nodes(Family):
         Column("role", "role", lambda n: text(f"{n.role} of {n.master}" if n.master else n.role)),
         Column("status", "status", lambda n: Cell(status(n.status).pieces, title=n.detail)),
         Column("asof", "data", _as_of),
-        Column("keys", "keys", lambda n: text(n.keys)),
+        Column("keys", "keys", _keys),
         Column("events", "events", lambda n: text(f"{n.events} (~{n.coalesced})")),
         Column("gaps", "gaps", lambda n: text(n.gaps, "warn" if n.gaps else "dim")),
-        Column("feed", "feed", lambda n: text(n.feed, title=n.feed), limit=44),
+        Column("feed", "feed", _feed, limit=60),
     )
 
     def build(self, entity_id: str, members: list[Member]) -> Any:

@@ -1,0 +1,99 @@
+"""The census of unrecognised keys: prefixes, budgets and what the state lists."""
+
+from __future__ import annotations
+
+from collectors.census import NO_SEPARATOR, OTHER, NodeCensus, prefix_of, ttl_bucket
+from collectors.families.prefixes import KeyPrefix
+from collectors.limits import Limits
+from collectors.records import KeyRecord
+from collectors.state import State
+
+
+def rec(key: str, *, cause: str = "scan", ttl: int | None = None, value: bytes = b"v") -> KeyRecord:
+    return KeyRecord(
+        node="r1",
+        raw_key=key.encode(),
+        type="string",
+        ttl_ms=ttl,
+        value=value,
+        size=len(value),
+        read_at_ms=1,
+        cause=cause,
+    )
+
+
+def test_a_prefix_is_the_leading_segments_that_name_a_kind_of_thing() -> None:
+    assert prefix_of("cache:user:42") == "cache:user:"
+    assert prefix_of("cache:user:42:profile") == "cache:user:"
+    assert prefix_of("user:42") == "user:"
+    assert prefix_of("session:9f86d081884c7d659a2feaa0c55ad015") == "session:"
+    assert prefix_of("tenant7:orders:1") == "tenant7:"  # the second segment only when it is a kind
+    assert prefix_of("img/2024/a.png") == "img/"
+    assert prefix_of("plainkey") == NO_SEPARATOR
+    assert ttl_bucket(None) == "none" and ttl_bucket(59_999) == "<1m" and ttl_bucket(90_000_000) == "≥1d"
+
+
+def test_counts_come_from_the_scan_and_writes_since_are_counted_beside_them() -> None:
+    census = NodeCensus("r1", max_prefixes=10, clock=lambda: 1000)
+    census.scan_started()
+    for i in range(5):
+        census.counted(rec(f"cache:user:{i}", ttl=30_000 if i % 2 else None))
+    growing, _ = census.take_changes()
+    assert [(p.prefix, p.keys, p.as_of_ms) for p in growing] == [("cache:user:", 5, 0)]  # counting
+    census.scan_ended()
+    (done,), _ = census.take_changes()
+    assert done.keys == 5 and done.as_of_ms == 1000
+    assert done.ttls == {"none": 3, "<1m": 2} and done.types == {"string": 5} and done.bytes == 5
+    assert done.examples == ("cache:user:0", "cache:user:1", "cache:user:2")
+    census.seen("cache:user:99", removed=False)
+    census.seen("cache:user:0", removed=True)
+    (later,), _ = census.take_changes()
+    assert (later.keys, later.writes, later.removals) == (5, 1, 1)
+    # a second scan counts afresh and silently; its end replaces the count
+    census.scan_started()
+    census.counted(rec("cache:user:1"))
+    assert census.take_changes() == ([], [])
+    census.scan_ended()
+    (recount,), _ = census.take_changes()
+    assert (recount.keys, recount.writes, recount.removals) == (1, 0, 0)
+    census.scan_started()
+    census.counted(rec("other:1"))
+    census.scan_ended()
+    ups, gone = census.take_changes()
+    assert gone == ["redis:r1:cache:user:"] and [p.prefix for p in ups] == ["other:"]
+
+
+def test_prefixes_past_the_budget_are_counted_as_other() -> None:
+    census = NodeCensus("r1", max_prefixes=2, clock=lambda: 1)
+    census.scan_started()
+    for key in ("a:1", "b:1", "c:1", "d:1", "a:2"):
+        census.counted(rec(key))
+    census.scan_ended()
+    ups, _ = census.take_changes()
+    assert {p.prefix: p.keys for p in ups} == {"a:": 2, "b:": 1, OTHER: 2}
+
+
+def test_the_state_lists_raw_keys_up_to_the_budget_and_summarises_the_rest() -> None:
+    state = State(limits=Limits(raw_keys=3))
+    state.scan_started("r1")
+    for i in range(10):
+        state.apply_key(rec(f"cache:item:{i}"))
+    state.apply_key(rec("orders:lock", value=b"0" * 32, ttl=30_000))  # a lock is always kept
+    state.scan_ended("r1")
+    state.refresh_counts()
+    assert len(state.entities("key")) == 3
+    assert len(state.entities("lock")) == 1
+    (prefix,) = state.entities("prefix")
+    assert isinstance(prefix, KeyPrefix) and prefix.prefix == "cache:item:" and prefix.keys == 10
+    assert any("summarised by prefix" in line.text for line in state.snapshot().log)
+    # a listed key that goes frees its place for the next one read
+    listed = state.entities("key")[0]
+    state.drop_key("r1", listed.key.encode())  # type: ignore[attr-defined]
+    state.apply_key(rec("cache:item:77", cause="set"))
+    assert len(state.entities("key")) == 3
+    # a summarised key's write and removal are counted since the count
+    state.apply_key(rec("cache:item:78", cause="set"))
+    state.drop_key("r1", b"cache:item:5", "expired")
+    state.refresh_counts()
+    (after,) = state.entities("prefix")
+    assert isinstance(after, KeyPrefix) and (after.writes, after.removals) == (1, 1)
