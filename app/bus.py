@@ -9,6 +9,12 @@ Every viewer has a bounded queue of such batches. A viewer that falls
 behind by ``max_batches`` loses its queue and gets one fresh snapshot
 instead on its next read: a slow browser gets coalesced snapshots and never
 blocks the collectors or the other viewers.
+
+Encoding happens once, whatever the number of viewers: each event's JSON is
+kept by its sequence number, each flush's batch keeps its own text, and the
+snapshot sent on the wire (one page of each kind, :data:`WIRE_PAGE`) is kept
+until the state changes — a hundred browsers connecting at once cost one
+encoding, and the bytes every viewer gets are the same.
 """
 
 from __future__ import annotations
@@ -18,19 +24,43 @@ import json
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from collectors.events import Event, Logged, Removed, Snapshot, Upserted, to_json
+from collectors.events import (
+    SCHEMA_VERSION,
+    Event,
+    Logged,
+    Page,
+    Removed,
+    Snapshot,
+    Upserted,
+    state_json,
+    to_json,
+)
+from collectors.families import PLURAL
 from collectors.observatory import Observatory
 from collectors.state import State
 
-Delivery = Snapshot | list[Event]
 ENCODED_KEPT = 4096
 """Events kept encoded (a viewer that falls further behind gets a snapshot anyway)."""
+WIRE_PAGE = Page(limit=300)
+"""What a snapshot on the wire carries of each kind (sorted by id); the rest is paged
+through ``GET /api/state?kind=...&offset=...``."""
+
+
+class Batch(list[Event]):
+    """One flush's events; its wire text is made once for every viewer that sends it."""
+
+    text: str | None = None
+    low: int = 0
+    """The lowest sequence number in it."""
+
+
+Delivery = Snapshot | Batch
 
 
 class Viewer:
     def __init__(self, bus: Bus, max_batches: int) -> None:
         self._bus = bus
-        self._queue: deque[list[Event]] = deque()
+        self._queue: deque[Batch] = deque()
         self._max = max_batches
         self._needs_snapshot = True
         self._ready = asyncio.Event()
@@ -38,7 +68,7 @@ class Viewer:
         self.snapshots = 0
         """How many snapshots this viewer was sent (1 + the times it fell behind)."""
 
-    def _push(self, batch: list[Event]) -> None:
+    def _push(self, batch: Batch) -> None:
         if self._needs_snapshot:
             return
         if len(self._queue) >= self._max:
@@ -65,7 +95,9 @@ class Viewer:
                 self.snapshots += 1
                 return snapshot
             while self._queue:
-                batch = [e for e in self._queue.popleft() if e.seq > self._after_seq]
+                batch = self._queue.popleft()
+                if batch.low <= self._after_seq:  # partly in the snapshot already
+                    batch = Batch(e for e in batch if e.seq > self._after_seq)
                 if batch:
                     return batch
             self._ready.clear()
@@ -86,6 +118,8 @@ class Bus:
         self._last_flush = 0.0
         self.flushes = 0
         self._encoded: OrderedDict[int, str] = OrderedDict()
+        self._wire_snapshot: tuple[int, str] | None = None
+        self._wire_state: tuple[int, str] | None = None
         observatory.set_on_change(self.wake)
 
     def subscribe(self, max_batches: int | None = None) -> Viewer:
@@ -107,9 +141,34 @@ class Bus:
                 self._encoded.popitem(last=False)
         return text
 
+    def batch_text(self, batch: Batch) -> str:
+        """A batch as one JSON message, made once: ``{"type": "batch", "events": [...],
+        "totals": {...}}`` (how many of each kind the state holds now)."""
+        if batch.text is None:
+            events = ",".join(self.encoded(e) for e in batch)
+            totals = json.dumps({PLURAL[k]: n for k, n in self.state.counts().items()})
+            batch.text = f'{{"type":"batch","v":{SCHEMA_VERSION},"events":[{events}],"totals":{totals}}}'
+        return batch.text
+
     def snapshot(self) -> Snapshot:
         self.flush()
         return self.state.snapshot()
+
+    def wire_snapshot(self, snapshot: Snapshot | None = None) -> str:
+        """The snapshot as sent on the wire (one page of each kind), made once per state."""
+        snapshot = snapshot or self.snapshot()
+        kept = self._wire_snapshot
+        if kept is None or kept[0] != snapshot.seq:
+            kept = self._wire_snapshot = (snapshot.seq, json.dumps(to_json(snapshot, WIRE_PAGE)))
+        return kept[1]
+
+    def wire_snapshot_state(self) -> str:
+        """``GET /api/state``'s default answer, made once per state."""
+        snapshot = self.snapshot()
+        kept = self._wire_state
+        if kept is None or kept[0] != snapshot.seq:
+            kept = self._wire_state = (snapshot.seq, json.dumps(state_json(snapshot, WIRE_PAGE)))
+        return kept[1]
 
     def wake(self) -> None:
         """A collector put something new in the state: flush now, or soon."""
@@ -146,7 +205,8 @@ class Bus:
             )
             latest.pop(key, None)
             latest[key] = event
-        batch = sorted(latest.values(), key=lambda e: e.seq) + logs
+        batch = Batch(sorted(latest.values(), key=lambda e: e.seq) + logs)
+        batch.low = min(e.seq for e in batch)
         for viewer in list(self._viewers):
             viewer._push(batch)
 

@@ -21,6 +21,12 @@ Config file (TOML)::
     cluster = false              # true: each URL is a seed of a Redis Cluster; watch every primary
     enable_notifications = false # may we CONFIG SET notify-keyspace-events when it is off?
     scan_interval_s = 2.0        # the fallback when notifications are off
+    raw_keys = 1000              # unrecognised keys listed one by one per node; the rest by prefix
+    prefixes = 500               # prefix summaries per node (further prefixes count as "(other)")
+    scan_rate = 25000            # keys read per second by a scan, per node
+    scan_count = 500             # SCAN's COUNT hint
+    census_interval_s = 300      # how often a summarised keyspace is rescanned to recount it
+    sub_buffer_mib = 8           # our output buffer on the server past which we scan instead
 
     [zookeeper]
     hosts = "10.0.0.7:2181,10.0.0.8:2181"
@@ -53,6 +59,7 @@ from typing import Any
 
 from app.cluster import ClusterError, ClusterInfo, LocalCluster
 from collectors.layouts import LayoutConfig
+from collectors.limits import MIB, Limits
 from collectors.targets import PostgresTarget, RedisTarget, TargetError, ZkTarget
 
 
@@ -99,7 +106,8 @@ class Settings:
     allow_writes: bool = False
     replicas: tuple[str, ...] = ()
     """Ids of watched nodes that are replicas (scenarios never write to them)."""
-    scan_interval_s: float = 2.0
+    limits: Limits = field(default_factory=Limits)
+    """What a watch may cost: scan pacing, raw-key budget, subscriber buffer."""
     web_host: str = "127.0.0.1"
     web_port: int = 8765
 
@@ -181,7 +189,7 @@ def load(
         state_dir=state,
         layouts=layouts,
         allow_writes=allow_writes,
-        scan_interval_s=_number(redis_cfg, "scan_interval_s", 2.0, "redis", 0.1, 3600),
+        limits=_limits(redis_cfg),
         web_host=str(web_cfg.get("host", "127.0.0.1")),
         web_port=int(_number(web_cfg, "port", 8765, "web", 1, 65535)),
     )
@@ -229,6 +237,26 @@ def _number(section: dict[str, Any], key: str, default: float, where: str, low: 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ConfigError(f"{where}.{key} must be a number from {low:g} to {high:g} (got {value!r})")
     return float(value)
+
+
+def _limits(cfg: dict[str, Any]) -> Limits:
+    d = Limits()
+
+    def whole(key: str, default: int, low: int, high: int) -> int:
+        value = cfg.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"redis.{key} must be a whole number from {low:,} to {high:,} (got {value!r})")
+        return value
+
+    return Limits(
+        scan_interval_s=_number(cfg, "scan_interval_s", d.scan_interval_s, "redis", 0.1, 3600),
+        raw_keys=whole("raw_keys", d.raw_keys, 0, 1_000_000),
+        prefixes=whole("prefixes", d.prefixes, 1, 100_000),
+        scan_rate=whole("scan_rate", d.scan_rate, 100, 10_000_000),
+        scan_count=whole("scan_count", d.scan_count, 10, 100_000),
+        census_interval_s=_number(cfg, "census_interval_s", d.census_interval_s, "redis", 1, 86400),
+        sub_buffer_bytes=whole("sub_buffer_mib", d.sub_buffer_bytes // MIB, 1, 1024) * MIB,
+    )
 
 
 def _layouts(cfg: dict[str, Any]) -> LayoutConfig:

@@ -38,7 +38,7 @@ class Core:
             list(settings.redis),
             list(settings.zookeeper),
             settings.layouts,
-            scan_interval_s=settings.scan_interval_s,
+            limits=settings.limits,
             postgres=list(settings.postgres),
         )
         self.bus = Bus(self.observatory)

@@ -33,7 +33,17 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 from collectors.families import FAMILIES, KINDS, PLURAL
 from collectors.families.base import Entity
 
-__all__ = ["SCHEMA_VERSION", "Entity", "Event", "Logged", "Removed", "SchemaError", "Snapshot", "Upserted"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Entity",
+    "Event",
+    "Logged",
+    "Page",
+    "Removed",
+    "SchemaError",
+    "Snapshot",
+    "Upserted",
+]
 
 SCHEMA_VERSION = 1
 
@@ -103,8 +113,11 @@ def row_json(entity: Entity) -> list[dict[str, Any]]:
     return [cell.to_json() for cell in FAMILIES[entity.KIND].row(entity)]
 
 
-def to_json(item: Event | Snapshot) -> dict[str, Any]:
-    """The wire form of an event or snapshot: a JSON object with ``type`` and ``v``."""
+def to_json(item: Event | Snapshot, page: Page | None = None) -> dict[str, Any]:
+    """The wire form of an event or snapshot: a JSON object with ``type`` and ``v``.
+
+    A snapshot may be cut to one ``page`` of each kind (every list sorted by id); its
+    ``totals`` then say how many there are in all."""
     if isinstance(item, Upserted):
         return {
             "type": item.type,
@@ -118,21 +131,46 @@ def to_json(item: Event | Snapshot) -> dict[str, Any]:
     if isinstance(item, Logged):
         body = dataclasses.asdict(item)
         return {"type": "log", "v": SCHEMA_VERSION, **body}
+    page = page or Page()
     return {
         "type": "snapshot",
         "v": SCHEMA_VERSION,
-        **state_json(item),
+        **state_json(item, page),
         "rows": {
-            kind: {e.id: row_json(e) for e in item.of(kind)} for kind in PLURAL if FAMILIES[kind].columns
+            kind: {e.id: row_json(e) for e in page.cut(item.of(kind))}
+            for kind in PLURAL
+            if FAMILIES[kind].columns and page.wants(kind)
         },
     }
 
 
-def state_json(snapshot: Snapshot) -> dict[str, Any]:
-    """The body of ``GET /api/state``: one list per kind, plus the recent log."""
+@dataclass(frozen=True)
+class Page:
+    """Which part of a snapshot to send: ``limit`` entities of each kind (or of ``kind``
+    only) from ``offset`` on (``limit=None``: all of them)."""
+
+    limit: int | None = None
+    offset: int = 0
+    kind: str | None = None
+
+    def wants(self, kind: str) -> bool:
+        return self.kind is None or self.kind == kind
+
+    def cut(self, entities: tuple[Entity, ...]) -> tuple[Entity, ...]:
+        if self.limit is None:
+            return entities[self.offset :]
+        return entities[self.offset : self.offset + self.limit]
+
+
+def state_json(snapshot: Snapshot, page: Page | None = None) -> dict[str, Any]:
+    """The body of ``GET /api/state``: one list per kind (sorted by id, cut to ``page``),
+    how many of each there are in all, and the recent log."""
+    page = page or Page()
     body: dict[str, Any] = {"seq": snapshot.seq, "at_ms": snapshot.at_ms}
     for kind, plural in PLURAL.items():
-        body[plural] = [entity_json(e) for e in snapshot.of(kind)]
+        if page.wants(kind):
+            body[plural] = [entity_json(e) for e in page.cut(snapshot.of(kind))]
+    body["totals"] = {plural: len(snapshot.of(kind)) for kind, plural in PLURAL.items()}
     body["log"] = [dataclasses.asdict(line) for line in snapshot.log]
     return body
 

@@ -362,6 +362,10 @@ class State:
             log=tuple(self._log),
         )
 
+    def counts(self) -> dict[str, int]:
+        """How many entities of each kind there are now."""
+        return {kind: len(es) for kind, es in self._entities.items()}
+
     def entities(self, kind: str) -> list[Entity]:
         return list(self._entities[kind].values())
 

@@ -14,6 +14,8 @@ const MAX_ROWS = 300;
 const S = {
   entities: {run: new Map(), node: new Map()},
   rows: {},              // kind -> Map(id -> cells)
+  totals: {},            // kind -> how many the server holds (we may hold one page of them)
+  show: {},              // kind -> how many rows its table shows (grows with "show more")
   dirty: new Set(),
   log: [],
   clockOffset: 0,        // server ms - browser ms, from the last snapshot
@@ -71,7 +73,7 @@ function short(text, n = 40) {
 let socket = null;
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${proto}://${location.host}/ws`);
+  socket = new WebSocket(`${proto}://${location.host}/ws?batch=1`);
   socket.onopen = () => setConn(true);
   socket.onclose = () => { setConn(false); setTimeout(connect, 1000); };
   socket.onmessage = (msg) => {
@@ -87,8 +89,24 @@ function setConn(up) {
   c.className = "conn " + (up ? "conn-up" : "conn-down");
 }
 
+function setTotals(totals) {
+  for (const f of FAMILIES) {
+    const n = (totals || {})[f.plural];
+    if (typeof n === "number" && n !== S.totals[f.kind]) { S.totals[f.kind] = n; S.dirty.add(f.kind); }
+  }
+}
+
+// A family the server holds more of than we do: we keep our page of it (and what "show
+// more" fetched) and take no new ids from events, or a busy family would grow without end.
+const partial = (kind) => (S.totals[kind] ?? 0) > (S.entities[kind]?.size ?? 0);
+
 function apply(event) {
   const type = event.type || "";
+  if (type === "batch") {
+    for (const e of event.events || []) apply(e);
+    setTotals(event.totals);
+    return;
+  }
   if (type === "snapshot") {
     S.clockOffset = event.at_ms - Date.now();
     for (const f of FAMILIES) {
@@ -96,6 +114,7 @@ function apply(event) {
       S.rows[f.kind] = new Map(Object.entries((event.rows || {})[f.kind] || {}));
       S.dirty.add(f.kind);
     }
+    setTotals(event.totals);
     S.log = (event.log || []).slice(-MAX_LOG);
     S.dirty.add("log");
   } else if (type === "log") {
@@ -104,7 +123,7 @@ function apply(event) {
     S.dirty.add("log");
   } else if (type.endsWith(".upserted")) {
     const kind = type.slice(0, -9);
-    if (S.entities[kind] && event[kind]) {
+    if (S.entities[kind] && event[kind] && (S.entities[kind].has(event[kind].id) || !partial(kind))) {
       S.entities[kind].set(event[kind].id, event[kind]);
       if (event.row && S.rows[kind]) S.rows[kind].set(event[kind].id, event.row);
       if (S.selected && S.selected.kind === kind && S.selected.id === event[kind].id) loadDetail();
@@ -157,7 +176,9 @@ function buildPanels() {
         renderDetail();
         if (S.selected) loadDetail();
       });
-      panel.append(table, el("p", {class: "empty", id: `empty-${f.kind}`}, f.empty),
+      const more = el("button", {class: "more", id: `more-${f.kind}`, hidden: ""}, "show more");
+      more.addEventListener("click", () => showMore(f));
+      panel.append(table, more, el("p", {class: "empty", id: `empty-${f.kind}`}, f.empty),
                    el("div", {class: "detail", id: `detail-${f.kind}`, hidden: ""}));
       box.append(panel);
     }
@@ -196,7 +217,7 @@ function syncTable(f) {
   const sortAt = Math.max(0, f.columns.findIndex(c => c.key === f.sort));
   const sortKey = (e) => ((rows.get(e.id) || [])[sortAt]?.p || []).map(p => p[0]).join(" ") || e.id;
   items.sort((a, b) => sortKey(a).localeCompare(sortKey(b)) || String(a.id).localeCompare(String(b.id)));
-  items = items.slice(0, MAX_ROWS);
+  items = items.slice(0, S.show[f.kind] || MAX_ROWS);
   const keep = new Set(items.map(i => i.id));
   for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.id)) tr.remove();
   const existing = new Map([...tbody.rows].map(tr => [tr.dataset.id, tr]));
@@ -217,10 +238,33 @@ function syncTable(f) {
     previous = tr;
   }
   const count = $(`#count-${f.kind}`);
-  const total = S.entities[f.kind].size;
-  if (count) count.textContent = items.length < total ? `(${items.length} of ${total})` : `(${total})`;
+  const total = Math.max(S.totals[f.kind] ?? 0, S.entities[f.kind].size);
+  const n = (x) => x.toLocaleString("en");
+  if (count) count.textContent = items.length < total ? `(${n(items.length)} of ${n(total)})` : `(${n(total)})`;
+  const more = $(`#more-${f.kind}`);
+  if (more) more.hidden = S.filter !== "" || items.length >= total;
   const empty = $(`#empty-${f.kind}`);
   if (empty) empty.hidden = total > 0;
+}
+
+// The next page of a family from GET /api/state (the websocket's snapshot carries one).
+async function showMore(f) {
+  const shown = S.show[f.kind] || MAX_ROWS;
+  const held = S.entities[f.kind].size;
+  if (held < shown + MAX_ROWS && held < (S.totals[f.kind] ?? 0)) {
+    const r = await fetch(`/api/state?kind=${encodeURIComponent(f.kind)}&offset=${held}&limit=${MAX_ROWS}`);
+    if (!r.ok) return;
+    const page = await r.json();
+    const rows = (page.rows || {})[f.kind] || {};
+    for (const e of page[f.plural] || []) {
+      S.entities[f.kind].set(e.id, e);
+      if (rows[e.id]) S.rows[f.kind].set(e.id, rows[e.id]);
+    }
+    setTotals(page.totals);
+  }
+  S.show[f.kind] = shown + MAX_ROWS;
+  S.dirty.add(f.kind);
+  schedule();
 }
 
 function matches(entity) {

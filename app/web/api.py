@@ -9,11 +9,12 @@ import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from app.bus import WIRE_PAGE
 from app.core import Core
 from app.web.guard import Guard
-from collectors.events import state_json
+from collectors.events import Page, row_json, state_json
 from collectors.families import FAMILIES, REGISTRY
 from collectors.families.runs import Run
 from scenarios.kit.catalogue import ScenarioError
@@ -50,8 +51,32 @@ async def _body(request: Request) -> dict[str, Any] | JSONResponse:
     return data
 
 
-async def get_state(request: Request) -> JSONResponse:
-    return JSONResponse(state_json(_core(request).bus.snapshot()))
+MAX_PAGE = 5000
+
+
+async def get_state(request: Request) -> Response:
+    """One snapshot: a page of each kind (``?kind=lock&offset=300&limit=300`` for more),
+    with ``totals``. The default page is the websocket's, encoded once per state."""
+    query = request.query_params
+    bus = _core(request).bus
+    if not query:
+        return Response(bus.wire_snapshot_state(), media_type="application/json")
+    kind = query.get("kind") or None
+    if kind is not None and kind not in FAMILIES:
+        return error(400, f"unknown kind {kind[:40]!r} (known: {', '.join(FAMILIES)})")
+    try:
+        offset = int(query.get("offset", 0))
+        limit = int(query.get("limit", WIRE_PAGE.limit or MAX_PAGE))
+    except ValueError:
+        return error(400, "offset and limit are whole numbers")
+    if offset < 0 or not 0 < limit <= MAX_PAGE:
+        return error(400, f"offset must be >= 0 and limit from 1 to {MAX_PAGE}")
+    page = Page(limit=limit, offset=offset, kind=kind)
+    snapshot = bus.snapshot()
+    body = state_json(snapshot, page)
+    if kind is not None:  # a page of one family comes with its rows, as the websocket's do
+        body["rows"] = {kind: {e.id: row_json(e) for e in page.cut(snapshot.of(kind))}}
+    return JSONResponse(body)
 
 
 async def get_families(request: Request) -> JSONResponse:

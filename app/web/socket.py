@@ -1,8 +1,20 @@
 """``WS /ws``: a snapshot first, then every event as one JSON object per message.
 
+``/ws?batch=1`` (what the page uses) sends each flush's events as one message
+instead, ``{"type": "batch", "v": 1, "events": [...]}``: the same events, a
+fraction of the frames, and the same bytes for every viewer.
+
+The snapshot carries one page of each kind (:data:`app.bus.WIRE_PAGE`) and
+``totals``; ``GET /api/state?kind=...&offset=...`` pages through the rest.
+
 Messages from the browser are optional: ``{"type": "ping"}`` gets a pong,
 ``{"type": "resync"}`` a fresh snapshot. Anything else gets an ``error``
 message naming what was wrong, and the connection stays open.
+
+A viewer that stops reading (its socket buffers full, a send blocked for
+:data:`SEND_TIMEOUT_S`) is disconnected and the event log says so; until then
+it costs the others nothing (its queue is bounded, then replaced by a
+snapshot).
 """
 
 from __future__ import annotations
@@ -16,9 +28,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from app.bus import Bus, Viewer
 from app.core import Core
 from app.web.guard import Guard
-from collectors.events import Snapshot, to_json
+from collectors.events import Snapshot
 
 MAX_MESSAGE = 4096
+BINARY = "binary messages are not understood"
+SEND_TIMEOUT_S = 10.0
+"""A viewer whose socket takes no data for this long is dropped."""
+
+
+class ViewerStalled(Exception):
+    """A send did not complete within :data:`SEND_TIMEOUT_S`."""
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -28,42 +47,58 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008, reason="cross-origin websocket refused")
         return
     await websocket.accept()
+    batched = websocket.query_params.get("batch") in ("1", "true")
     viewer = core.bus.subscribe()
-    sender = asyncio.create_task(_send(websocket, viewer, core.bus))
+    sender = asyncio.create_task(_send(websocket, viewer, core.bus, batched))
+    receiver = asyncio.create_task(_receive(websocket, viewer))
     try:
-        await _receive(websocket, viewer)
-    except WebSocketDisconnect:
-        pass
+        done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        if sender in done and isinstance(sender.exception(), ViewerStalled):
+            client = websocket.client
+            who = f"{client.host}:{client.port}" if client else "a viewer"
+            core.bus.state.log("warn", "web", f"{who} read nothing for {SEND_TIMEOUT_S:g}s: disconnected")
+            core.bus.wake()
     finally:
         viewer.close()
-        sender.cancel()
-        with contextlib.suppress(BaseException):
-            await sender
+        for task in (sender, receiver):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
-async def _send(websocket: WebSocket, viewer: Viewer, bus: Bus) -> None:
+async def _send(websocket: WebSocket, viewer: Viewer, bus: Bus, batched: bool) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             delivery = await viewer.get()
             if isinstance(delivery, Snapshot):
-                await websocket.send_text(json.dumps(to_json(delivery)))
+                texts = [bus.wire_snapshot(delivery)]
+            elif batched:
+                texts = [bus.batch_text(delivery)]
             else:
-                for event in delivery:
-                    await websocket.send_text(bus.encoded(event))
+                texts = [bus.encoded(event) for event in delivery]
+            for text in texts:
+                try:
+                    await asyncio.wait_for(websocket.send_text(text), SEND_TIMEOUT_S)
+                except TimeoutError:
+                    raise ViewerStalled from None
 
 
 async def _receive(websocket: WebSocket, viewer: Viewer) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        text = message.get("text")
-        if text is None:
-            reply: dict[str, str] | None = {"type": "error", "message": "binary messages are not understood"}
-        else:
-            reply = _answer(text, viewer)
-        if reply is not None:
-            await websocket.send_text(json.dumps(reply))
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                reply: dict[str, str] | None = {
+                    "type": "error",
+                    "message": "binary messages are not understood",
+                }
+            else:
+                reply = _answer(text, viewer)
+            if reply is not None:
+                await websocket.send_text(json.dumps(reply))
 
 
 def _answer(text: str, viewer: Viewer) -> dict[str, str] | None:

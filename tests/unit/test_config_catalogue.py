@@ -54,6 +54,8 @@ def test_replicas_from_the_config_are_watched_but_never_written(tmp_path: Path) 
         ('[zookeeper]\nhosts = "nohostport"\n', "host:port"),
         ('[web]\nport = "eighty"\n', "web.port must be a number from 1 to 65535"),
         ("[redis]\nscan_interval_s = 0\n", "redis.scan_interval_s must be a number"),
+        ("[redis]\nraw_keys = -1\n", "redis.raw_keys must be a whole number from 0 to 1,000,000"),
+        ('[redis]\nscan_rate = "fast"\n', "redis.scan_rate must be a whole number"),
     ],
 )
 def test_bad_config_says_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
@@ -64,6 +66,15 @@ def test_bad_config_says_what_is_wrong(tmp_path: Path, text: str, message: str) 
         match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?").replace(".", r"\."),
     ):
         config.load(config_file=str(cfg), state_dir=str(tmp_path))
+
+
+def test_limits_come_from_the_redis_section(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[redis]\nurls = ["redis://127.0.0.1:6381"]\nraw_keys = 50\nscan_rate = 900\nsub_buffer_mib = 2\n'
+    )
+    limits = config.load(config_file=str(cfg), state_dir=str(tmp_path)).limits
+    assert (limits.raw_keys, limits.scan_rate, limits.sub_buffer_bytes) == (50, 900, 2 * 1024 * 1024)
 
 
 def test_nothing_to_watch_is_explained(tmp_path: Path) -> None:

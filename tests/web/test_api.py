@@ -178,3 +178,30 @@ def test_the_page_is_served_with_a_strict_policy(client: TestClient) -> None:
     assert page.status_code == 200 and "coordscope" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_state_is_a_page_of_each_kind_with_totals_and_pages_on(client: TestClient, cluster: ClusterInfo) -> None:
+    r = redis_client(cluster)
+    r.mset({f"page:item:{i:04d}": "x" for i in range(340)})
+    state = poll(client, "/api/state", lambda s: s["totals"]["keys"] >= 340)
+    assert len(state["keys"]) == 300  # the websocket's page; the rest is one request away
+    rest = client.get("/api/state?kind=key&offset=300&limit=300").json()
+    assert set(rest) >= {"keys", "totals", "rows"} and "locks" not in rest
+    assert len(rest["keys"]) == rest["totals"]["keys"] - 300
+    assert set(rest["rows"]["key"]) == {k["id"] for k in rest["keys"]}
+    assert not {k["id"] for k in rest["keys"]} & {k["id"] for k in state["keys"]}
+    for bad in ("kind=nope", "offset=-1", "limit=0", "limit=many", "limit=999999"):
+        answer = client.get(f"/api/state?{bad}")
+        assert answer.status_code == 400 and answer.json()["error"]
+
+
+def test_websocket_batches_carry_the_events_and_the_totals(client: TestClient, cluster: ClusterInfo) -> None:
+    with client.websocket_connect("/ws?batch=1") as ws:
+        assert ws.receive_json()["type"] == "snapshot"
+        redis_client(cluster).set("batch:lock", "0" * 32, px=30000)
+        while True:
+            batch = next_of(ws, "batch")
+            locks = [e["lock"] for e in batch["events"] if e["type"] == "lock.upserted"]
+            if any(lk["name"] == "batch:lock" for lk in locks):
+                break
+        assert batch["v"] == 1 and batch["totals"]["locks"] >= 1

@@ -1,0 +1,88 @@
+"""A viewer that stops reading, against a real uvicorn: it is dropped, the others never wait."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import websockets.sync.client
+
+from app.cluster import ClusterInfo, free_port
+from app.core import Core
+from app.web import create_app, server, socket as ws_socket
+from tests.conftest import redis_client, settings_for, wait_until
+
+
+@pytest.fixture
+def web(cluster: ClusterInfo, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(ws_socket, "SEND_TIMEOUT_S", 1.5)
+    port = free_port()
+    srv = server(create_app(Core(settings_for(cluster))), "127.0.0.1", port)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"127.0.0.1:{port}"
+    wait_until(lambda: _get(url, "/api/state"), 15, "the web server")
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _get(url: str, path: str) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://{url}{path}", timeout=2) as r:
+            body: dict[str, object] = json.load(r)
+            return body
+    except OSError:
+        return None
+
+
+def _silent_viewer(url: str) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads."""
+    host, port = url.split(":")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {url}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return s
+
+
+def test_a_viewer_that_stops_reading_is_dropped_and_costs_the_others_nothing(
+    web: str, cluster: ClusterInfo
+) -> None:
+    silent = _silent_viewer(web)
+    r = redis_client(cluster)
+    seen: list[str] = []
+    with websockets.sync.client.connect(f"ws://{web}/ws?batch=1", max_size=None) as live:
+        assert json.loads(live.recv(timeout=10))["type"] == "snapshot"
+        # Megabytes of lock changes: far more than the silent viewer's socket buffers hold.
+        name = "slow:" + "n" * 300 + ":lock:"
+        deadline = time.monotonic() + 40
+        dropped = False
+        round_ = 0
+        while not dropped and time.monotonic() < deadline and round_ < 40:
+            r.mset({f"{name}{round_}:{i}": f"{round_:032d}" for i in range(400)})
+            round_ += 1
+            end = time.monotonic() + 0.25
+            while time.monotonic() < end:  # the reading viewer keeps up meanwhile
+                message = json.loads(live.recv(timeout=5))
+                if message["type"] == "batch":
+                    seen += [e["lock"]["name"] for e in message["events"] if e["type"] == "lock.upserted"]
+            state = _get(web, "/api/state")
+            log = state["log"] if state else []
+            dropped = any("read nothing for" in line["text"] for line in log)  # type: ignore[index,union-attr]
+        assert dropped, "the silent viewer was never disconnected"
+        assert f"{name}{round_ - 1}:399" in seen or any(s.startswith(f"{name}{round_ - 1}:") for s in seen)
+    silent.close()
