@@ -180,7 +180,9 @@ def test_the_page_is_served_with_a_strict_policy(client: TestClient) -> None:
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_state_is_a_page_of_each_kind_with_totals_and_pages_on(client: TestClient, cluster: ClusterInfo) -> None:
+def test_state_is_a_page_of_each_kind_with_totals_and_pages_on(
+    client: TestClient, cluster: ClusterInfo
+) -> None:
     r = redis_client(cluster)
     r.mset({f"page:item:{i:04d}": "x" for i in range(340)})
     state = poll(client, "/api/state", lambda s: s["totals"]["keys"] >= 340)

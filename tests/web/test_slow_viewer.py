@@ -16,7 +16,8 @@ import websockets.sync.client
 
 from app.cluster import ClusterInfo, free_port
 from app.core import Core
-from app.web import create_app, server, socket as ws_socket
+from app.web import create_app, server
+from app.web import socket as ws_socket
 from tests.conftest import redis_client, settings_for, wait_until
 
 
