@@ -182,7 +182,11 @@ class State:
         census = self._census_of(rec.node)
         if census is not None and rec.cause == "scan":
             census.counted(rec)
-        if rec.key in self._entries[rec.node] or self._raw_kept[rec.node] < self.limits.raw_keys:
+        if rec.key in self._entries[rec.node]:
+            return True
+        if self.is_replica(rec.node):  # a replica's copy is listed beside its master's, or not at all
+            return rec.key in self._entries.get(self.group(rec.node), {})
+        if self._raw_kept[rec.node] < self.limits.raw_keys:
             return True
         if rec.node not in self._summarising:
             self._summarising.add(rec.node)
@@ -397,7 +401,7 @@ class State:
         node = self._nodes[node_id]
         keys = len(self._entries.get(node_id, {}))
         census = self._census.get(node_id) if node_id in self._summarising else None
-        summarised = census.total if census is not None else 0
+        summarised = max(0, census.total - self._raw_kept[node_id]) if census is not None else 0
         if node.keys != keys or node.summarised != summarised:
             self._nodes[node_id] = self._entities["node"][node_id] = replace(
                 node, keys=keys, summarised=summarised
