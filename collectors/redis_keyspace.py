@@ -138,6 +138,8 @@ class RedisCollector:
         self._scan_task: asyncio.Task[None] | None = None
         self._scan_wanted: str | None = None
         self._last_scan_end = 0.0
+        self._counted = False
+        """Has a scan counted the keys by prefix since they went past the budget?"""
         self.scans = 0
         """Complete scans of the keyspace."""
         self.synced = asyncio.Event()
@@ -310,6 +312,7 @@ class RedisCollector:
             if isinstance(rec, KeyRecord) and rec.read_at_ms < started_ms:
                 self._dirty.setdefault(rec.raw_key, "scan")
         self._state.scan_ended(self.target.id)
+        self._counted = self._counted or self._state.summarising(self.target.id)
         self.scans += 1
         self._scanned = True
         self._last_scan_end = time.monotonic()
@@ -452,10 +455,12 @@ class RedisCollector:
             busy = self._scan_task is not None and not self._scan_task.done()
             if busy or not self._scanned:
                 continue
+            summarising = self._state.summarising(self.target.id)
             if scanning and since >= self._scan_interval_s:
                 self._resync("periodic scan")
-            elif self._state.summarising(self.target.id) and since >= self._limits.census_interval_s:
-                self._resync("periodic scan")  # recount what is summarised
+            elif summarising and (not self._counted or since >= self._limits.census_interval_s):
+                self._counted = True  # the keys went past the budget: count them by prefix now
+                self._resync("count by prefix")
 
     async def _check_buffer(self, client: Redis) -> None:
         """Read our subscriber's output buffer on the server; past the limit, stop

@@ -51,7 +51,7 @@ class Keys(Family):
         Column("key", "key / znode", lambda k: text(k.key, title=k.key), limit=36),
         Column("node", "node", lambda k: text(k.node)),
         Column("type", "type", lambda k: text(k.type)),
-        Column("ttl", "TTL", lambda k: countdown(None, k.ttl_ms)),
+        Column("ttl", "TTL", lambda k: countdown(None, k.ttl_ms), width=6),
         Column("size", "size", lambda k: text(k.size)),
         Column("preview", "preview", lambda k: text(k.preview, "dim", title=k.preview), limit=40),
     )
