@@ -215,8 +215,8 @@ class ZkCollector:
         else:
             self._armed = True
             self._node = replace(self._node, feed=PERSISTENT_FEED)
-        self._publish_node()
         self._resync()
+        self._publish_node()
 
     def _resync(self) -> None:
         """Re-read the whole watched tree (every reconnect after the first is a gap)."""
