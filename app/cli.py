@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", parents=[common], help="start the local cluster")
     up.add_argument("--masters", type=int, default=None, help="independent Redis masters (3)")
+    up.add_argument(
+        "--zk-ensemble",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ZooKeeper servers: 3 for an ensemble (default 1, a standalone server)",
+    )
     sub.add_parser("down", parents=[common], help="stop the local cluster")
     sub.add_parser("status", parents=[common], help="show the local cluster")
     sub.add_parser("tui", parents=[common], help="the terminal dashboard")
@@ -216,7 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    info, started = cluster.up(args.masters)
+    info, started = cluster.up(args.masters, args.zk_ensemble)
     print("started the local cluster:" if started else "the local cluster is already running:")
     for line in info.describe():
         print("  " + line)

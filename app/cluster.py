@@ -5,7 +5,11 @@
 - 3 independent Redis masters (``redis-1`` .. ``redis-3``; ``--masters 5`` for
   RedLock over five), keyspace notifications on, no persistence;
 - ``replica-1``, a replica of ``redis-1`` (for the failover scenario);
-- ``zookeeper``, one standalone ZooKeeper on the installed Java;
+- ``zookeeper``, one standalone ZooKeeper on the installed Java; or, with
+  ``--zk-ensemble 3``, an ensemble ``zookeeper-1`` .. ``zookeeper-3`` (each its own
+  folder, ``myid`` and client port; ``server.N=127.0.0.1:peerPort:electionPort``
+  lines naming all of them), watched as one target by a connect string listing
+  every server;
 - ``postgres-1``, PostgreSQL, the business database (see :mod:`app.local_postgres`:
   run as root, its data lives outside the state folder, which links to it);
 
@@ -48,7 +52,17 @@ from app.cluster_member import HOST, ClusterError, Member, alive, leads_its_grou
 from collectors.targets import PostgresTarget, RedisTarget, ZkTarget, free_port
 
 # Member, alive and ClusterError live in app.cluster_member; importers find them here too
-__all__ = ["HOST", "ZOO_CFG", "ClusterError", "ClusterInfo", "LocalCluster", "Member", "alive", "free_port"]
+__all__ = [
+    "HOST",
+    "ZOO_CFG",
+    "ZOO_ENSEMBLE_CFG",
+    "ClusterError",
+    "ClusterInfo",
+    "LocalCluster",
+    "Member",
+    "alive",
+    "free_port",
+]
 
 ZK_JARS = (Path("/usr/share/java/zookeeper.jar"), Path("/usr/share/zookeeper/zookeeper.jar"))
 START_TIMEOUT_S = 30.0
@@ -62,6 +76,9 @@ ZOO_CFG: dict[str, str] = {
 }
 """ZooKeeper's settings beyond where it keeps data and listens (docker-compose.yml
 passes the same)."""
+ZOO_ENSEMBLE_CFG: dict[str, str] = {"initLimit": "10", "syncLimit": "5"}
+"""An ensemble member's settings on top of those: followers get 10 ticks (5 s) to
+connect and sync with a leader, and fall out after 5 ticks without it."""
 REDIS_DATA_FILES = ("dump.rdb", "temp-*.rdb", "appendonly.aof*", "appendonlydir", "temp-*.aof")
 """What a Redis server would load, or half-wrote, in its folder."""
 STOP_SIGNALS = {"postgres": local_postgres.STOP_SIGNAL}
@@ -89,7 +106,12 @@ class ClusterInfo:
         return [RedisTarget(id=m.name, host=HOST, port=m.port) for m in self.members if m.kind == "redis"]
 
     def zk_targets(self) -> list[ZkTarget]:
-        return [ZkTarget(id=m.name, hosts=m.address) for m in self.members if m.kind == "zookeeper"]
+        """One target: the standalone server, or every server of the ensemble in one
+        connect string (id ``zookeeper`` either way)."""
+        servers = [m for m in self.members if m.kind == "zookeeper"]
+        if not servers:
+            return []
+        return [ZkTarget(id="zookeeper", hosts=",".join(m.address for m in servers))]
 
     def pg_targets(self) -> list[PostgresTarget]:
         return [
@@ -128,7 +150,10 @@ class LocalCluster:
     def load(self) -> ClusterInfo | None:
         try:
             data = json.loads(self._file.read_text())
-            members = tuple(Member(**{**m, "argv": tuple(m["argv"])}) for m in data["members"])
+            members = tuple(
+                Member(**{**m, "argv": tuple(m["argv"]), "peers": tuple(m.get("peers", ()))})
+                for m in data["members"]
+            )
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -163,24 +188,30 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ up / down
 
-    def up(self, masters: int | None = None) -> tuple[ClusterInfo, bool]:
-        """Start the cluster, or find it running. Returns (info, started_anything)."""
+    def up(self, masters: int | None = None, zk_ensemble: int | None = None) -> tuple[ClusterInfo, bool]:
+        """Start the cluster, or find it running. Returns (info, started_anything).
+        ``zk_ensemble``: ZooKeeper servers (1, the default, is a standalone server)."""
         if masters is not None and masters < 1:
             raise ClusterError("--masters must be at least 1")
+        if zk_ensemble is not None and (zk_ensemble < 1 or zk_ensemble % 2 == 0):
+            raise ClusterError("--zk-ensemble must be an odd number (1, 3, 5...): a majority must survive")
         with self._exclusive():
-            return self._up(masters)
+            return self._up(masters, zk_ensemble)
 
-    def _up(self, masters: int | None) -> tuple[ClusterInfo, bool]:
+    def _up(self, masters: int | None, zk_ensemble: int | None) -> tuple[ClusterInfo, bool]:
         info = self.load()
-        if info is not None and masters is not None:
-            have = sum(1 for m in info.members if m.name.startswith("redis-"))
-            if have != masters:
-                raise ClusterError(
-                    f"the cluster in {self.state_dir} has {have} masters; "
-                    f"run `coordscope down` first to start one with {masters}"
-                )
+        if info is not None:
+            for flag, wanted, have in (
+                ("masters", masters, sum(1 for m in info.members if m.name.startswith("redis-"))),
+                ("ZooKeeper servers", zk_ensemble, sum(1 for m in info.members if m.kind == "zookeeper")),
+            ):
+                if wanted is not None and have != wanted:
+                    raise ClusterError(
+                        f"the cluster in {self.state_dir} has {have} {flag}; "
+                        f"run `coordscope down` first to start one with {wanted}"
+                    )
         if info is None:
-            info = self._plan(masters or 3)
+            info = self._plan(masters or 3, zk_ensemble or 1)
         started = False
         members = list(info.members)
         try:
@@ -199,7 +230,7 @@ class LocalCluster:
             raise
         return info, started
 
-    def _plan(self, masters: int) -> ClusterInfo:
+    def _plan(self, masters: int, zk_servers: int = 1) -> ClusterInfo:
         redis = _which("redis-server", "redis-server")
         java = _which("java", "default-jre-headless")
         jar = next((j for j in ZK_JARS if j.exists()), None)
@@ -223,30 +254,12 @@ class LocalCluster:
             members.append(self._redis_member(redis, base, f"redis-{i}", port()))
         first = members[0]
         members.append(self._redis_member(redis, base, "replica-1", port(), master=first))
-        zk_dir = base / "zookeeper"
-        zk_port = port()
-        members.append(
-            Member(
-                name="zookeeper",
-                kind="zookeeper",
-                port=zk_port,
-                role="standalone",
-                dir=str(zk_dir),
-                argv=(
-                    java,
-                    "-Xmx256m",
-                    "-XX:+UseSerialGC",
-                    # no hsperfdata: HotSpot chdirs into /tmp/hsperfdata_<user> while it
-                    # creates that file, which made the JVM look like someone else's process
-                    "-XX:-UsePerfData",
-                    "-Dzookeeper.admin.enableServer=false",
-                    "-cp",
-                    str(jar),
-                    "org.apache.zookeeper.server.ZooKeeperServerMain",
-                    str(zk_dir / "zoo.cfg"),
-                ),
-            )
-        )
+        if zk_servers == 1:
+            members.append(_zk_member(java, jar, base, "zookeeper", port()))
+        else:
+            ids = range(1, zk_servers + 1)
+            peers = tuple(f"server.{i}={HOST}:{port()}:{port()}" for i in ids)
+            members += [_zk_member(java, jar, base, f"zookeeper-{i}", port(), peers, i) for i in ids]
         pg_port = port()
         members.append(
             Member(
@@ -315,9 +328,7 @@ class LocalCluster:
         if m.kind == "redis":
             _forget_redis_data(d)
         if m.kind == "zookeeper":
-            (d / "data").mkdir(exist_ok=True)
-            settings = {"dataDir": str(d / "data"), "clientPort": str(m.port), "clientPortAddress": HOST}
-            (d / "zoo.cfg").write_text("".join(f"{k}={v}\n" for k, v in {**settings, **ZOO_CFG}.items()))
+            _zoo_cfg(m)
         log = open(d / "process.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -455,6 +466,52 @@ class LocalCluster:
         if info is None:
             raise ClusterError(f"no local cluster in {self.state_dir}: run `coordscope up`")
         return info
+
+
+def _zk_member(
+    java: str, jar: Path, base: Path, name: str, port: int, peers: tuple[str, ...] = (), myid: int = 0
+) -> Member:
+    """A standalone ZooKeeper server, or (with ``peers``) one member of an ensemble."""
+    folder = base / name
+    main = (
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+        if peers
+        else "org.apache.zookeeper.server.ZooKeeperServerMain"
+    )
+    return Member(
+        name=name,
+        kind="zookeeper",
+        port=port,
+        role="ensemble" if peers else "standalone",
+        dir=str(folder),
+        argv=(
+            java,
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            # no hsperfdata: HotSpot chdirs into /tmp/hsperfdata_<user> while it
+            # creates that file, which made the JVM look like someone else's process
+            "-XX:-UsePerfData",
+            "-Dzookeeper.admin.enableServer=false",
+            "-cp",
+            str(jar),
+            main,
+            str(folder / "zoo.cfg"),
+        ),
+        peers=peers,
+        myid=myid,
+    )
+
+
+def _zoo_cfg(m: Member) -> None:
+    """Write a ZooKeeper member's zoo.cfg (and an ensemble member's ``myid``)."""
+    data = Path(m.dir) / "data"
+    data.mkdir(exist_ok=True)
+    settings = {"dataDir": str(data), "clientPort": str(m.port), "clientPortAddress": HOST, **ZOO_CFG}
+    if m.peers:
+        settings |= ZOO_ENSEMBLE_CFG
+        settings |= dict(peer.split("=", 1) for peer in m.peers)
+        (data / "myid").write_text(f"{m.myid}\n")
+    (Path(m.dir) / "zoo.cfg").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
 
 
 def _await(condition: Callable[[], bool], timeout: float = 2.0) -> None:

@@ -36,13 +36,19 @@ class Member:
     """redis | zookeeper | postgres"""
     port: int
     role: str
-    """master | replica | standalone | database"""
+    """master | replica | standalone | ensemble | database (an ensemble member's live
+    role, leader or follower, is read by the collector)"""
     dir: str
     """Its folder, a real path (for PostgreSQL run by root: outside the state folder,
     which holds a symlink to it)."""
     argv: tuple[str, ...]
     pid: int = 0
     master: str | None = None
+    peers: tuple[str, ...] = ()
+    """A ZooKeeper ensemble member's ``server.N=127.0.0.1:peerPort:electionPort`` lines
+    (every member of the ensemble has the same); empty for a standalone server."""
+    myid: int = 0
+    """A ZooKeeper ensemble member's id: its ``N`` in those lines (its ``myid`` file)."""
 
     @property
     def address(self) -> str:

@@ -32,6 +32,7 @@ Config file (TOML)::
     hosts = "10.0.0.7:2181,10.0.0.8:2181"
     roots = ["/"]
     budget = 5000
+    persistent_watches = true    # false: one-shot watches even on ZooKeeper 3.6+ (addWatch)
 
     [postgres]                   # business databases: prepared transactions, who waits on them
     dsns = ["postgresql://watcher@10.0.0.11:5432/payments", "host=10.0.0.12 dbname=ledger user=watcher"]
@@ -183,6 +184,10 @@ def load(
     budget = zk_cfg.get("budget", 5000)
     if not isinstance(budget, int) or budget < 1:
         raise ConfigError("zookeeper.budget must be a positive whole number")
+    persistent = zk_cfg.get("persistent_watches", True)
+    if not isinstance(persistent, bool):
+        raise ConfigError("zookeeper.persistent_watches must be true or false")
+    zk_more: dict[str, Any] = dict(roots=roots, budget=budget, persistent_watches=persistent)
 
     layouts = _layouts(layouts_cfg)
     common: dict[str, Any] = dict(
@@ -200,7 +205,7 @@ def load(
             redis_targets = _redis_targets(urls or (), notify, cluster_mode) + replica_targets
             common["replicas"] = tuple(t.id for t in replica_targets)
             zk_targets: tuple[ZkTarget, ...] = (
-                (ZkTarget(id="zookeeper", hosts=str(zk), roots=roots, budget=budget),) if zk else ()
+                (ZkTarget(id="zookeeper", hosts=str(zk), **zk_more),) if zk else ()
             )
             return Settings(
                 redis=redis_targets, zookeeper=zk_targets, postgres=_pg_targets(dsns or ()), **common
@@ -220,9 +225,7 @@ def load(
                 "COORDSCOPE_ZK/COORDSCOPE_PG or config file names a server"
             )
         return Settings(redis=(), zookeeper=(), **common)
-    zk_targets = tuple(
-        ZkTarget(id=t.id, hosts=t.hosts, roots=roots, budget=budget) for t in info.zk_targets()
-    )
+    zk_targets = tuple(ZkTarget(id=t.id, hosts=t.hosts, **zk_more) for t in info.zk_targets())
     return Settings(
         redis=tuple(info.redis_targets()),
         zookeeper=zk_targets,

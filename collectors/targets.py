@@ -101,6 +101,20 @@ class ZkTarget:
     roots: tuple[str, ...] = ("/",)
     budget: int = 5000
     """Stop watching new znodes past this many (a huge tree must not swamp us)."""
+    persistent_watches: bool = True
+    """Use one persistent recursive watch per root (ZooKeeper 3.6+ ``addWatch``) when
+    the server has it; False keeps one-shot watches, re-armed on every read."""
+    roles_interval_s: float = 1.0
+    """How often each server of the connect string is asked its role (``srvr``)."""
+
+    @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, port)`` of the connect string, without its chroot."""
+        found = []
+        for hostport in self.hosts.split("/")[0].split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            found.append((host.strip("[]"), int(port)))
+        return tuple(found)
 
     def __post_init__(self) -> None:
         if not self.hosts.strip():

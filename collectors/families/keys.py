@@ -35,6 +35,8 @@ class RawKey:
     preview: str = ""
     as_of_ms: int = 0
     stale: bool = False
+    version: int | None = None
+    """A znode's data version (``stat.version``) as read: which write the preview shows."""
 
 
 class Keys(Family):
@@ -71,9 +73,10 @@ class Keys(Family):
                 key=rec.path,
                 type="ephemeral" if rec.ephemeral else "znode",
                 size=len(rec.data),
-                preview=display(rec.data[:PREVIEW]),
+                preview=f"v{rec.version} · {display(rec.data[:PREVIEW])}"[:PREVIEW],
                 as_of_ms=rec.read_at_ms,
                 stale=view.down(node_id),
+                version=rec.version,
             )
         preview = _preview(rec)
         if isinstance(fact, AuxiliaryFact):

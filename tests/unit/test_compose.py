@@ -3,6 +3,9 @@ configured alike. Docker does not run here, so this compares the file with what
 LocalCluster plans (no server is started), member by member; a member or an option
 added to one and not the other fails here. Options that say where a server runs
 (ports, folders, bind addresses, socket folders) differ by design and are left out.
+
+The services of the compose profile ``ensemble`` are the ZooKeeper ensemble of
+`coordscope up --zk-ensemble 3`; the others, the default cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 import yaml
 
 from app import config, local_postgres
-from app.cluster import ZOO_CFG, ClusterInfo, LocalCluster, Member
+from app.cluster import ZOO_CFG, ZOO_ENSEMBLE_CFG, ClusterInfo, LocalCluster, Member
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_WHERE = {"port", "bind", "dir", "logfile", "daemonize", "replicaof"}
@@ -26,20 +29,36 @@ ZOO_ENV = {
     "4lw.commands.whitelist": "ZOO_4LW_COMMANDS_WHITELIST",
     "admin.enableServer": "ZOO_ADMINSERVER_ENABLED",
     "maxClientCnxns": "ZOO_MAX_CLIENT_CNXNS",
+    "initLimit": "ZOO_INIT_LIMIT",
+    "syncLimit": "ZOO_SYNC_LIMIT",
 }
 """zoo.cfg settings the official image takes from its own variables; the rest go in
 ZOO_CFG_EXTRA."""
 
 
+def _compose() -> dict[str, dict[str, Any]]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"])
+
+
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    return dict(compose["services"])
+    """The default cluster: services in no profile."""
+    return {name: s for name, s in _compose().items() if not s.get("profiles")}
+
+
+@pytest.fixture(scope="module")
+def ensemble_services() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in _compose().items() if "ensemble" in s.get("profiles", ())}
 
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> ClusterInfo:
     return LocalCluster(tmp_path_factory.mktemp("plan"))._plan(3)
+
+
+@pytest.fixture(scope="module")
+def ensemble_plan(tmp_path_factory: pytest.TempPathFactory) -> ClusterInfo:
+    return LocalCluster(tmp_path_factory.mktemp("plan"))._plan(3, zk_servers=3)
 
 
 def _kind(service: dict[str, Any]) -> str:
@@ -107,11 +126,44 @@ def test_the_replica_replicates_the_first_master(
         assert _options(m.argv)["replicaof"] == f"127.0.0.1 {plan.member(m.master).port}"
 
 
-def test_zookeeper_is_configured_alike(services: dict[str, dict[str, Any]]) -> None:
-    env = services["zookeeper"]["environment"]
+def _zoo_settings(service: dict[str, Any]) -> dict[str, str]:
+    env = service["environment"]
     extra = dict(pair.split("=", 1) for pair in env.get("ZOO_CFG_EXTRA", "").split())
-    theirs = {key: env[var] for key, var in ZOO_ENV.items() if var in env} | extra
-    assert theirs == ZOO_CFG
+    return {key: env[var] for key, var in ZOO_ENV.items() if var in env} | extra
+
+
+def test_zookeeper_is_configured_alike(services: dict[str, dict[str, Any]]) -> None:
+    assert _zoo_settings(services["zookeeper"]) == ZOO_CFG
+
+
+def test_the_ensemble_profile_is_the_ensemble_up_starts(
+    ensemble_services: dict[str, dict[str, Any]], ensemble_plan: ClusterInfo
+) -> None:
+    ours = [m for m in ensemble_plan.members if m.kind == "zookeeper"]
+    assert (
+        sorted(ensemble_services) == [m.name for m in ours] == ["zookeeper-1", "zookeeper-2", "zookeeper-3"]
+    )
+    assert {m.name for m in ensemble_plan.members} - {m.name for m in ours} == {
+        "redis-1",
+        "redis-2",
+        "redis-3",
+        "replica-1",
+        "postgres-1",
+    }  # the rest of the cluster is the default one
+    for m in ours:
+        service = ensemble_services[m.name]
+        assert _kind(service) == "zookeeper"
+        assert _zoo_settings(service) == ZOO_CFG | ZOO_ENSEMBLE_CFG, m.name
+        env = service["environment"]
+        assert env["ZOO_MY_ID"] == str(m.myid)
+        # the same ids and as many servers; addresses differ by design (service names)
+        theirs = sorted(entry.split("=", 1)[0] for entry in env["ZOO_SERVERS"].split())
+        assert (
+            theirs
+            == sorted(peer.split("=", 1)[0] for peer in m.peers)
+            == ["server.1", "server.2", "server.3"]
+        )
+        assert all(peer.split("=", 1)[1].startswith("127.0.0.1:") for peer in m.peers)
 
 
 def test_postgres_allows_prepared_transactions_alike(
@@ -149,3 +201,17 @@ def test_the_docker_config_file_names_every_member(
         for m in plan.members
         if m.kind == "postgres"
     ]
+
+
+def test_the_docker_ensemble_config_names_the_ensemble(
+    ensemble_services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    settings = config.load(
+        config_file=str(ROOT / "docker" / "coordscope-ensemble.toml"), state_dir=str(tmp_path)
+    )
+    (target,) = settings.zookeeper
+    assert target.hosts == ",".join(
+        f"127.0.0.1:{_host_port(s)}" for _, s in sorted(ensemble_services.items())
+    )
+    default = config.load(config_file=str(ROOT / "docker" / "coordscope.toml"), state_dir=str(tmp_path))
+    assert (settings.redis, settings.postgres) == (default.redis, default.postgres)
