@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.core import Core
+from app.replay import READ_ONLY
 from app.web.guard import Guard
 from collectors.events import state_json
 from collectors.families import FAMILIES, REGISTRY
@@ -92,6 +93,8 @@ async def start_run(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     scenario = data.get("scenario")
     if not isinstance(scenario, str) or not scenario:
         return error(400, "missing 'scenario': the name of a scenario (see GET /api/scenarios)")
@@ -129,6 +132,8 @@ async def inject_fault(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     core = _core(request)
     run_id = request.path_params["run_id"]
     run = core.run_entity(run_id)
@@ -140,7 +145,7 @@ async def inject_fault(request: Request) -> JSONResponse:
     if run.status != "running":
         return error(409, f"run {run_id} is {run.status}: faults only go to a running run")
     try:
-        await core.runner.request_fault(run_id, run.scenario, fault)
+        await core.request_fault(run_id, run.scenario, fault)
     except ScenarioError as exc:
         return error(503 if "unreachable" in str(exc) else 400, str(exc))
     return JSONResponse({"run": run_id, "fault": fault, "status": "requested"}, status_code=202)
@@ -150,6 +155,8 @@ async def stop_run(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     core = _core(request)
     run_id = request.path_params["run_id"]
     run = core.run_entity(run_id)
@@ -158,7 +165,7 @@ async def stop_run(request: Request) -> JSONResponse:
     if run.status != "running":
         return error(409, f"run {run_id} is {run.status} already")
     try:
-        await core.runner.request_stop(run_id)
+        await core.request_stop(run_id)
     except ScenarioError as exc:
         return error(503, str(exc))
     return JSONResponse({"run": run_id, "status": "stop requested"}, status_code=202)
