@@ -12,7 +12,7 @@ from pathlib import Path
 from textual import events, on
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Input
+from textual.widgets import Footer, Input
 
 from app.core import Core
 from app.replay import Replay
@@ -25,15 +25,18 @@ STEP_MS = 1000
 
 
 class ReplayApp(CoordscopeApp):
+    SPEED = Binding.Group("speed", compact=True)
+    STEP = Binding.Group("±1s", compact=True)
+    EDGE = Binding.Group("start/end")
     # priority: the focused table would take ←/→/home/end for its cursor otherwise
     BINDINGS = [
         Binding("space", "replay_toggle", "Play/pause", priority=True),
-        Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+", priority=True),
-        Binding("minus", "replay_speed(-1)", "Slower", key_display="-", priority=True),
-        Binding("left", f"replay_step({-STEP_MS})", "-1s", key_display="←", priority=True),
-        Binding("right", f"replay_step({STEP_MS})", "+1s", key_display="→", priority=True),
-        Binding("home", "replay_edge(0)", "Start", priority=True),
-        Binding("end", "replay_edge(1)", "End", priority=True),
+        Binding("minus", "replay_speed(-1)", "Slower", key_display="-", priority=True, group=SPEED),
+        Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+", priority=True, group=SPEED),
+        Binding("left", f"replay_step({-STEP_MS})", "-1s", key_display="←", priority=True, group=STEP),
+        Binding("right", f"replay_step({STEP_MS})", "+1s", key_display="→", priority=True, group=STEP),
+        Binding("home", "replay_edge(0)", "Start", priority=True, group=EDGE),
+        Binding("end", "replay_edge(1)", "End", priority=True, group=EDGE),
     ]
 
     def __init__(self, core: Core) -> None:
@@ -52,9 +55,15 @@ class ReplayApp(CoordscopeApp):
     def _replay_unmounted(self) -> None:
         set_clock(None)
 
-    def _with_bar(self, screen: Screen[object]) -> None:
-        if isinstance(screen, LiveScreen) and not screen.query(ReplayBar):
-            screen.mount(ReplayBar(self.replay))
+    def _with_bar(self, screen: Screen[object], composed: bool = False) -> None:
+        """Put the replay bar above the footer of the dashboard and the run view."""
+        if not isinstance(screen, LiveScreen) or screen.query(ReplayBar):
+            return
+        footers = screen.query(Footer)
+        if not footers and not composed:
+            screen.call_after_refresh(self._with_bar, screen, True)  # not composed yet
+            return
+        screen.mount(ReplayBar(self.replay), before=footers.first() if footers else None)
 
     def _set_subtitle(self) -> None:
         parts = [f"replay: {Path(self.replay.recording.name).name}", "read-only"]

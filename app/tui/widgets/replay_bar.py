@@ -1,6 +1,6 @@
 """The replay bar: where the playhead is in a recording, and the controls to move it.
 
-One line, docked at the bottom of every screen of ``coordscope replay``::
+One line at the bottom of every screen, above the footer, of ``coordscope replay``::
 
     ▶ playing  2×  14:03:22  0:12 / 1:30  ━━━━━━━━━━●─────────────  replay: read-only
 
@@ -38,7 +38,7 @@ def speed_text(speed: float) -> str:
 
 class ReplayBar(Widget):
     DEFAULT_CSS = """
-    ReplayBar { dock: bottom; height: 1; padding: 0 1; background: $boost; }
+    ReplayBar { height: 1; padding: 0 1; background: $boost; }
     """
 
     def __init__(self, replay: Replay, *, id: str | None = "replay-bar") -> None:
