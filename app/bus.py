@@ -23,9 +23,11 @@ import asyncio
 import json
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 from collectors.events import (
     SCHEMA_VERSION,
+    Entity,
     Event,
     Logged,
     Page,
@@ -36,8 +38,6 @@ from collectors.events import (
     to_json,
 )
 from collectors.families import PLURAL
-from collectors.observatory import Observatory
-from collectors.state import State
 
 ENCODED_KEPT = 4096
 """Events kept encoded (a viewer that falls further behind gets a snapshot anyway)."""
@@ -55,6 +55,35 @@ class Batch(list[Event]):
 
 
 Delivery = Snapshot | Batch
+
+
+class StateView(Protocol):
+    """What the bus and the screens read of a state: the live one
+    (:class:`collectors.state.State`) or a replay's (:class:`app.replay.ReplayState`)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def drain(self) -> list[Event]: ...
+
+    def refresh_counts(self) -> None: ...
+
+    def get(self, kind: str, entity_id: str) -> Entity | None: ...
+
+    def entities(self, kind: str) -> list[Entity]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def log(self, level: str, source: str, text: str) -> None: ...
+
+
+class Source(Protocol):
+    """Where the events come from: the collectors (:class:`collectors.observatory.Observatory`)
+    or a recording (:class:`app.replay.Replay`)."""
+
+    @property
+    def state(self) -> StateView: ...
+
+    def set_on_change(self, callback: Callable[[], None]) -> None: ...
 
 
 class Viewer:
@@ -108,9 +137,9 @@ class Viewer:
 
 
 class Bus:
-    def __init__(self, observatory: Observatory, interval_s: float = 0.02, max_batches: int = 256) -> None:
-        self.observatory = observatory
-        self.state: State = observatory.state
+    def __init__(self, source: Source, interval_s: float = 0.02, max_batches: int = 256) -> None:
+        self.source = source
+        self.state: StateView = source.state
         self._interval = interval_s
         self._max_batches = max_batches
         self._viewers: set[Viewer] = set()
@@ -120,7 +149,7 @@ class Bus:
         self._encoded: OrderedDict[int, str] = OrderedDict()
         self._wire_snapshot: tuple[int, str] | None = None
         self._wire_state: tuple[int, str] | None = None
-        observatory.set_on_change(self.wake)
+        source.set_on_change(self.wake)
 
     def subscribe(self, max_batches: int | None = None) -> Viewer:
         viewer = Viewer(self, max_batches or self._max_batches)
@@ -129,6 +158,12 @@ class Bus:
 
     def unsubscribe(self, viewer: Viewer) -> None:
         self._viewers.discard(viewer)
+
+    def resync(self) -> None:
+        """Every viewer gets a fresh snapshot on its next read (a replay jumped in time): the
+        batches queued for them belong to another moment."""
+        for viewer in list(self._viewers):
+            viewer.resync()
 
     def encoded(self, event: Event) -> str:
         """An event as JSON text, made once however many viewers send it (its row of cells
@@ -210,7 +245,7 @@ class Bus:
         for viewer in list(self._viewers):
             viewer._push(batch)
 
-    async def wait_for(self, predicate: Callable[[State], bool], timeout: float) -> bool:
+    async def wait_for(self, predicate: Callable[[StateView], bool], timeout: float) -> bool:
         """Wait until the state satisfies ``predicate`` (checked after every flush)."""
         if predicate(self.state):
             return True

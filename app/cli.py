@@ -15,16 +15,16 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import config
 from app.cluster import ClusterError, LocalCluster
 from app.config import ConfigError, Settings
-from collectors.events import Snapshot, Upserted, from_json, state_json, to_json
+from collectors.events import Snapshot, Upserted, state_json, to_json
 from collectors.families import REGISTRY
 from collectors.families.runs import Run
 from collectors.runs import Op
@@ -32,6 +32,10 @@ from collectors.targets import TargetError
 from scenarios.kit.catalogue import ScenarioError, parse_assignments
 from scenarios.kit.history import follow
 from scenarios.runner import catalogue
+
+if TYPE_CHECKING:
+    from app.core import Core
+    from collectors.recording import Recording
 
 EXIT_OK, EXIT_VIOLATED, EXIT_ERROR = 0, 1, 2
 
@@ -48,6 +52,25 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
     return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _speed(text: str) -> float:
+    from app.replay import SPEEDS
+
+    value = _positive(text)
+    if not SPEEDS[0] <= value <= SPEEDS[-1]:
+        raise argparse.ArgumentTypeError(f"{text} is not a speed from {SPEEDS[0]} to {SPEEDS[-1]:g}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,16 +141,26 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="as JSON (the body of GET /api/state)")
     st.add_argument("--timeout", type=float, default=5.0)
     rec = sub.add_parser("record", parents=[common], help="record the event stream to a file")
-    rec.add_argument("file", help="JSON lines: a snapshot, then one event per line")
-    rec.add_argument("--seconds", type=float, default=60.0)
-    rep = sub.add_parser("replay", parents=[common], help="print a recording's events in order")
-    rep.add_argument("file")
-    rep.add_argument(
-        "--speed",
-        type=float,
-        default=0.0,
-        help="replay at this speed (1 = real time; 0 = as fast as possible)",
+    rec.add_argument("file", help="JSON lines: a snapshot, then one event per line, keyframes between")
+    rec.add_argument(
+        "--seconds", type=_positive, default=None, help="stop after this long (default: at Ctrl-C)"
     )
+    rec.add_argument(
+        "--keyframe",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="write a full snapshot this often, for seeking (default 30)",
+    )
+    rep = sub.add_parser("replay", parents=[common], help="replay a recording in the TUI or the web view")
+    rep.add_argument("file")
+    rep.add_argument("--speed", type=_speed, default=1.0, help="0.25 to 16 (default 1: real time)")
+    rep.add_argument("--paused", action="store_true", help="open paused at the start")
+    rep.add_argument("--web", action="store_true", help="serve the web view instead of the TUI")
+    rep.add_argument("--host", default="127.0.0.1", help="with --web: bind address (default 127.0.0.1)")
+    rep.add_argument("--port", type=_port, default=8765, help="with --web: port (default 8765)")
+    rep.add_argument("--token", help="with --web: token for changes when not on loopback")
+    rep.add_argument("--print", action="store_true", help="print the recording's events and exit")
     run = sub.add_parser("run", parents=[common], help="run a scenario and judge it")
     run.add_argument("scenario")
     run.add_argument(
@@ -376,56 +409,75 @@ def _print_state(snapshot: Snapshot) -> None:
 
 async def _record(settings: Settings, args: argparse.Namespace) -> int:
     from app.core import Core
+    from app.recorder import record
 
-    core = Core(settings)
-    await core.start()
-    viewer = core.bus.subscribe()
-    count = 0
-    deadline = time.monotonic() + args.seconds
     try:
-        with open(args.file, "w", encoding="utf-8") as out:  # noqa: ASYNC230 - one small file
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    delivery = await asyncio.wait_for(viewer.get(), timeout=left)
-                except TimeoutError:
-                    break
-                items = [delivery] if isinstance(delivery, Snapshot) else delivery
-                for item in items:
-                    record = to_json(item)
-                    record["recorded_ms"] = int(time.time() * 1000)
-                    out.write(json.dumps(record) + "\n")
-                    count += 1
+        out = open(args.file, "w", encoding="utf-8")  # noqa: SIM115, ASYNC230 - closed below
     except OSError as exc:
-        raise UsageError(f"cannot write {args.file}: {exc}") from None
+        raise UsageError(f"cannot write {args.file}: {exc.strerror or exc}") from None
+    core = Core(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)  # the normal end of a recording, not an error
+    how_long = f"for {args.seconds:g} s" if args.seconds else "until Ctrl-C"
+    print(f"recording to {args.file} {how_long}", file=sys.stderr, flush=True)
+    try:
+        with out:
+            await core.start()
+            done = await record(core.bus, out, stop, seconds=args.seconds, keyframe_s=args.keyframe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror or exc}") from None
     finally:
-        viewer.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         await core.stop()
-    print(f"recorded {count} events to {args.file}")
+    print(f"recorded {done.events} events and {done.keyframes} snapshots to {args.file}")
     return EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
+    """Everything shown comes from the file: nothing connects to a store."""
+    from app.core import Core
+    from app.replay import Replay
+    from collectors.recording import RecordingError, read_recording
+
     try:
-        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc}") from None
-    previous: int | None = None
-    for number, line in enumerate(lines, 1):
-        try:
-            data = json.loads(line)
-            event = from_json(data)
-        except ValueError as exc:
-            raise UsageError(f"{args.file}:{number}: not a coordscope event ({exc})") from None
-        at = data.get("recorded_ms")
-        if args.speed > 0 and previous is not None and isinstance(at, int):
-            time.sleep(max(0.0, (at - previous) / 1000 / args.speed))
-        previous = at if isinstance(at, int) else previous
-        if isinstance(event, Snapshot):
-            print(f"snapshot: {sum(len(v) for v in event.entities.values())} entities")
-        elif isinstance(event, Upserted) and isinstance(event.entity, Run):
-            print(f"{event.type} {event.entity.id} {event.entity.status}")
+        recording = read_recording(args.file)
+    except RecordingError as exc:
+        raise UsageError(str(exc)) from None
+    if recording.cut:
+        print(
+            f"coordscope: note: the last line of {args.file} was cut short; replaying the rest",
+            file=sys.stderr,
+        )
+    if args.print:
+        return _print_recording(recording)
+    state = Path(args.state) if args.state else config.default_state_dir()
+    core = Core(
+        Settings(state_dir=state, redis=(), zookeeper=()),
+        Replay(recording, speed=args.speed, playing=not args.paused),
+    )
+    if args.web:
+        problem = _bind_problem(args.port, args.host)
+        if problem:
+            raise UsageError(problem)
+        return _serve(core, args.host, args.port, args.token, f"replaying {args.file}")
+    from app.tui.replay_app import ReplayApp
+
+    ReplayApp(core).run()
+    return EXIT_OK
+
+
+def _print_recording(recording: Recording) -> int:
+    for frame in recording.frames:
+        item = frame.item
+        if isinstance(item, Snapshot):
+            print(f"{frame.at_ms} snapshot: {sum(len(v) for v in item.entities.values())} entities")
+        elif isinstance(item, Upserted) and isinstance(item.entity, Run):
+            print(f"{frame.at_ms} {item.type} {item.entity.id} {item.entity.status}")
         else:
-            print(json.dumps(to_json(event), ensure_ascii=False))
+            print(f"{frame.at_ms} " + json.dumps(to_json(item), ensure_ascii=False))
     return EXIT_OK
 
 
@@ -434,16 +486,21 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _web(settings: Settings, args: argparse.Namespace) -> int:
     from app.core import Core
-    from app.web import create_app, server, token_for
 
     host = args.host or settings.web_host
     port = args.port or settings.web_port
     problem = _bind_problem(port, host)
     if problem:
         raise UsageError(problem)
-    token = token_for(host, args.token)
-    app = create_app(Core(settings), token=token)
-    print(f"coordscope web view on http://{host}:{port}/", flush=True)
+    return _serve(Core(settings), host, port, args.token, "coordscope web view")
+
+
+def _serve(core: Core, host: str, port: int, given_token: str | None, what: str) -> int:
+    from app.web import create_app, server, token_for
+
+    token = token_for(host, given_token)
+    app = create_app(core, token=token)
+    print(f"{what} on http://{host}:{port}/", flush=True)
     if token:
         print(f"changes need the token: Authorization: Bearer {token}", flush=True)
     server(app, host, port).run()

@@ -156,7 +156,7 @@ class CoordscopeApp(App[None]):
 
     def _check(self, request: LaunchRequest) -> str | None:
         try:
-            self.core.runner.validate(request.scenario, request.params, request.faults)
+            self.core.validate(request.scenario, request.params, request.faults)
         except ScenarioError as exc:
             return str(exc)
         return None
@@ -181,14 +181,14 @@ class CoordscopeApp(App[None]):
 
     async def on_run_screen_fault_requested(self, message: RunScreen.FaultRequested) -> None:
         try:
-            await self.core.runner.request_fault(message.run_id, message.scenario, message.fault)
+            await self.core.request_fault(message.run_id, message.scenario, message.fault)
             self.notify(f"{message.fault} requested for {message.run_id}", timeout=2, markup=False)
         except ScenarioError as exc:
             self.notify(str(exc), severity="error", markup=False)
 
     async def on_run_screen_stop_requested(self, message: RunScreen.StopRequested) -> None:
         try:
-            await self.core.runner.request_stop(message.run_id)
+            await self.core.request_stop(message.run_id)
         except ScenarioError as exc:
             self.notify(str(exc), severity="error", markup=False)
 

@@ -8,6 +8,7 @@ characters they are — never as Rich markup or terminal escapes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.text import Text
 
@@ -25,8 +26,23 @@ TONE = {
 }
 
 
-def now_ms() -> int:
+def wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+_clock: Callable[[], int] = wall_ms
+
+
+def now_ms() -> int:
+    """Now, for countdowns and a running run's lanes: the wall clock, or, in a replay, the
+    recorded moment on screen (:func:`set_clock`)."""
+    return _clock()
+
+
+def set_clock(clock: Callable[[], int] | None) -> None:
+    """Count down against ``clock`` (a replay's playhead); ``None``: the wall clock again."""
+    global _clock
+    _clock = clock or wall_ms
 
 
 def render(cell: Cell, limit: int = 0, now: int | None = None) -> Text:

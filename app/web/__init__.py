@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from app.core import Core
-from app.web import api
+from app.web import api, replay
 from app.web.guard import Guard, is_loopback
 from app.web.socket import websocket_endpoint
 
@@ -68,6 +68,8 @@ def create_app(core: Core, token: str | None = None, own_core: bool = True) -> S
             Route("/api/runs/{run_id}", api.get_run),
             Route("/api/runs/{run_id}/faults", api.inject_fault, methods=["POST"]),
             Route("/api/runs/{run_id}/stop", api.stop_run, methods=["POST"]),
+            Route("/api/replay", replay.get_replay, methods=["GET"]),
+            Route("/api/replay", replay.post_replay, methods=["POST"]),
             WebSocketRoute("/ws", websocket_endpoint),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],

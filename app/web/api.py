@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.bus import WIRE_PAGE
 from app.core import Core
+from app.replay import READ_ONLY
 from app.web.guard import Guard
 from collectors.events import Page, row_json, state_json
 from collectors.families import FAMILIES, REGISTRY
@@ -117,6 +118,8 @@ async def start_run(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     scenario = data.get("scenario")
     if not isinstance(scenario, str) or not scenario:
         return error(400, "missing 'scenario': the name of a scenario (see GET /api/scenarios)")
@@ -154,6 +157,8 @@ async def inject_fault(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     core = _core(request)
     run_id = request.path_params["run_id"]
     run = core.run_entity(run_id)
@@ -165,7 +170,7 @@ async def inject_fault(request: Request) -> JSONResponse:
     if run.status != "running":
         return error(409, f"run {run_id} is {run.status}: faults only go to a running run")
     try:
-        await core.runner.request_fault(run_id, run.scenario, fault)
+        await core.request_fault(run_id, run.scenario, fault)
     except ScenarioError as exc:
         return error(503 if "unreachable" in str(exc) else 400, str(exc))
     return JSONResponse({"run": run_id, "fault": fault, "status": "requested"}, status_code=202)
@@ -175,6 +180,8 @@ async def stop_run(request: Request) -> JSONResponse:
     data = await _body(request)
     if isinstance(data, JSONResponse):
         return data
+    if _core(request).replay is not None:
+        return error(409, READ_ONLY)
     core = _core(request)
     run_id = request.path_params["run_id"]
     run = core.run_entity(run_id)
@@ -183,7 +190,7 @@ async def stop_run(request: Request) -> JSONResponse:
     if run.status != "running":
         return error(409, f"run {run_id} is {run.status} already")
     try:
-        await core.runner.request_stop(run_id)
+        await core.request_stop(run_id)
     except ScenarioError as exc:
         return error(503, str(exc))
     return JSONResponse({"run": run_id, "status": "stop requested"}, status_code=202)

@@ -74,7 +74,7 @@ async def test_a_scan_is_paced_and_shows_its_progress(cluster: ClusterInfo) -> N
     limits = Limits(scan_rate=1000, scan_count=100)
     async with observing(cluster, limits=limits) as bus:
         # synced only after the ~2 s scan; its progress was on the node meanwhile
-        collector = next(c for c in bus.observatory.redis if c.target.id == "redis-1")
+        collector = next(c for c in bus.source.redis if c.target.id == "redis-1")
         assert collector.scans == 1
         progress = [line.text for line in bus.state.snapshot().log if "initial scan" in line.text]
         took_ms = [int(t.split(" in ")[1].split(" ms")[0]) for t in progress if t.startswith("initial scan")]
@@ -86,7 +86,7 @@ async def test_a_subscriber_falling_behind_steps_aside_and_scans_then_subscribes
 ) -> None:
     limits = Limits(sub_buffer_bytes=256 * 1024, pause_s=2.0, scan_interval_s=0.3)
     async with observing(cluster, limits=limits) as bus:
-        collector = next(c for c in bus.observatory.redis if c.target.id == "redis-3")
+        collector = next(c for c in bus.source.redis if c.target.id == "redis-3")
         assert collector._subscription is not None
         collector._subscription.pause_reading()  # as if this process were too busy to read
         port = str(redis_port(cluster, "redis-3"))

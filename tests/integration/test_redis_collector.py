@@ -98,7 +98,7 @@ async def test_sessions_in_spring_and_connect_redis_layouts(cluster: ClusterInfo
 
 async def test_a_killed_pubsub_connection_is_a_gap_that_resyncs(cluster: ClusterInfo) -> None:
     async with observing(cluster) as bus:
-        collector = next(c for c in bus.observatory.redis if c.target.id == "redis-1")
+        collector = next(c for c in bus.source.redis if c.target.id == "redis-1")
         client = redis_client(cluster)
         client.set("before:lock", "0" * 32, px=60000)
         await until(bus, lambda st: lock_named(st, "before:lock") is not None, "a first lock")

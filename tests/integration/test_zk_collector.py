@@ -150,7 +150,7 @@ async def test_session_loss_is_shown_and_the_tree_is_resynced(cluster: ClusterIn
     other = zk_client(cluster)
     try:
         async with observing(cluster) as bus:
-            collector = bus.observatory.zookeeper[0]
+            collector = bus.source.zookeeper[0]
             other.create(f"{zk_root}/before", b"x", makepath=True)
             await until(
                 bus, lambda st: st.get("key", f"zk:zookeeper:{zk_root}/before") is not None, "a znode"

@@ -11,13 +11,13 @@ Fault windows shade every lane red.
 from __future__ import annotations
 
 import math
-import time
 
 from rich.style import Style
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from app.tui.cells import now_ms
 from app.tui.text import printable
 from collectors.families.runs import Run
 from collectors.runs import Lane
@@ -105,7 +105,7 @@ class Lanes(Widget):
         width = max(20, self.size.width - LABEL - 1)
         now_t = 0
         if run.status == "running" and run.started_ms:
-            now_t = int(time.time() * 1000) - run.started_ms + self.clock_offset_ms
+            now_t = now_ms() - run.started_ms + self.clock_offset_ms
         end = max(now_t, 1000)
         for lane in lanes:
             for s in lane.spans:
