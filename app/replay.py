@@ -61,6 +61,7 @@ class ReplayState:
             self._log.append(replace(line, seq=self._next()))
         self._log_seen = max([snapshot.seq, *(line.seq for line in snapshot.log)])
         self._events.clear()
+        self._next()  # a new state has a new number (viewers and caches key on it)
 
     def apply(self, item: Event | Snapshot) -> None:
         """One recorded frame, announced as an event (a keyframe as the difference it makes)."""

@@ -65,12 +65,15 @@ def _keys(n: Node) -> Cell:
 
 
 def _feed(n: Node) -> Cell:
-    parts: list[tuple[str, str] | str] = [n.feed]
+    """How changes reach us, the scan's progress and our buffer on the server: word by
+    word, so the page may wrap the long sentence anywhere between words."""
+    parts = [(n.feed, "")]
     if n.scan:
         parts.append((n.scan, "warn" if "%" in n.scan else "dim"))
     if n.sub_buffer:
         parts.append((f"buffer {n.sub_buffer // 1024:,} KiB", "warn" if n.sub_buffer > 1 << 20 else "dim"))
-    return pieces(*parts, title=" · ".join(p if isinstance(p, str) else p[0] for p in parts))
+    words = [(word, tone) for part, tone in parts for word in part.split()]
+    return pieces(*words, title=" · ".join(part for part, _ in parts if part))
 
 
 class Nodes(Family):
