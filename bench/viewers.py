@@ -40,7 +40,9 @@ DROPPED = "read nothing for"
 # --------------------------------------------------------------------------- writer
 
 
-def writer(port: int, seconds: float, rate: int, lock_every: int, locks: int, cache_keys: int, out: str) -> None:
+def writer(
+    port: int, seconds: float, rate: int, lock_every: int, locks: int, cache_keys: int, out: str
+) -> None:
     import redis
 
     client = redis.Redis(port=port)
@@ -140,6 +142,8 @@ class Viewers:
     def __init__(self) -> None:
         self.cache: OrderedDict[bytes, Parsed] = OrderedDict()
         self.drops: list[tuple[float, str]] = []
+        self.worst_by_second: dict[int, float] = {}
+        """Unix second -> the worst latency received in it (by any viewer)."""
         self._drop_texts: set[str] = set()
 
     def parsed(self, raw: bytes) -> Parsed:
@@ -167,7 +171,11 @@ class Viewers:
                 highest[name] = token_ns
             if not got.snapshot:
                 seen.events += 1
-                seen.latencies_ms.append((at_ns - token_ns) / 1e6)
+                latency = (at_ns - token_ns) / 1e6
+                seen.latencies_ms.append(latency)
+                second = at_ns // 1_000_000_000
+                if latency > self.worst_by_second.get(second, 0.0):
+                    self.worst_by_second[second] = latency
 
 
 async def _viewer(connection: Any, seen: Seen, viewers: Viewers) -> None:
@@ -227,6 +235,7 @@ async def run_viewers(url: str, count: int, out: str, max_seconds: float) -> Non
         "max_ms": every[-1] if every else 0.0,
         "samples": len(every),
         "drops": viewers.drops,
+        "worst_by_second": sorted(viewers.worst_by_second.items()),
         "viewers": [
             {
                 "messages": s.messages,
