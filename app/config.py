@@ -22,6 +22,7 @@ Config file (TOML)::
     enable_notifications = false # may we CONFIG SET notify-keyspace-events when it is off?
     scan_interval_s = 2.0        # the fallback when notifications are off
     raw_keys = 1000              # unrecognised keys listed one by one per node; the rest by prefix
+    family_keys = 20000          # keys of one family (sessions, marks...) listed per node; the rest by prefix
     prefixes = 500               # prefix summaries per node (further prefixes count as "(other)")
     scan_rate = 25000            # keys read per second by a scan, per node
     scan_count = 500             # SCAN's COUNT hint
@@ -254,6 +255,7 @@ def _limits(cfg: dict[str, Any]) -> Limits:
     return Limits(
         scan_interval_s=_number(cfg, "scan_interval_s", d.scan_interval_s, "redis", 0.1, 3600),
         raw_keys=whole("raw_keys", d.raw_keys, 0, 1_000_000),
+        family_keys=whole("family_keys", d.family_keys, 1, 10_000_000),
         prefixes=whole("prefixes", d.prefixes, 1, 100_000),
         scan_rate=whole("scan_rate", d.scan_rate, 100, 10_000_000),
         scan_count=whole("scan_count", d.scan_count, 10, 100_000),

@@ -1,21 +1,22 @@
-"""Counting the keys nobody recognised, by prefix, without keeping them.
+"""Counting keys past a budget, by prefix, without keeping them.
 
 Algorithm
 ---------
-Keeping every key of a million-key cache would cost the observer a gigabyte,
-so past a node's raw-key budget the keys no family recognised are not kept
-one by one. Which keys exist is then only known by walking the keyspace, so
-the counts are a *census*: each scan of the node counts every unrecognised
-key it reads under its prefix (type, TTL bucket, string bytes, a few example
-names) into a fresh tally; when the scan ends that tally becomes what the
-screens show, stamped with the time. Between scans the keyspace notifications
-of summarised keys are counted as writes and removals "since the count" —
-we cannot tell a new key from an overwrite without remembering every key.
+Keeping every key of a million-key cache (or a million live sessions) would
+cost the observer a gigabyte, so past a node's budget for a family — or for
+the keys no family recognised — keys are not kept one by one. Which keys
+exist is then only known by walking the keyspace, so the counts are a
+*census*: each scan of the node counts every key of the family it reads
+under its prefix (type, TTL bucket, string bytes, a few example names) into
+a fresh tally; when the scan ends that tally becomes what the screens show,
+stamped with the time. Between scans the keyspace notifications of
+summarised keys are counted as writes and removals "since the count" — we
+cannot tell a new key from an overwrite without remembering every key.
 
-SCAN may return a key twice (while the server rehashes) and a key written
-and deleted between two scans is never counted: the counts are a census,
-and the screens say when it was taken. Only a master's keys are counted (a
-replica holds the same keys).
+SCAN may return a key twice (while the server rehashes) and a key written and
+deleted between two scans is never counted: the counts are a census, and the
+screens say when it was taken. Only a master's keys are counted (a replica
+holds the same keys).
 
 Nothing here does I/O; :class:`collectors.state.State` feeds it.
 """
@@ -85,8 +86,9 @@ class NodeCensus:
     """The census of one master: the published count, the running scan's tally, and
     the writes and removals seen since the count."""
 
-    def __init__(self, node: str, max_prefixes: int, clock: Callable[[], int]) -> None:
+    def __init__(self, node: str, max_prefixes: int, clock: Callable[[], int], family: str = "key") -> None:
         self.node = node
+        self.family = family
         self._max = max_prefixes
         self._clock = clock
         self.counting = False
@@ -150,6 +152,9 @@ class NodeCensus:
         self._changed.clear()
         return upserts, gone
 
+    def holds(self, prefix: str) -> bool:
+        return prefix in self._count or prefix in self._tally
+
     @property
     def total(self) -> int:
         """Keys counted (by the last complete scan, or so far by the first)."""
@@ -162,8 +167,9 @@ class NodeCensus:
             return None
         tally = tally or _Tally()
         return KeyPrefix(
-            id=f"redis:{self.node}:{prefix}",
+            id=f"redis:{self.node}:{self.family}:{prefix}",
             node=self.node,
+            family=self.family,
             prefix=prefix,
             keys=tally.keys,
             types=dict(tally.types),
@@ -174,3 +180,115 @@ class NodeCensus:
             writes=writes,
             removals=removals,
         )
+
+
+class Budgets:
+    """How many keys of each family each node lists one by one, and the census of the rest.
+
+    Unrecognised keys are listed up to ``raw_keys`` per node; every family's keys up to
+    ``family_keys`` (a million live sessions is normal, and would cost the observer
+    gigabytes). A key that feeds an entity already listed is always kept (a session's
+    second key joins its hash). Past a budget the keys are counted by prefix, per family;
+    a replica lists a key only beside its master's copy.
+    """
+
+    def __init__(
+        self,
+        raw_kind: str,
+        raw_keys: int,
+        family_keys: int,
+        max_prefixes: int,
+        clock: Callable[[], int],
+        log: Callable[[str, str], None],
+    ) -> None:
+        self._raw = raw_kind
+        self._budget = {raw_kind: raw_keys}
+        self._family_keys = family_keys
+        self._max = max_prefixes
+        self._clock = clock
+        self._log = log
+        self._kept: dict[tuple[str, str], int] = {}
+        self._census: dict[tuple[str, str], NodeCensus] = {}
+        self._summarising: set[tuple[str, str]] = set()
+        self._scanning: set[str] = set()
+
+    def budget(self, kind: str) -> int:
+        return self._budget.get(kind, self._family_keys)
+
+    def _census_of(self, node: str, kind: str) -> NodeCensus:
+        census = self._census.get((node, kind))
+        if census is None:
+            census = self._census[node, kind] = NodeCensus(node, self._max, self._clock, kind)
+            if node in self._scanning:
+                census.scan_started()
+        return census
+
+    def keep(self, rec: KeyRecord, kind: str, master: bool, joins: bool) -> bool:
+        """Is this key listed (True) or only counted under its prefix? ``master``: the
+        node is no replica; ``joins``: the entity it feeds is already listed."""
+        if master and rec.cause == "scan":
+            self._census_of(rec.node, kind).counted(rec)
+        if joins or not master:
+            return joins
+        if self._kept.get((rec.node, kind), 0) < self.budget(kind):
+            return True
+        if (rec.node, kind) not in self._summarising:
+            self._summarising.add((rec.node, kind))
+            what = "unrecognised keys" if kind == self._raw else f"{kind} keys"
+            setting = "redis.raw_keys" if kind == self._raw else "redis.family_keys"
+            self._log(
+                rec.node,
+                f"more than {self.budget(kind):,} {what}: the rest are summarised by prefix "
+                f"(raise {setting} in the config to list more)",
+            )
+        if rec.cause != "scan":
+            self._census_of(rec.node, kind).seen(rec.key, removed=False)
+        return False
+
+    def placed(self, node: str, old_kind: str | None, new_kind: str | None) -> None:
+        """A listed key changed family (``None``: it was not listed / is no longer)."""
+        if old_kind is not None:
+            self._kept[node, old_kind] = self._kept.get((node, old_kind), 0) - 1
+        if new_kind is not None:
+            self._kept[node, new_kind] = self._kept.get((node, new_kind), 0) + 1
+
+    def removed(self, node: str, key: str) -> None:
+        """A key we did not list went: a removal under the census that counts its prefix."""
+        kinds = [k for n, k in self._summarising if n == node]
+        if not kinds:
+            return
+        prefix = prefix_of(key)
+        kind = next((k for k in kinds if self._census_of(node, k).holds(prefix)), None)
+        self._census_of(node, kind or kinds[0]).seen(key, removed=True)
+
+    def scan_started(self, node: str) -> None:
+        self._scanning.add(node)
+        for (n, _), census in self._census.items():
+            if n == node:
+                census.scan_started()
+
+    def scan_ended(self, node: str) -> None:
+        self._scanning.discard(node)
+        for (n, _), census in self._census.items():
+            if n == node:
+                census.scan_ended()
+
+    def summarising(self, node: str) -> bool:
+        return any(n == node for n, _ in self._summarising)
+
+    def summarised(self, node: str) -> int:
+        """Keys counted on this node but not listed."""
+        return sum(
+            max(0, self._census_of(n, k).total - self._kept.get((n, k), 0))
+            for n, k in self._summarising
+            if n == node
+        )
+
+    def take_changes(self) -> tuple[list[KeyPrefix], list[str]]:
+        upserts: list[KeyPrefix] = []
+        gone: list[str] = []
+        for node, kind in self._summarising:
+            more, less = self._census_of(node, kind).take_changes()
+            upserts += more
+            gone += less
+        return upserts, gone

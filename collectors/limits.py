@@ -1,9 +1,10 @@
-"""How much a watch may cost the watched servers and us: one value, set from the config.
+"""How much a watch may cost the watched servers and us, set from the config.
 
 A production Redis holds millions of keys that have nothing to do with
-coordination. Coordination entities are always kept whole; what no family
-recognises is kept individually up to ``raw_keys`` per node and summarised by
-key prefix beyond that. Scans read at most ``scan_rate`` keys a second, so a
+coordination. What no family recognises is kept individually up to
+``raw_keys`` per node and summarised by key prefix beyond that; each family's
+keys likewise, up to a budget big enough for any coordination state but a
+million live sessions. Scans read at most ``scan_rate`` keys a second, so a
 big keyspace is walked a page at a time, never in one stop-the-world read.
 """
 
@@ -24,6 +25,9 @@ class Limits:
     """The COUNT hint of each SCAN (keys per page)."""
     raw_keys: int = 1_000
     """Unrecognised keys listed one by one, per node; the rest are summarised by prefix."""
+    family_keys: int = 20_000
+    """Keys of one family (sessions, marks, locks...) listed one by one, per node; the rest
+    are summarised by prefix like unrecognised keys (a million live sessions is normal)."""
     prefixes: int = 500
     """Prefix summaries per node; keys under further prefixes are counted as ``(other)``."""
     census_interval_s: float = 300.0

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from collectors.census import NodeCensus
+from collectors.census import Budgets
 from collectors.events import Entity, Event, Logged, Removed, Snapshot, Upserted
 from collectors.families import REGISTRY
 from collectors.families.base import EntityRef, Family, Member, first_fact, key_chain
@@ -78,11 +78,15 @@ class State:
         self._log: deque[Logged] = deque(maxlen=log_size)
         self._seq = 0
         self._bad = 0
-        self._raw_kept: dict[str, int] = defaultdict(int)
-        """Unrecognised Redis keys listed one by one, per node (at most ``limits.raw_keys``)."""
-        self._census: dict[str, NodeCensus] = {}
-        self._summarising: set[str] = set()
-        """Nodes with more unrecognised keys than the budget: the rest are counted by prefix."""
+        self._budgets = Budgets(
+            self._raw.kind,
+            self.limits.raw_keys,
+            self.limits.family_keys,
+            self.limits.prefixes,
+            self._clock,
+            lambda node, text: self.log("info", node, text),
+        )
+        """Keys listed one by one per node and family; the census of the rest."""
 
     @property
     def bad_data(self) -> int:
@@ -167,7 +171,7 @@ class State:
         except Exception:  # a recogniser must never take the collector down
             self._bad += 1
             fact = None
-        if fact is None and not self._keep_raw(rec):
+        if not self._keep(rec, fact):
             return
         family = self._owner.get(type(fact), self._raw)
         try:
@@ -176,57 +180,33 @@ class State:
             self._bad += 1
         self._place(rec.node, rec.key, rec, fact)
 
-    def _keep_raw(self, rec: KeyRecord) -> bool:
-        """Count a key no family claims, and say whether it is listed on its own (within
-        the node's budget) or only summarised under its prefix."""
-        census = self._census_of(rec.node)
-        if census is not None and rec.cause == "scan":
-            census.counted(rec)
+    def _keep(self, rec: KeyRecord, fact: Fact | None) -> bool:
+        """Is this key listed, or (past its family's budget on this node) only counted?"""
         if rec.key in self._entries[rec.node]:
             return True
+        ref = self._ref_for_key(rec.node, rec, fact)
         if self.is_replica(rec.node):  # a replica's copy is listed beside its master's, or not at all
-            return rec.key in self._entries.get(self.group(rec.node), {})
-        if self._raw_kept[rec.node] < self.limits.raw_keys:
-            return True
-        if rec.node not in self._summarising:
-            self._summarising.add(rec.node)
-            self.log(
-                "info",
-                rec.node,
-                f"more than {self.limits.raw_keys:,} unrecognised keys: the rest are summarised by "
-                "prefix (raise redis.raw_keys in the config to list more)",
-            )
-        if census is not None and rec.cause != "scan":
-            census.seen(rec.key, removed=False)
-        return False
-
-    def _census_of(self, node_id: str) -> NodeCensus | None:
-        if self.is_replica(node_id):
-            return None  # a replica holds its master's keys: counted there
-        census = self._census.get(node_id)
-        if census is None:
-            census = self._census[node_id] = NodeCensus(node_id, self.limits.prefixes, self._clock)
-        return census
+            joins = rec.key in self._entries.get(self.group(rec.node), {})
+        else:
+            joins = bool(self._members.get(ref))
+        return self._budgets.keep(rec, ref[0], not self.is_replica(rec.node), joins)
 
     def scan_started(self, node_id: str) -> None:
-        if (census := self._census_of(node_id)) is not None:
-            census.scan_started()
+        self._budgets.scan_started(node_id)
 
     def scan_ended(self, node_id: str) -> None:
-        if (census := self._census_of(node_id)) is not None:
-            census.scan_ended()
+        self._budgets.scan_ended(node_id)
 
     def summarising(self, node_id: str) -> bool:
-        return node_id in self._summarising
+        return self._budgets.summarising(node_id)
 
     def drop_key(self, node_id: str, raw_key: bytes, cause: str = "del") -> None:
         entry = self._entries.get(node_id, {}).pop(display(raw_key), None)
         if entry is None:
-            if node_id in self._summarising and (census := self._census_of(node_id)) is not None:
-                census.seen(display(raw_key), removed=True)
+            if not self.is_replica(node_id):
+                self._budgets.removed(node_id, display(raw_key))
             return
-        if entry.ref[0] == self._raw.kind:
-            self._raw_kept[node_id] -= 1
+        self._budgets.placed(node_id, entry.ref[0], None)
         self._members[entry.ref].discard((node_id, display(raw_key)))
         self._causes[entry.ref] = cause
         self._recompute(entry.ref)
@@ -250,8 +230,7 @@ class State:
         ref = self._ref_for_key(node_id, rec, fact)
         old = self._entries[node_id].get(key)
         self._entries[node_id][key] = _Entry(rec=rec, fact=fact, ref=ref)
-        raw = self._raw.kind
-        self._raw_kept[node_id] += (ref[0] == raw) - (old is not None and old.ref[0] == raw)
+        self._budgets.placed(node_id, old.ref[0] if old is not None else None, ref[0])
         self._members[ref].add((node_id, key))
         if old is not None and old.ref != ref:
             self._members[old.ref].discard((node_id, key))
@@ -381,11 +360,8 @@ class State:
         moment came (called by the flusher, at least once a second while collectors run)."""
         for node_id in list(self._nodes):
             self._refresh_counts(node_id)
-        for node_id in self._summarising:
-            census = self._census.get(node_id)
-            if census is None:
-                continue
-            upserts, gone = census.take_changes()
+        upserts, gone = self._budgets.take_changes()
+        if upserts or gone:
             for entity in upserts:
                 self._entities["prefix"][entity.id] = entity
                 self._emit(Upserted(entity=entity))
@@ -400,8 +376,7 @@ class State:
     def _refresh_counts(self, node_id: str) -> None:
         node = self._nodes[node_id]
         keys = len(self._entries.get(node_id, {}))
-        census = self._census.get(node_id) if node_id in self._summarising else None
-        summarised = max(0, census.total - self._raw_kept[node_id]) if census is not None else 0
+        summarised = self._budgets.summarised(node_id)
         if node.keys != keys or node.summarised != summarised:
             self._nodes[node_id] = self._entities["node"][node_id] = replace(
                 node, keys=keys, summarised=summarised

@@ -1,12 +1,13 @@
-"""Key prefixes: what a node holds beyond the raw-key budget, summarised.
+"""Key prefixes: what a node holds beyond its budgets, summarised.
 
 A production Redis holds millions of keys that are not coordination state
-(caches, counters, queues of other systems). Past a node's budget of raw
-keys listed one by one, the keys no family recognised are counted by
-prefix (:func:`collectors.census.prefix_of`): how many, of which types,
-bytes held in strings, TTL spread and a few example names. Counts come from
-the last complete scan of the node; writes and removals seen since are
-counted beside them, so a reader knows how fresh the count is. The census
+(caches, counters, queues of other systems), and may hold a million live
+sessions. Past a node's budget of keys listed one by one — for the keys no
+family recognised, and for each family's — the rest are counted by prefix
+(:func:`collectors.census.prefix_of`): how many, of which types, bytes held in
+strings, TTL spread and a few example names. Counts come from the last
+complete scan of the node; writes and removals seen since are counted beside
+them, so a reader knows how fresh the count is. The census
 (:mod:`collectors.census`) sets these entities directly, like nodes.
 """
 
@@ -28,6 +29,8 @@ class KeyPrefix:
     id: str
     node: str
     prefix: str
+    family: str = "key"
+    """Whose keys: ``key`` (nobody recognised them), or a family past its budget (``session``)."""
     keys: int = 0
     """Keys under this prefix in the last complete scan (the running one, before any ended)."""
     types: dict[str, int] | None = None
@@ -84,6 +87,7 @@ class Prefixes(Family):
     columns = (
         Column("prefix", "prefix", lambda p: text(p.prefix, title=p.prefix), limit=24),
         Column("node", "node", lambda p: text(p.node)),
+        Column("family", "of", lambda p: text("unrecognised" if p.family == "key" else p.family, "dim")),
         Column("keys", "keys", _count),
         Column("since", "since", _since),
         Column("types", "types", lambda p: text(_spread(p.types), "dim"), limit=24),

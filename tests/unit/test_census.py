@@ -60,7 +60,7 @@ def test_counts_come_from_the_scan_and_writes_since_are_counted_beside_them() ->
     census.counted(rec("other:1"))
     census.scan_ended()
     ups, gone = census.take_changes()
-    assert gone == ["redis:r1:cache:user:"] and [p.prefix for p in ups] == ["other:"]
+    assert gone == ["redis:r1:key:cache:user:"] and [p.prefix for p in ups] == ["other:"]
 
 
 def test_prefixes_past_the_budget_are_counted_as_other() -> None:
@@ -91,9 +91,49 @@ def test_the_state_lists_raw_keys_up_to_the_budget_and_summarises_the_rest() -> 
     state.drop_key("r1", listed.key.encode())  # type: ignore[attr-defined]
     state.apply_key(rec("cache:item:77", cause="set"))
     assert len(state.entities("key")) == 3
-    # a summarised key's write and removal are counted since the count
+    # a summarised key's write and removal are counted since the count (the removal under
+    # the family whose census counts its prefix)
     state.apply_key(rec("cache:item:78", cause="set"))
     state.drop_key("r1", b"cache:item:5", "expired")
     state.refresh_counts()
     (after,) = state.entities("prefix")
     assert isinstance(after, KeyPrefix) and (after.writes, after.removals) == (1, 1)
+
+
+def session(key: str, user: str, cause: str = "scan") -> KeyRecord:
+    return KeyRecord(
+        node="r1",
+        raw_key=key.encode(),
+        type="string",
+        ttl_ms=600_000,
+        value=b'{"cookie":{"originalMaxAge":600000},"user":"' + user.encode() + b'"}',
+        size=40,
+        read_at_ms=1,
+        cause=cause,
+    )
+
+
+def test_a_family_past_its_budget_is_summarised_too_and_its_entities_stay_whole() -> None:
+    state = State(limits=Limits(family_keys=5))
+    state.scan_started("r1")
+    for i in range(12):
+        state.apply_key(session(f"sess:user{i}", f"u{i}"))
+    state.scan_ended("r1")
+    state.refresh_counts()
+    assert len(state.entities("session")) == 5
+    (prefix,) = state.entities("prefix")
+    assert isinstance(prefix, KeyPrefix) and (prefix.family, prefix.prefix, prefix.keys) == (
+        "session",
+        "sess:",
+        12,
+    )
+    assert any("more than 5 session keys" in line.text for line in state.snapshot().log)
+    # a listed session's own key is always read back; an unlisted one's change is counted
+    state.apply_key(session("sess:user0", "changed", cause="set"))
+    listed = {getattr(s, "user", None) for s in state.entities("session")}
+    state.apply_key(session("sess:user11", "x", cause="set"))
+    state.drop_key("r1", b"sess:user10", "expired")
+    state.refresh_counts()
+    (after,) = state.entities("prefix")
+    assert isinstance(after, KeyPrefix) and (after.writes, after.removals) == (1, 1)
+    assert len(state.entities("session")) == 5 and "changed" in listed
