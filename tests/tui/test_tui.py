@@ -330,3 +330,18 @@ async def test_an_idempotency_run_fills_the_services_and_marks_panels(
     done = await app.core.runner.wait(run.id)
     assert done.status == "held", done.error
     await rendered(pilot, lambda: table(app, "services").row_count == 0, "the services gone", timeout=20)
+
+
+async def test_a_big_family_shows_one_window_of_rows_and_says_how_many(
+    tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo
+) -> None:
+    app, pilot = tui
+    redis_client(cluster).mset({f"many:item:{i:04d}": "x" for i in range(620)})
+    title = app.screen_stack[0].query_one("#title-keys")
+
+    def says() -> bool:
+        return "of 62" in str(title.render())
+
+    await rendered(pilot, says, "the keys panel counting 620+ keys, 500 shown")
+    assert table(app, "keys").row_count == 500
+    assert "(500 of 62" in str(title.render())

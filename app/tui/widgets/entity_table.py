@@ -4,11 +4,14 @@ and refilled), with the family's columns.
 Each sync adds new rows, updates only the cells that changed and removes
 rows whose entity is gone — inside ``app.batch_update()`` so the screen
 repaints once (the pattern of Dolphie's process list). Countdown cells (a
-TTL, a lease) are redrawn by :meth:`EntityTable.tick` between events.
+TTL, a lease) are redrawn by :meth:`EntityTable.tick` between events. A
+table shows at most :data:`MAX_ROWS` rows; its panel's title says how many
+there are (`/` filters among all of them).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 from rich.text import Text
@@ -18,6 +21,10 @@ from app.tui.cells import now_ms, render
 from app.tui.text import printable
 from collectors.events import Entity
 from collectors.families.base import Cell, Family
+
+MAX_ROWS = 500
+"""Rows a table shows (the first by id, then sorted by its column): a family of 20,000
+entities would cost a row of cells each per change."""
 
 
 class EntityTable(DataTable[Text]):
@@ -55,6 +62,8 @@ class EntityTable(DataTable[Text]):
 
     def sync(self, entities: Iterable[Entity], needle: str = "") -> None:
         wanted = [e for e in entities if not needle or needle in _haystack(e)]
+        if len(wanted) > MAX_ROWS:
+            wanted = heapq.nsmallest(MAX_ROWS, wanted, key=lambda e: e.id)
         keep = {e.id for e in wanted}
         for row_id in list(self._rows):
             if row_id not in keep:
