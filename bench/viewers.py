@@ -8,9 +8,11 @@ with every lock write ``[index, token_ns]``.
 
 ``viewers``: N websocket viewers of ``/ws?batch=1`` in one asyncio process (the
 ``websockets`` client, which offers permessage-deflate as a browser does). Every
-``lock.upserted`` gives a latency (receive time - token) and raises the viewer's
-highest token seen for that lock; a lock in a snapshot counts as seen (for coverage)
-but gives no latency. All viewers get the same bytes for a flush, so each distinct
+``lock.upserted`` with a token the viewer has not seen yet gives a latency (receive
+time - token) and raises the viewer's highest token seen for that lock; an upsert of
+a token already seen (a rescan re-reading the lock unchanged) is counted as a repeat,
+without a latency; a lock in a snapshot counts as seen (for coverage) but gives no
+latency. All viewers get the same bytes for a flush, so each distinct
 message is parsed once and the result shared. Prints ``ready`` when every viewer has
 its first snapshot, stops on a ``stop`` line on stdin (or after ``--max-seconds``) and
 writes a JSON file of what it saw.
@@ -135,6 +137,7 @@ class Seen:
         self.bytes = 0
         self.snapshots = 0
         self.events = 0
+        self.repeats = 0
         self.closed: str | None = None
 
 
@@ -167,8 +170,11 @@ class Viewers:
             seen.snapshots += 1
         highest = seen.highest
         for name, token_ns in got.locks:
-            if token_ns > highest.get(name, 0):
-                highest[name] = token_ns
+            if token_ns <= highest.get(name, 0):
+                # the same token again (a rescan re-read the lock unchanged): no new write
+                seen.repeats += 0 if got.snapshot else 1
+                continue
+            highest[name] = token_ns
             if not got.snapshot:
                 seen.events += 1
                 latency = (at_ns - token_ns) / 1e6
@@ -242,6 +248,7 @@ async def run_viewers(url: str, count: int, out: str, max_seconds: float) -> Non
                 "bytes": s.bytes,
                 "snapshots": s.snapshots,
                 "events": s.events,
+                "repeats": s.repeats,
                 "p99_ms": _percentile(sorted(s.latencies_ms), 99),
                 "highest": s.highest,
                 "closed": s.closed,
@@ -249,6 +256,10 @@ async def run_viewers(url: str, count: int, out: str, max_seconds: float) -> Non
             for s in seen
         ],
     }
+    _dump(out, result)
+
+
+def _dump(out: str, result: dict[str, Any]) -> None:
     with open(out, "w") as f:
         json.dump(result, f)
 
