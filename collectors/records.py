@@ -8,6 +8,7 @@ znode. :mod:`collectors.state` feeds them to the recognisers in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 Store = Literal["redis", "zookeeper", "postgres"]
@@ -47,8 +48,9 @@ class KeyRecord:
     cause: str = ""
     """The keyspace event that made us read it (``set``, ``expire``...), or ``scan``."""
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """The name as text (every recogniser asks: decoded once)."""
         return display(self.raw_key)
 
     @property

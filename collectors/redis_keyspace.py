@@ -3,13 +3,13 @@
 Algorithm
 ---------
 1. Subscribe to ``__keyspace@<db>__:*`` on a connection of our own whose
-   replies hiredis parses directly (:mod:`collectors.redis_subscription`):
-   no await per notification, so a burst drains at the parser's speed.
+   replies hiredis parses directly (:mod:`collectors.resp`): no await per
+   notification, so a burst drains at the parser's speed.
 2. A notification names a key and an event, not a value: the key is marked
    *dirty* (the latest event wins; repeats while it waits are counted as
    coalesced).
-3. A reader takes dirty keys in batches and reads them back with two
-   pipelined round trips per batch: ``TYPE``+``PTTL``, then a read sized by
+3. A reader takes dirty keys in batches and reads them back, on a second
+   connection of our own, with two pipelined round trips per batch: ``TYPE``+``PTTL``, then a read sized by
    type (a bounded prefix of a string, up to ``MAX_FIELDS`` hash fields, the
    first members of a collection, new entries of a run's history stream).
    A key that is gone is dropped with the event as the cause.
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ from collectors.families.nodes import Node
 from collectors.layouts import coordscope
 from collectors.limits import Limits
 from collectors.records import KeyRecord, display
-from collectors.redis_subscription import Subscription
+from collectors.resp import Arg, Reads, Subscription
 from collectors.state import State, now_ms
 from collectors.targets import RedisTarget
 
@@ -74,6 +75,8 @@ CONFIG_EVERY_S = 2.0
 
 NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 OMEM = re.compile(rb"\bomem=(\d+)")
+READ_TIMEOUT_S = 5.0
+"""A read-back that takes longer means the node is not answering."""
 
 
 class Topology:
@@ -129,6 +132,7 @@ class RedisCollector:
         self._notifications = True
         self._connected_once = False
         self._client: Redis | None = None
+        self._reads: Reads | None = None
         self._scanned = False
         self._subscription: Subscription | None = None
         self._subscriptions = 0
@@ -187,21 +191,26 @@ class RedisCollector:
     async def _watch(self) -> None:
         client = self._client_for()
         tasks: list[asyncio.Task[None]] = []
+        reads: Reads | None = None
         try:
             await self._health(client)
-            self._client = client
+            reads = await Reads.open(self.target)
+            self._client, self._reads = client, reads
             self._subscriptions = 0
             self.subscribe_confirmations = 0
             tasks = [
                 asyncio.create_task(self._listen(), name=f"listen {self.target.id}"),
-                asyncio.create_task(self._reader(client), name=f"read {self.target.id}"),
+                asyncio.create_task(self._reader(reads), name=f"read {self.target.id}"),
                 asyncio.create_task(self._health_loop(client), name=f"health {self.target.id}"),
             ]
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            watching: list[asyncio.Future[Any]] = [*tasks, reads.ended]
+            done, _ = await asyncio.wait(watching, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
+                if task is reads.ended:
+                    raise redis_errors.ConnectionError(f"the read connection ended ({reads.ended.result()})")
                 task.result()  # re-raise what stopped it
         finally:
-            self._client = None
+            self._client = self._reads = None
             if self._scan_task is not None:
                 tasks.append(self._scan_task)
                 self._scan_task = None
@@ -212,6 +221,8 @@ class RedisCollector:
                     await task
             if self._subscription is not None:
                 self._subscription.close()
+            if reads is not None:
+                reads.close()
             with contextlib.suppress(Exception, TimeoutError):
                 await asyncio.wait_for(client.aclose(), 1.0)
 
@@ -284,8 +295,8 @@ class RedisCollector:
         """Walk the keyspace a page at a time, reading each page back at once, at most
         ``scan_rate`` keys a second: a big keyspace is never one stop-the-world read, and
         what a page holds is on screen as soon as it is read."""
-        client = self._client
-        if client is None:
+        client, reads = self._client, self._reads
+        if client is None or reads is None:
             return
         limits = self._limits
         started, started_ms = time.monotonic(), now_ms()
@@ -296,7 +307,7 @@ class RedisCollector:
         while True:
             cursor, keys = await client.scan(cursor, count=limits.scan_count)
             if keys:
-                await self._read(client, [(_raw(k), "scan") for k in keys])
+                await self._read(reads, [(_raw(k), "scan") for k in keys])
                 read += len(keys)
                 self._wake()
             if not cursor:
@@ -326,35 +337,37 @@ class RedisCollector:
         self._node = replace(self._node, scan=progress)
         self._publish_node()
 
-    async def _reader(self, client: Redis) -> None:
+    async def _reader(self, reads: Reads) -> None:
         while True:
             await self._dirty_event.wait()
             self._dirty_event.clear()
             while self._dirty:
                 batch = []
-                for raw in list(self._dirty)[:BATCH]:
+                for raw in list(itertools.islice(self._dirty, BATCH)):  # not list(all): O(n) each
                     cause = self._dirty.pop(raw)
                     batch.append((raw, cause.decode() if isinstance(cause, bytes) else cause))
-                await self._read(client, batch)
+                await self._read(reads, batch)
                 self._wake()
                 await asyncio.sleep(0)
             if self._scanned:
                 self.synced.set()
 
-    async def _read(self, client: Redis, batch: list[tuple[bytes, str]]) -> None:
+    async def _read(self, reads: Reads, batch: list[tuple[bytes, str]]) -> None:
         # Round trip 1: TYPE and PTTL, plus a string read that answers WRONGTYPE for the
         # others -- locks and sessions are mostly strings, which then take one trip only.
-        pipe = client.pipeline(transaction=False)
+        first_round: list[tuple[Arg, ...]] = []
         for raw, _ in batch:
-            pipe.type(raw)
-            pipe.pttl(raw)
-            pipe.strlen(raw)
-            pipe.getrange(raw, 0, MAX_VALUE - 1)
-        first = await pipe.execute(raise_on_error=False)
+            first_round += [
+                (b"TYPE", raw),
+                (b"PTTL", raw),
+                (b"STRLEN", raw),
+                (b"GETRANGE", raw, 0, MAX_VALUE - 1),
+            ]
+        first = await asyncio.wait_for(reads.execute(first_round), READ_TIMEOUT_S)
         read_at = now_ms()
         # (key, cause, type, ttl, which round answered it, where in that round's replies)
         plan: list[tuple[bytes, str, str, int | None, int, int]] = []
-        pipe = client.pipeline(transaction=False)
+        second_round: list[tuple[Arg, ...]] = []
         for i, (raw, cause) in enumerate(batch):
             kind, pttl = first[4 * i], first[4 * i + 1]
             if isinstance(kind, Exception) or isinstance(pttl, Exception):
@@ -368,9 +381,10 @@ class RedisCollector:
             if kind == "string":
                 plan.append((raw, cause, kind, ttl, 0, 4 * i + 2))
             else:
-                plan.append((raw, cause, kind, ttl, 1, len(pipe.command_stack)))
-                self._queue_read(pipe, raw, kind)
-        rounds = [first, await pipe.execute(raise_on_error=False) if pipe.command_stack else []]
+                plan.append((raw, cause, kind, ttl, 1, len(second_round)))
+                second_round += self._second_read(raw, kind)
+        second = await asyncio.wait_for(reads.execute(second_round), READ_TIMEOUT_S) if second_round else []
+        rounds = [first, second]
         for raw, cause, kind, ttl, round_, at in plan:
             try:
                 rec = self._record(raw, cause, kind, ttl, read_at, rounds[round_], at)
@@ -381,30 +395,24 @@ class RedisCollector:
                 continue
             self._state.apply_key(rec)
 
-    def _queue_read(self, pipe: Any, raw: bytes, kind: str) -> None:
-        """The second round trip, for every type but strings (the first one read those)."""
+    def _second_read(self, raw: bytes, kind: str) -> list[tuple[Arg, ...]]:
+        """The second round trip, for every type but strings (the first one read those):
+        a size and a bounded read."""
         if kind == "hash":
-            pipe.hlen(raw)
-            pipe.hscan(raw, 0, count=MAX_FIELDS)
-        elif kind == "list":
-            pipe.llen(raw)
-            pipe.lrange(raw, 0, MAX_ITEMS - 1)
-        elif kind == "set":
-            pipe.scard(raw)
-            pipe.sscan(raw, 0, count=MAX_ITEMS)
-        elif kind == "zset":
-            pipe.zcard(raw)
-            pipe.zrange(raw, 0, MAX_ITEMS - 1)
-        elif kind == "stream":
-            pipe.xlen(raw)
+            return [(b"HLEN", raw), (b"HSCAN", raw, 0, b"COUNT", MAX_FIELDS)]
+        if kind == "list":
+            return [(b"LLEN", raw), (b"LRANGE", raw, 0, MAX_ITEMS - 1)]
+        if kind == "set":
+            return [(b"SCARD", raw), (b"SSCAN", raw, 0, b"COUNT", MAX_ITEMS)]
+        if kind == "zset":
+            return [(b"ZCARD", raw), (b"ZRANGE", raw, 0, MAX_ITEMS - 1)]
+        if kind == "stream":
             if display(raw).startswith(coordscope.history_key("")):
                 start = self._stream_pos.get(raw)
-                pipe.xrange(raw, min=b"(" + start if start else b"-", count=MAX_STREAM_READ)
-            else:
-                pipe.xrevrange(raw, count=1)
-        else:
-            pipe.exists(raw)
-            pipe.exists(raw)
+                since = b"(" + start if start else b"-"
+                return [(b"XLEN", raw), (b"XRANGE", raw, since, b"+", b"COUNT", MAX_STREAM_READ)]
+            return [(b"XLEN", raw), (b"XREVRANGE", raw, b"+", b"-", b"COUNT", 1)]
+        return [(b"EXISTS", raw), (b"EXISTS", raw)]
 
     def _record(
         self, raw: bytes, cause: str, kind: str, ttl: int | None, read_at: int, results: list[Any], at: int
@@ -424,13 +432,13 @@ class RedisCollector:
         if kind == "string":
             return KeyRecord(value=body, truncated=int(size) > len(body), **common)
         if kind == "hash":
-            fields = dict(body[1])
+            fields = _pairs(body[1])
             return KeyRecord(fields=fields, truncated=int(size) > len(fields), **common)
         if kind in ("list", "set", "zset"):
             items = tuple(body[1] if kind == "set" else body)[:MAX_ITEMS]
             return KeyRecord(items=items, truncated=int(size) > len(items), **common)
         if kind == "stream":
-            entries = tuple((entry_id, dict(fields or {})) for entry_id, fields in body)
+            entries = tuple((entry_id, _pairs(fields or [])) for entry_id, fields in body)
             if display(raw).startswith(coordscope.history_key("")) and entries:
                 self._stream_pos[raw] = entries[-1][0]
                 if len(entries) == MAX_STREAM_READ:
@@ -582,6 +590,12 @@ class RedisCollector:
         self._node = replace(self._node, events=self.events, coalesced=self.coalesced, gaps=self.gaps)
         self._state.set_node(self._node)
         self._wake()
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """``[field, value, field, value...]`` (RESP2's hash and stream entries) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
 
 
 def _raw(key: bytes | str) -> bytes:

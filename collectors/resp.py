@@ -1,0 +1,231 @@
+"""Connections of our own to Redis, parsed by hiredis directly.
+
+Why not redis-py here
+---------------------
+The two hot paths of a Redis collector are the keyspace subscription and
+the read-back of the keys it names. redis-py's ``pubsub.listen()`` costs an
+``await``, a parse call and a message dict per notification, and
+re-subscribes by itself after a dropped connection, hiding the
+notifications lost in between; its pipelines pack and parse every command
+through layers of Python. Here an :class:`asyncio.Protocol` feeds every
+chunk the socket delivers to a ``hiredis.Reader``:
+
+- :class:`Subscription` hands each ``pmessage`` to a callback in a plain
+  loop — no await per message, so a burst drains as fast as hiredis parses
+  it. A dropped connection ends it; the collector opens a new one and treats
+  its confirmation as a gap. Before subscribing it names itself
+  ``coordscope-watch`` and asks ``CLIENT ID``, so the collector can read
+  this connection's output buffer on the server (``CLIENT LIST ID``).
+- :class:`Reads` sends a batch of commands in one write and resolves when
+  all their replies are in, in order; several batches may be in flight at
+  once (Redis answers in order). Error replies come back as
+  ``hiredis.ReplyError`` values in their place, never raised.
+
+``bench/keyspace.py`` compares both with redis-py in one run.
+
+Error handling
+--------------
+A connection that cannot be opened or authenticated raises ``OSError`` or
+:class:`HandshakeError` from ``open``. Once open, every end — closed by the
+server (``CLIENT KILL``, an output buffer limit), a reset, a protocol error —
+resolves :attr:`RespConnection.ended` with the reason and fails every
+request still waiting with ``ConnectionError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hiredis
+
+from collectors.targets import RedisTarget
+
+Arg = bytes | str | int
+OnKey = Callable[[bytes, bytes], None]
+"""Called with (key, event) for every notification."""
+
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+class HandshakeError(ConnectionError):
+    """The server refused the handshake (bad password, no ACL for a command...)."""
+
+
+def command(*args: Arg) -> bytes:
+    """One command in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+class _Waiting:
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
+        self.count = count
+        self.future = future
+        self.replies: list[Any] = []
+
+
+class RespConnection(asyncio.Protocol):
+    name = "coordscope"
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: deque[_Waiting] = deque()
+        self._transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """Resolved with the reason when the connection ends."""
+        self.client_id: int | None = None
+
+    @classmethod
+    async def _connect(cls, target: RedisTarget, proto: RespConnection, db: bool) -> None:
+        loop = asyncio.get_running_loop()
+        context = ssl.create_default_context() if target.tls else None
+        await asyncio.wait_for(
+            loop.create_connection(lambda: proto, target.host, target.port, ssl=context),
+            HANDSHAKE_TIMEOUT_S,
+        )
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                if target.password is not None:
+                    auth = (target.username, target.password) if target.username else (target.password,)
+                    await proto.ask(b"AUTH", *auth)
+                if db and target.db:
+                    await proto.ask(b"SELECT", target.db)
+                await proto.ask(b"CLIENT", b"SETNAME", proto.name)
+                proto.client_id = int(await proto.ask(b"CLIENT", b"ID"))
+        except BaseException:
+            proto.close()
+            raise
+
+    async def ask(self, *args: Arg) -> Any:
+        """One command; an error reply raises :class:`HandshakeError`."""
+        (reply,) = await self.execute([args])
+        if isinstance(reply, hiredis.ReplyError):
+            name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+            raise HandshakeError(f"{name} refused: {reply}")
+        return reply
+
+    def execute(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
+        """Send these commands at once; the future gets their replies, in order."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if not commands:
+            future.set_result([])
+            return future
+        self._send(b"".join(command(*c) for c in commands))
+        self._waiting.append(_Waiting(len(commands), future))
+        return future
+
+    def _send(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing() or self.ended.done():
+            raise ConnectionError("the connection is closed")
+        self._transport.write(data)
+
+    # ------------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                self._reply(reply)
+                reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            self._end(f"protocol error: {exc}")
+            self.close()
+
+    def _reply(self, reply: Any) -> None:
+        waiting = self._waiting[0]
+        waiting.replies.append(reply)
+        if len(waiting.replies) == waiting.count:
+            self._waiting.popleft()
+            if not waiting.future.done():
+                waiting.future.set_result(waiting.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(f"{type(exc).__name__}: {exc}" if exc else "closed by the server")
+
+    def _end(self, why: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(why)
+        while self._waiting:
+            future = self._waiting.popleft().future
+            if not future.done():
+                future.set_exception(ConnectionError(why))
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the server's output buffer for us then grows)."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._end("closed by us")
+
+
+class Reads(RespConnection):
+    """A connection for pipelined reads (the collector's read-back of dirty keys)."""
+
+    name = "coordscope-read"
+
+    @classmethod
+    async def open(cls, target: RedisTarget) -> Reads:
+        proto = cls()
+        await cls._connect(target, proto, db=True)
+        return proto
+
+
+class Subscription(RespConnection):
+    """The keyspace subscription: every ``pmessage`` to a callback, in a plain loop."""
+
+    name = "coordscope-watch"
+
+    def __init__(self, prefix: bytes, on_key: OnKey, on_subscribed: Callable[[], None]) -> None:
+        super().__init__()
+        self._cut = len(prefix)
+        self._on_key = on_key
+        self._on_subscribed = on_subscribed
+        self.messages = 0
+
+    @classmethod
+    async def open(
+        cls, target: RedisTarget, on_key: OnKey, on_subscribed: Callable[[], None]
+    ) -> Subscription:
+        pattern = f"__keyspace@{target.db}__:*".encode()
+        proto = cls(pattern[:-1], on_key, on_subscribed)
+        await cls._connect(target, proto, db=False)
+        proto._send(command(b"PSUBSCRIBE", pattern))
+        return proto
+
+    def data_received(self, data: bytes) -> None:
+        """The hot path: parse everything that arrived, one callback per notification."""
+        reader = self._reader
+        reader.feed(data)
+        on_key, cut = self._on_key, self._cut
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                if type(reply) is list and reply[0] == b"pmessage":
+                    on_key(reply[2][cut:], reply[3])
+                    self.messages += 1
+                elif self._waiting:
+                    self._reply(reply)
+                elif type(reply) is list and reply[0] == b"psubscribe":
+                    self._on_subscribed()
+                reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            self._end(f"protocol error: {exc}")
+            self.close()
