@@ -70,7 +70,7 @@ def _feed(n: Node) -> Cell:
     parts = [(n.feed, "")]
     if n.scan:
         parts.append((n.scan, "warn" if "%" in n.scan else "dim"))
-    if n.sub_buffer:
+    if n.sub_buffer is not None:  # measured (a Redis node we subscribe to)
         parts.append((f"buffer {n.sub_buffer // 1024:,} KiB", "warn" if n.sub_buffer > 1 << 20 else "dim"))
     words = [(word, tone) for part, tone in parts for word in part.split()]
     return pieces(*words, title=" · ".join(part for part, _ in parts if part))
