@@ -320,11 +320,12 @@ def written_before(args: argparse.Namespace, folder: Path) -> None:
         def measure(when: str) -> None:
             _, body, ms = get(web.port, "/api/state")
             states.append((when, len(body), ms))
+            locks_now = json.loads(body)["totals"].get("locks", 0)
             size, wms = first_ws_message(web.port)
             firsts.append((when, size, wms))
             say(
                 f"  [{when:>14}] GET /api/state {kb(len(body)):>9} in {ms:6.0f} ms;"
-                f" first ws message {kb(size):>9} in {wms:6.0f} ms"
+                f" first ws message {kb(size):>9} in {wms:6.0f} ms; locks listed {locks_now:,}"
             )
 
         scan_end: float | None = None
@@ -451,16 +452,28 @@ def written_while_watching(args: argparse.Namespace, folder: Path) -> None:
         rate = n / write_s
         dbsize = int(client.dbsize())
         say(f"  redis-benchmark: {n:,} SETs in {write_s:.1f}s = {rate:,.0f} SET/s (raw); {dbsize:,} keys")
+        # settled: the node's counts equal DBSIZE, or (the census being a census) they and
+        # the notifications taken in stopped changing for 5 s with no scan running
         settled: float | None = None
+        exact = False
+        last: tuple[Any, ...] = ()
+        changed = write_end
         deadline = time.monotonic() + args.settle_timeout
         while time.monotonic() < deadline:
             omems.append(omem(client))
-            state = web.node()
-            node = state["node"]
+            node = web.node()["node"]
+            now = time.monotonic()
             feeds.add(node.get("feed", ""))
             buffers.append(node.get("sub_buffer") or 0)
-            if node.get("keys", 0) + node.get("summarised", 0) == dbsize and settled is None:
-                settled = time.monotonic() - write_end
+            busy = "%" in node.get("scan", "") or "paused" in node.get("feed", "")
+            current = (node.get("keys", 0), node.get("summarised", 0), node.get("events", 0), busy)
+            if current != last:
+                last, changed = current, now
+            if node.get("keys", 0) + node.get("summarised", 0) == dbsize:
+                settled, exact = now - write_end, True
+                break
+            if not busy and now - changed >= 5:
+                settled = changed - write_end
                 break
             time.sleep(0.25)
         state = web.node()
@@ -483,14 +496,33 @@ def written_while_watching(args: argparse.Namespace, folder: Path) -> None:
         for text in warnings[-4:]:
             say(f"    log: {text[:150]}")
         listed = node.get("keys", 0) + node.get("summarised", 0)
-        when = f"{settled:.1f}s after the last write" if settled is not None else "not within the bound"
-        say(f"  node counts {listed:,} of {dbsize:,} keys: settled {when}")
+        if settled is None:
+            when = f"still changing after {args.settle_timeout:.0f}s"
+        else:
+            when = f"{settled:.1f}s after the last write" + ("" if exact else " (stable, not equal)")
+        say(
+            f"  node counts {node.get('keys', 0):,} listed + {node.get('summarised', 0):,} summarised"
+            f" = {listed:,} of {dbsize:,} keys ({listed - dbsize:+,}): settled {when}"
+        )
         say(f"  web RSS: before {mib(before_rss)}, peak {mib(peak)}, final {mib(web.watch.last())}")
         figure(section, "raw redis-benchmark write rate (baseline)", f"{rate:,.0f} SET/s")
         figure(section, "subscriber omem max", mib(max_omem), "< 32 MiB (pub/sub limit)", max_omem < 32 * MIB)
         figure(section, "gaps (lost subscriptions)", str(node.get("gaps")), "0", node.get("gaps") == 0)
         figure(section, "feed paused (by design past 8 MiB)", "yes" if paused else "no")
-        figure(section, "key counts settle", when, f"<= {args.settle_timeout:.0f} s", settled is not None)
+        figure(
+            section,
+            "key counts settle",
+            when,
+            f"<= {args.settle_timeout:.0f} s",
+            settled is not None,
+        )
+        figure(
+            section,
+            "listed + summarised vs DBSIZE",
+            f"{listed:,} ({listed - dbsize:+,})",
+            f"= {dbsize:,}",
+            listed == dbsize,
+        )
         figure(section, "web RSS peak", mib(peak), "<= 150 MiB", peak <= 150 * MIB)
     finally:
         if web is not None:
@@ -558,7 +590,10 @@ def _lines(proc: subprocess.Popen[str]) -> Iterator[str]:
 
 def many_viewers(args: argparse.Namespace, folder: Path) -> None:
     counts = [int(c) for c in args.viewers.split(",") if c.strip()]
-    say(f"== 2. many viewers: {', '.join(map(str, counts))}; 2,000 SET/s for {args.seconds:.0f}s each ==")
+    say(
+        f"== 2. many viewers: {', '.join(map(str, counts))}; 2,000 SET/s for {args.seconds:.0f}s each;"
+        f" websocket compression {args.ws_compression} =="
+    )
     port, server = start_redis(folder / "redis-2")
     client = redis.Redis(port=port)
     try:
@@ -586,6 +621,7 @@ def one_count(args: argparse.Namespace, folder: Path, port: int, count: int) -> 
                 *(sys.executable, str(HERE / "viewers.py"), "viewers"),
                 *("--url", f"ws://127.0.0.1:{web.port}/ws?batch=1", "--count", str(count)),
                 *("--out", str(seen_file), "--max-seconds", str(args.seconds + 90)),
+                *("--compression", args.ws_compression),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -882,6 +918,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--locks", type=int, default=1000, help="locks among the keys written before")
     parser.add_argument("--viewers", default="10,100", help="viewer counts, comma-separated")
     parser.add_argument("--seconds", type=float, help="load per viewer count (default 60)")
+    parser.add_argument(
+        "--ws-compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="what the viewers offer (a browser offers permessage-deflate)",
+    )
     parser.add_argument("--sets", type=int, help="keyspace ingest SETs (default 200,000)")
     parser.add_argument("--set-keys", type=int, default=10_000, help="keyspace ingest distinct keys")
     parser.add_argument("--samples", type=int, help="keyspace latency samples (default 500)")

@@ -199,7 +199,7 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q / 100))]
 
 
-async def run_viewers(url: str, count: int, out: str, max_seconds: float) -> None:
+async def run_viewers(url: str, count: int, out: str, max_seconds: float, deflate: bool = True) -> None:
     from websockets.asyncio.client import connect
 
     viewers = Viewers()
@@ -209,7 +209,11 @@ async def run_viewers(url: str, count: int, out: str, max_seconds: float) -> Non
     try:
         async with asyncio.timeout(60):
             for _ in range(count):
-                connections.append(await connect(url, max_size=None, open_timeout=20))
+                connections.append(
+                    await connect(
+                        url, max_size=None, open_timeout=20, compression="deflate" if deflate else None
+                    )
+                )
             for connection, s in zip(connections, seen, strict=True):
                 viewers.take(s, await connection.recv(decode=False), time.time_ns())
         print("ready", flush=True)
@@ -280,11 +284,16 @@ def main() -> None:
     v.add_argument("--count", type=int, default=10)
     v.add_argument("--max-seconds", type=float, default=120)
     v.add_argument("--out", required=True)
+    v.add_argument(
+        "--compression", choices=("deflate", "none"), default="deflate", help="offer permessage-deflate"
+    )
     args = parser.parse_args()
     if args.command == "writer":
         writer(args.port, args.seconds, args.rate, args.lock_every, args.locks, args.cache_keys, args.out)
     else:
-        asyncio.run(run_viewers(args.url, args.count, args.out, args.max_seconds))
+        asyncio.run(
+            run_viewers(args.url, args.count, args.out, args.max_seconds, args.compression == "deflate")
+        )
 
 
 if __name__ == "__main__":
