@@ -42,6 +42,10 @@ class RedisTarget:
     tls: bool = False
     allow_config: bool = False
     """May the collector run ``CONFIG SET notify-keyspace-events`` when it is off?"""
+    cluster: str | None = None
+    """The Redis Cluster this node is a member of (its name), or None for a standalone
+    node: a cluster's topology is followed live, and its keys are the cluster's
+    entities whichever node holds them (:mod:`collectors.redis_cluster`)."""
 
     @property
     def address(self) -> str:
