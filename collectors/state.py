@@ -151,6 +151,12 @@ class State:
     def node(self, node_id: str) -> Node | None:
         return self._nodes.get(node_id)
 
+    def forget_node(self, node_id: str) -> None:
+        """A node that is no longer watched (it left its Redis Cluster), its keys dropped."""
+        if self._nodes.pop(node_id, None) is not None:
+            self._entities["node"].pop(node_id, None)
+            self._emit(Removed(kind="node", id=node_id))
+
     def _refs_of_node(self, node_id: str) -> set[EntityRef]:
         return {e.ref for e in self._entries.get(node_id, {}).values()}
 
