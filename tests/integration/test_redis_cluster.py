@@ -294,3 +294,42 @@ async def test_a_resharded_slot_moves_the_lock_without_losing_it(
         assert isinstance(note, RawKey) and note.node == target and not note.stale
         assert LOCK_KEY not in st.keys_of(source) and LOCK_KEY in st.keys_of(target)
         assert st.counts()["lock"] == 1
+
+
+async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
+    redis_cluster: tuple[LocalCluster, ClusterInfo],
+) -> None:
+    _, info = redis_cluster
+    await asyncio.to_thread(wait_until, lambda: cluster_ok(info), 30, "cluster_state:ok everywhere")
+    state = Path(info.state_dir)
+    async with observing(info) as (_, st):
+        seen: set[str] = set()
+
+        def ours() -> list[Lock]:
+            return [
+                lk
+                for lk in st.entities("lock")
+                if isinstance(lk, Lock) and lk.name.startswith("coordscope:lock:{lock-redis")
+            ]
+
+        run = asyncio.create_task(
+            asyncio.to_thread(coordscope, state, "run", "lock-redis", "--set", "rounds=4", "--quiet")
+        )
+        while not run.done():
+            seen.update(
+                f"{lk.name} {lk.layout} {','.join(lk.nodes)} {lk.fence}" for lk in ours() if lk.holder
+            )
+            await asyncio.sleep(0.005)
+        done = await run
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "HELD" in done.stdout
+        assert seen, "the collectors saw the run's lock held"
+        assert all(" coordscope " in s for s in seen), seen  # recognised as coordscope's layout
+        # the lock's keys share one slot (the hash tag), on one primary: one grant each time
+        assert all(s.count("cluster-") == 1 for s in seen), seen
+        await eventually(lambda: not ours(), 10, "the run's lock gone once it cleaned up")
+
+    refused = coordscope(state, "run", "lock-redlock")
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "lock-redlock cannot run on a Redis Cluster: RedLock needs independent masters" in refused.stderr
