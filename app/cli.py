@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--redis-cluster",
         action="store_true",
-        help="the --redis URLs are seeds of a Redis Cluster: watch every node",
+        help="the --redis URLs are seeds of a Redis Cluster: follow its nodes; "
+        "with up: start a Redis Cluster (3 primaries, a replica each) instead of the masters",
     )
     g.add_argument("--zk", metavar="HOSTS", help="watch this ZooKeeper ensemble (host:port,...)")
     g.add_argument(
@@ -256,7 +257,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _up(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    info, started = cluster.up(args.masters, args.zk_ensemble)
+    info, started = cluster.up(args.masters, args.zk_ensemble, True if args.redis_cluster else None)
     print("started the local cluster:" if started else "the local cluster is already running:")
     for line in info.describe():
         print("  " + line)

@@ -4,7 +4,10 @@
 
 - 3 independent Redis masters (``redis-1`` .. ``redis-3``; ``--masters 5`` for
   RedLock over five), keyspace notifications on, no persistence;
-- ``replica-1``, a replica of ``redis-1`` (for the failover scenario);
+- ``replica-1``, a replica of ``redis-1`` (for the failover scenario); or, with
+  ``--redis-cluster``, instead of those: a Redis Cluster ``cluster-1`` ..
+  ``cluster-6``, three primaries and a replica of each (:mod:`app.redis_cluster`),
+  watched as a cluster whose topology the collectors follow;
 - ``zookeeper``, one standalone ZooKeeper on the installed Java; or, with
   ``--zk-ensemble 3``, an ensemble ``zookeeper-1`` .. ``zookeeper-3`` (each its own
   folder, ``myid`` and client port; ``server.N=127.0.0.1:peerPort:electionPort``
@@ -48,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from app import local_postgres
+from app import redis_cluster as redis_cluster_of
 from app.cluster_member import HOST, ClusterError, Member, alive, leads_its_group, processes_of, stopped, tail
 from collectors.targets import PostgresTarget, RedisTarget, ZkTarget, free_port
 
@@ -100,10 +104,20 @@ class ClusterInfo:
 
     @property
     def masters(self) -> list[Member]:
+        """The Redis masters it started with (a Redis Cluster's primaries move later)."""
         return [m for m in self.members if m.kind == "redis" and m.role == "master"]
 
+    @property
+    def redis_cluster(self) -> bool:
+        """Is its Redis a Redis Cluster (``up --redis-cluster``)?"""
+        return any(m.cluster for m in self.members)
+
     def redis_targets(self) -> list[RedisTarget]:
-        return [RedisTarget(id=m.name, host=HOST, port=m.port) for m in self.members if m.kind == "redis"]
+        return [
+            RedisTarget(id=m.name, host=HOST, port=m.port, cluster=m.cluster)
+            for m in self.members
+            if m.kind == "redis"
+        ]
 
     def zk_targets(self) -> list[ZkTarget]:
         """One target: the standalone server, or every server of the ensemble in one
@@ -126,7 +140,9 @@ class ClusterInfo:
         lines = []
         for m in self.members:
             what = m.role if m.master is None else f"{m.role} of {m.master}"
-            lines.append(f"{m.name:<11} {m.kind:<9} {m.address:<16} {what:<18} pid {m.pid}")
+            if m.cluster:
+                what = f"{m.cluster}: {'primary' if m.master is None else f'replica of {m.master}'}"
+            lines.append(f"{m.name:<11} {m.kind:<9} {m.address:<16} {what:<26} pid {m.pid}")
         return lines
 
 
@@ -188,18 +204,33 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ up / down
 
-    def up(self, masters: int | None = None, zk_ensemble: int | None = None) -> tuple[ClusterInfo, bool]:
+    def up(
+        self, masters: int | None = None, zk_ensemble: int | None = None, redis_cluster: bool | None = None
+    ) -> tuple[ClusterInfo, bool]:
         """Start the cluster, or find it running. Returns (info, started_anything).
-        ``zk_ensemble``: ZooKeeper servers (1, the default, is a standalone server)."""
+        ``zk_ensemble``: ZooKeeper servers (1, the default, is a standalone server);
+        ``redis_cluster``: a Redis Cluster instead of the independent masters and replica
+        (None: whichever runs, or the independent masters)."""
         if masters is not None and masters < 1:
             raise ClusterError("--masters must be at least 1")
+        if masters is not None and redis_cluster:
+            raise ClusterError("--masters counts independent masters: a Redis Cluster has none")
         if zk_ensemble is not None and (zk_ensemble < 1 or zk_ensemble % 2 == 0):
             raise ClusterError("--zk-ensemble must be an odd number (1, 3, 5...): a majority must survive")
         with self._exclusive():
-            return self._up(masters, zk_ensemble)
+            return self._up(masters, zk_ensemble, redis_cluster)
 
-    def _up(self, masters: int | None, zk_ensemble: int | None) -> tuple[ClusterInfo, bool]:
+    def _up(
+        self, masters: int | None, zk_ensemble: int | None, redis_cluster: bool | None = None
+    ) -> tuple[ClusterInfo, bool]:
         info = self.load()
+        fresh = info is None
+        if info is not None and redis_cluster is not None and info.redis_cluster != redis_cluster:
+            running = "a Redis Cluster" if info.redis_cluster else "independent Redis masters"
+            raise ClusterError(
+                f"the cluster in {self.state_dir} has {running}; run `coordscope down` first to start "
+                + ("one with a Redis Cluster" if redis_cluster else "one with independent masters")
+            )
         if info is not None:
             for flag, wanted, have in (
                 ("masters", masters, sum(1 for m in info.members if m.name.startswith("redis-"))),
@@ -211,18 +242,22 @@ class LocalCluster:
                         f"run `coordscope down` first to start one with {wanted}"
                     )
         if info is None:
-            info = self._plan(masters or 3, zk_ensemble or 1)
+            info = self._plan(masters or 3, zk_ensemble or 1, bool(redis_cluster))
         started = False
         members = list(info.members)
         try:
             for i, m in enumerate(members):
                 if not alive(m):
+                    if fresh and m.cluster:
+                        redis_cluster_of.forget(m)  # a new cluster: not the last one's nodes
                     members[i] = self._spawn(m)
                     started = True
             info = replace(info, members=tuple(members))
             self._save(info)
             for m in info.members:
                 self._await_ready(m)
+            if info.redis_cluster:
+                redis_cluster_of.form([m for m in info.members if m.cluster])
         except BaseException:  # a member that would not start, or Ctrl-C during initdb
             # record what did start (a later member may have failed to), then stop it all
             self._save(replace(info, members=tuple(members)))
@@ -230,7 +265,7 @@ class LocalCluster:
             raise
         return info, started
 
-    def _plan(self, masters: int, zk_servers: int = 1) -> ClusterInfo:
+    def _plan(self, masters: int, zk_servers: int = 1, redis_cluster: bool = False) -> ClusterInfo:
         redis = _which("redis-server", "redis-server")
         java = _which("java", "default-jre-headless")
         jar = next((j for j in ZK_JARS if j.exists()), None)
@@ -250,10 +285,18 @@ class LocalCluster:
             used.add(p)
             return p
 
-        for i in range(1, masters + 1):
-            members.append(self._redis_member(redis, base, f"redis-{i}", port()))
-        first = members[0]
-        members.append(self._redis_member(redis, base, "replica-1", port(), master=first))
+        if redis_cluster:
+            for name, primary in redis_cluster_of.names():
+                members.append(
+                    self._redis_member(
+                        redis, base, name, port(), in_cluster=True, cluster_primary=primary, bus_port=port()
+                    )
+                )
+        else:
+            for i in range(1, masters + 1):
+                members.append(self._redis_member(redis, base, f"redis-{i}", port()))
+            first = members[0]
+            members.append(self._redis_member(redis, base, "replica-1", port(), master=first))
         if zk_servers == 1:
             members.append(_zk_member(java, jar, base, "zookeeper", port()))
         else:
@@ -274,7 +317,18 @@ class LocalCluster:
         return ClusterInfo(state_dir=str(base), members=tuple(members))
 
     @staticmethod
-    def _redis_member(redis: str, base: Path, name: str, port: int, master: Member | None = None) -> Member:
+    def _redis_member(
+        redis: str,
+        base: Path,
+        name: str,
+        port: int,
+        master: Member | None = None,
+        in_cluster: bool = False,
+        cluster_primary: str | None = None,
+        bus_port: int = 0,
+    ) -> Member:
+        """An independent master, a replica of ``master``, or a member of the Redis
+        Cluster (a primary, or first a replica of ``cluster_primary``)."""
         d = base / name
         argv = [
             redis,
@@ -305,14 +359,18 @@ class LocalCluster:
         ]
         if master is not None:
             argv += ["--replicaof", HOST, str(master.port)]
+        if in_cluster:
+            argv += redis_cluster_of.options(d, bus_port)
+        primary = master.name if master else cluster_primary
         return Member(
             name=name,
             kind="redis",
             port=port,
             dir=str(d),
             argv=tuple(argv),
-            role="replica" if master else "master",
-            master=master.name if master else None,
+            role="replica" if primary else "master",
+            master=primary,
+            cluster=redis_cluster_of.NAME if in_cluster else None,
         )
 
     def _spawn(self, m: Member) -> Member:

@@ -37,7 +37,7 @@ class Member:
     port: int
     role: str
     """master | replica | standalone | ensemble | database (an ensemble member's live
-    role, leader or follower, is read by the collector)"""
+    role, leader or follower, and a Redis Cluster member's, are read by the collectors)"""
     dir: str
     """Its folder, a real path (for PostgreSQL run by root: outside the state folder,
     which holds a symlink to it)."""
@@ -49,6 +49,9 @@ class Member:
     (every member of the ensemble has the same); empty for a standalone server."""
     myid: int = 0
     """A ZooKeeper ensemble member's id: its ``N`` in those lines (its ``myid`` file)."""
+    cluster: str | None = None
+    """The Redis Cluster a Redis member belongs to (``up --redis-cluster``); its
+    ``role`` and ``master`` are then only where it started: the cluster moves them."""
 
     @property
     def address(self) -> str:

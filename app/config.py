@@ -18,7 +18,7 @@ Config file (TOML)::
     [redis]
     urls = ["redis://10.0.0.5:6379", "redis://10.0.0.6:6379"]   # masters
     replicas = ["redis://10.0.0.9:6379"]                        # watched, never written to
-    cluster = false              # true: each URL is a seed of a Redis Cluster; watch every primary
+    cluster = false              # true: the URLs are seeds of a Redis Cluster; follow its nodes live
     enable_notifications = false # may we CONFIG SET notify-keyspace-events when it is off?
     scan_interval_s = 2.0        # the fallback when notifications are off
     raw_keys = 1000              # unrecognised keys listed one by one per node; the rest by prefix
@@ -302,7 +302,9 @@ def _pg_targets(dsns: tuple[str, ...]) -> tuple[PostgresTarget, ...]:
 
 
 def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:
-    """Every primary and replica of a Redis Cluster, from ``CLUSTER NODES`` of a seed."""
+    """Every primary and replica of a Redis Cluster, from ``CLUSTER NODES`` of a seed, as
+    members of one cluster named by the first seed (the collectors follow its nodes from
+    there on: :mod:`collectors.redis_cluster`)."""
     import redis
 
     last: Exception | None = None
@@ -326,8 +328,8 @@ def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:
         text = nodes if isinstance(nodes, str) else "\n".join(nodes)
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) < 3 or "fail" in parts[2]:
-                continue
+            if len(parts) < 3 or {"noaddr", "handshake"} & set(parts[2].split(",")):
+                continue  # a failed node stays: it is shown down until the cluster forgets it
             address = parts[1].split("@")[0]
             host, _, port = address.rpartition(":")
             found.append(
@@ -339,6 +341,7 @@ def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:
                     password=seed.password,
                     tls=seed.tls,
                     allow_config=seed.allow_config,
+                    cluster=seeds[0].address,
                 )
             )
         return found

@@ -189,7 +189,7 @@ class Budgets:
     ``family_keys`` (a million live sessions is normal, and would cost the observer
     gigabytes). A key that feeds an entity already listed is always kept (a session's
     second key joins its hash). Past a budget the keys are counted by prefix, per family;
-    a replica lists a key only beside its master's copy.
+    a replica lists a key beside its master's copy, or while its master has room.
     """
 
     def __init__(
@@ -214,6 +214,11 @@ class Budgets:
 
     def budget(self, kind: str) -> int:
         return self._budget.get(kind, self._family_keys)
+
+    def room(self, node: str, kind: str) -> bool:
+        """Does this node still list every key of this family? (Then so do its replicas,
+        whichever of the two reads a key first.)"""
+        return (node, kind) not in self._summarising and self._kept.get((node, kind), 0) < self.budget(kind)
 
     def _census_of(self, node: str, kind: str) -> NodeCensus:
         census = self._census.get((node, kind))

@@ -1,4 +1,5 @@
-"""The headless core: one collector per Redis node, one per ZooKeeper ensemble, one state.
+"""The headless core: one collector per Redis node (a Redis Cluster's followed by a watcher of
+its topology), one per ZooKeeper ensemble, one state.
 
 Usage::
 
@@ -20,6 +21,7 @@ from dataclasses import replace
 from collectors.layouts import LayoutConfig
 from collectors.limits import Limits
 from collectors.postgres import PgCollector
+from collectors.redis_cluster import ClusterWatcher
 from collectors.redis_keyspace import RedisCollector, Topology
 from collectors.state import State
 from collectors.targets import PostgresTarget, RedisTarget, ZkTarget
@@ -43,7 +45,15 @@ class Observatory:
         self.state = State(layouts, limits=limits)
         self._on_change = on_change or (lambda: None)
         topology = Topology(redis)
-        self.redis = [RedisCollector(t, self.state, self._changed, topology) for t in redis]
+        self.redis = [RedisCollector(t, self.state, self._changed, topology) for t in redis if not t.cluster]
+        clusters: dict[str, list[RedisTarget]] = {}
+        for t in redis:
+            if t.cluster:
+                clusters.setdefault(t.cluster, []).append(t)
+        self.clusters = [
+            ClusterWatcher(name, targets, self.state, self._changed, topology)
+            for name, targets in clusters.items()
+        ]
         self.zookeeper = [ZkCollector(t, self.state, self._changed) for t in zookeeper]
         self.postgres = [PgCollector(t, self.state, self._changed) for t in postgres or ()]
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,6 +67,8 @@ class Observatory:
     async def start(self) -> None:
         for c in self.redis:
             self._tasks.append(asyncio.create_task(c.run(), name=f"collector {c.target.id}"))
+        for cluster in self.clusters:
+            cluster.start()
         for z in self.zookeeper:
             self._tasks.append(asyncio.create_task(z.run(), name=f"collector {z.target.id}"))
         for p in self.postgres:
@@ -66,6 +78,7 @@ class Observatory:
         """Wait until every collector has read its node once; returns those that did not."""
         collectors: list[RedisCollector | ZkCollector | PgCollector] = [
             *self.redis,
+            *(c for cluster in self.clusters for c in cluster.collectors.values()),
             *self.zookeeper,
             *self.postgres,
         ]
@@ -77,6 +90,8 @@ class Observatory:
         return [c.target.id for c in collectors if not c.synced.is_set()]
 
     async def stop(self) -> None:
+        for cluster in self.clusters:
+            await cluster.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -49,7 +49,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -61,7 +61,7 @@ from collectors.families.nodes import Node
 from collectors.layouts import coordscope
 from collectors.limits import Limits
 from collectors.records import KeyRecord, display
-from collectors.resp import Arg, Reads, Subscription
+from collectors.resp import Arg, Reads, Redirect, Subscription, redirect_of
 from collectors.state import State, now_ms
 from collectors.targets import RedisTarget
 
@@ -79,19 +79,52 @@ READ_TIMEOUT_S = 5.0
 """A read-back that takes longer means the node is not answering."""
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a Redis Cluster puts a node, as the cluster itself says (``CLUSTER NODES``)."""
+
+    role: str
+    """master | replica"""
+    master: str | None = None
+    """The primary it replicates (a watched node's id)."""
+    slots: str = ""
+    """The slots it serves, as the node panel shows them: ``0-5460 (5461)``."""
+    failed: bool = False
+    """The cluster marks it failed (``fail``)."""
+
+
 class Topology:
     """Which watched node replicates which, shared by every Redis collector.
 
     A replica names its master by the address *it* connects to, which behind
     Docker or NAT is not the address we watch; its master lists it by the
     address the replica announces. Either match makes the replica's keys the
-    master's entities.
+    master's entities. A Redis Cluster's nodes are placed by the cluster's own
+    view instead (:mod:`collectors.redis_cluster`): every node at once, from
+    one answer, so two nodes never both look like replicas mid-failover.
     """
 
     def __init__(self, targets: list[RedisTarget]) -> None:
-        self._by_address = {t.address: t.id for t in targets}
-        self._by_address.update({f"localhost:{t.port}": t.id for t in targets if t.host == "127.0.0.1"})
+        self._by_address: dict[str, str] = {}
+        for t in targets:
+            self.add(t)
         self._listed: dict[str, str] = {}
+        self._placed: dict[str, Placement] = {}
+
+    def add(self, target: RedisTarget) -> None:
+        self._by_address[target.address] = target.id
+        if target.host == "127.0.0.1":
+            self._by_address[f"localhost:{target.port}"] = target.id
+
+    def node_at(self, address: str) -> str | None:
+        """The id of the watched node at ``host:port``."""
+        return self._by_address.get(address)
+
+    def place(self, node_id: str, placement: Placement) -> None:
+        self._placed[node_id] = placement
+
+    def placement(self, node_id: str) -> Placement | None:
+        return self._placed.get(node_id)
 
     def master_listed(self, master_id: str, replica_addresses: list[str]) -> None:
         for address in replica_addresses:
@@ -128,7 +161,12 @@ class RedisCollector:
         self.gaps = 0
         self._dirty_event = asyncio.Event()
         self._stream_pos: dict[bytes, bytes] = {}
-        self._node = Node(id=target.id, store="redis", address=target.address)
+        self._node = Node(id=target.id, store="redis", address=target.address, cluster=target.cluster or "")
+        self.handover: Callable[[str, bytes, str, str, frozenset[str]], None] | None = None
+        """In a Redis Cluster: called with (this node, key, cause, address, nodes that listed
+        it) when the node redirects a read of a key (MOVED/ASK): it lives elsewhere now."""
+        self._taken: dict[bytes, frozenset[str]] = {}
+        """Keys handed over to us from the nodes that listed them: dropped there once read here."""
         self._notifications = True
         self._connected_once = False
         self._client: Redis | None = None
@@ -352,6 +390,19 @@ class RedisCollector:
             if self._scanned:
                 self.synced.set()
 
+    async def _execute(self, reads: Reads, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        """Send a round of reads. On a Redis Cluster node each goes after an ``ASKING``, so
+        a node importing a slot serves a key it was just given instead of redirecting us
+        back to the source (a node that owns the slot ignores it); the replies come back
+        as if it was not sent."""
+        if not commands:
+            return []
+        if not self.target.cluster:
+            return await asyncio.wait_for(reads.execute(commands), READ_TIMEOUT_S)
+        asked = [c for command in commands for c in ((b"ASKING",), command)]
+        replies = await asyncio.wait_for(reads.execute(asked), READ_TIMEOUT_S)
+        return replies[1::2]
+
     async def _read(self, reads: Reads, batch: list[tuple[bytes, str]]) -> None:
         # Round trip 1: TYPE and PTTL, plus a string read that answers WRONGTYPE for the
         # others -- locks and sessions are mostly strings, which then take one trip only.
@@ -363,19 +414,23 @@ class RedisCollector:
                 (b"STRLEN", raw),
                 (b"GETRANGE", raw, 0, MAX_VALUE - 1),
             ]
-        first = await asyncio.wait_for(reads.execute(first_round), READ_TIMEOUT_S)
+        first = await self._execute(reads, first_round)
         read_at = now_ms()
         # (key, cause, type, ttl, which round answered it, where in that round's replies)
         plan: list[tuple[bytes, str, str, int | None, int, int]] = []
         second_round: list[tuple[Arg, ...]] = []
         for i, (raw, cause) in enumerate(batch):
             kind, pttl = first[4 * i], first[4 * i + 1]
+            if (redirect := redirect_of(kind)) is not None:  # MOVED or ASK: not this node's key now
+                self._redirected(raw, cause, redirect)
+                continue
             if isinstance(kind, Exception) or isinstance(pttl, Exception):
                 continue
             kind = display(kind)
             if kind == "none" or pttl == -2:
                 self._stream_pos.pop(raw, None)
                 self._state.drop_key(self.target.id, raw, cause)
+                self._handed(raw)
                 continue
             ttl = None if pttl < 0 else int(pttl)
             if kind == "string":
@@ -383,7 +438,7 @@ class RedisCollector:
             else:
                 plan.append((raw, cause, kind, ttl, 1, len(second_round)))
                 second_round += self._second_read(raw, kind)
-        second = await asyncio.wait_for(reads.execute(second_round), READ_TIMEOUT_S) if second_round else []
+        second = await self._execute(reads, second_round)
         rounds = [first, second]
         for raw, cause, kind, ttl, round_, at in plan:
             try:
@@ -394,6 +449,17 @@ class RedisCollector:
                 self._dirty.setdefault(raw, cause)  # it changed type under us: read it again
                 continue
             self._state.apply_key(rec)
+            self._handed(raw)
+
+    def _redirected(self, raw: bytes, cause: str, redirect: Redirect) -> None:
+        """A cluster node answered MOVED or ASK for a key: a reshard moved its slot (or is
+        moving it), or a failover gave the slot to another node. Hand the key to the node
+        named; it drops our copy once it has read its own."""
+        listed_on = self._taken.pop(raw, frozenset())
+        if self._state.record(self.target.id, display(raw)) is not None:
+            listed_on |= {self.target.id}
+        if self.handover is not None:
+            self.handover(self.target.id, raw, cause, f"{redirect.host}:{redirect.port}", listed_on)
 
     def _second_read(self, raw: bytes, kind: str) -> list[tuple[Arg, ...]]:
         """The second round trip, for every type but strings (the first one read those):
@@ -524,9 +590,21 @@ class RedisCollector:
             ]
             self._topology.master_listed(self.target.id, listed)
             detail = f"{len(listed)} replica(s)"
+        placed = self._topology.placement(self.target.id)
+        slots = ""
+        if placed is not None:  # a Redis Cluster's node: the cluster's view, not ours
+            role, master, slots = placed.role, placed.master, placed.slots
+            if master is not None:
+                detail = f"replica of {master}, link {info.get('master_link_status', '?')}"
         was_down = self._node.status != "up"
         self._node = replace(
-            self._node, role=role, master=master, status="up", as_of_ms=now_ms(), detail=detail
+            self._node,
+            role=role,
+            master=master,
+            slots=slots,
+            status="up",
+            as_of_ms=now_ms(),
+            detail=detail,
         )
         if check_config:
             await self._check_notifications(client)
@@ -579,6 +657,28 @@ class RedisCollector:
         if self._node.feed != feed:
             self._node = replace(self._node, feed=feed)
             self._publish_node()
+
+    def placed(self) -> None:
+        """The cluster moved this node (a failover, a reshard): show where it is now."""
+        placed = self._topology.placement(self.target.id)
+        if placed is None:
+            return
+        node = replace(self._node, role=placed.role, master=placed.master, slots=placed.slots)
+        if node != self._node:
+            self._node = node
+            self._publish_node()
+
+    def take(self, raw: bytes, cause: str, listed_on: frozenset[str]) -> None:
+        """A key another node of the cluster redirected us to: read it here, then drop it
+        from the nodes that listed it (in that order: the entity is never without it)."""
+        self._taken[raw] = self._taken.get(raw, frozenset()) | listed_on
+        self._dirty.setdefault(raw, cause)
+        self._dirty_event.set()
+
+    def _handed(self, raw: bytes) -> None:
+        for node_id in self._taken.pop(raw, ()):
+            if node_id != self.target.id:
+                self._state.drop_key(node_id, raw, "moved")
 
     def _set_down(self, why: str) -> None:
         if self._node.status != "down":

@@ -38,6 +38,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -49,6 +50,26 @@ OnKey = Callable[[bytes, bytes], None]
 """Called with (key, event) for every notification."""
 
 HANDSHAKE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A Redis Cluster node's ``MOVED`` or ``ASK``: the key's slot is served elsewhere."""
+
+    host: str
+    port: int
+    ask: bool
+
+
+def redirect_of(reply: Any) -> Redirect | None:
+    """The redirect an error reply carries (``MOVED 3999 127.0.0.1:6381``), if it is one."""
+    if not isinstance(reply, hiredis.ReplyError):
+        return None
+    parts = str(reply).split()
+    if len(parts) != 3 or parts[0] not in ("MOVED", "ASK"):
+        return None
+    host, _, port = parts[2].rpartition(":")
+    return Redirect(host=host, port=int(port), ask=parts[0] == "ASK") if port.isdigit() else None
 
 
 class HandshakeError(ConnectionError):
@@ -184,7 +205,9 @@ class Reads(RespConnection):
     @classmethod
     async def open(cls, target: RedisTarget) -> Reads:
         proto = cls()
-        await cls._connect(target, proto, db=True)
+        await cls._connect(target, proto, db=not target.cluster)
+        if target.cluster:  # a replica of a cluster serves its primary's keys to us
+            await proto.ask(b"READONLY")
         return proto
 
 

@@ -155,6 +155,12 @@ class State:
     def node(self, node_id: str) -> Node | None:
         return self._nodes.get(node_id)
 
+    def forget_node(self, node_id: str) -> None:
+        """A node that is no longer watched (it left its Redis Cluster), its keys dropped."""
+        if self._nodes.pop(node_id, None) is not None:
+            self._entities["node"].pop(node_id, None)
+            self._emit(Removed(kind="node", id=node_id))
+
     def _refs_of_node(self, node_id: str) -> set[EntityRef]:
         return {e.ref for e in self._entries.get(node_id, {}).values()}
 
@@ -186,7 +192,8 @@ class State:
             return True
         ref = self._ref_for_key(rec.node, rec, fact)
         if self.is_replica(rec.node):  # a replica's copy is listed beside its master's, or not at all
-            joins = rec.key in self._entries.get(self.group(rec.node), {})
+            master = self.group(rec.node)
+            joins = rec.key in self._entries.get(master, {}) or self._budgets.room(master, ref[0])
         else:
             joins = bool(self._members.get(ref))
         return self._budgets.keep(rec, ref[0], not self.is_replica(rec.node), joins)

@@ -6,7 +6,7 @@ import random
 import socket
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 LOOPBACK = "127.0.0.1"
 PORT_RANGE = (20000, 30000)
@@ -42,6 +42,10 @@ class RedisTarget:
     tls: bool = False
     allow_config: bool = False
     """May the collector run ``CONFIG SET notify-keyspace-events`` when it is off?"""
+    cluster: str | None = None
+    """The Redis Cluster this node is a member of (its name), or None for a standalone
+    node: a cluster's topology is followed live, and its keys are the cluster's
+    entities whichever node holds them (:mod:`collectors.redis_cluster`)."""
 
     @property
     def address(self) -> str:
@@ -64,7 +68,8 @@ class RedisTarget:
         auth = ""
         if self.password is not None:
             auth = f"{self.username or ''}:{self.password}@"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        cluster = f"?cluster={quote(self.cluster, safe='')}" if self.cluster else ""
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}{cluster}"
 
     @classmethod
     def from_url(cls, url: str, node_id: str | None = None, allow_config: bool = False) -> RedisTarget:
@@ -90,6 +95,8 @@ class RedisTarget:
             username=parts.username or None,
             tls=parts.scheme == "rediss",
             allow_config=allow_config,
+            # ?cluster=NAME: a node of that Redis Cluster (how a run's processes learn it)
+            cluster=parse_qs(parts.query).get("cluster", [None])[0],
         )
 
 

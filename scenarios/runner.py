@@ -96,6 +96,10 @@ class Runner:
             )
         if not self.env.masters:
             raise ScenarioError("no Redis master to run on")
+        if self.env.redis_cluster and found.spec.not_on_redis_cluster:
+            raise ScenarioError(
+                f"{found.name} cannot run on a Redis Cluster: {found.spec.not_on_redis_cluster}"
+            )
         if "zookeeper" in found.spec.needs and not self.env.zookeeper:
             raise ScenarioError(f"{found.name} needs a ZooKeeper (none is configured)")
         if "postgres" in found.spec.needs:

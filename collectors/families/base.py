@@ -21,11 +21,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from collectors.layouts import LayoutConfig
 from collectors.layouts.facts import Fact, GroupFact
 from collectors.records import KeyRecord, ZNodeRecord
+
+if TYPE_CHECKING:
+    from collectors.families.nodes import Node
 
 EntityRef = tuple[str, str]
 """(kind, entity id)"""
@@ -166,6 +169,7 @@ class StateView(Protocol):
         """The master a replica belongs to (a node is its own group)."""
         ...
 
+    def node(self, node_id: str) -> Node | None: ...
     def is_replica(self, node_id: str) -> bool: ...
     def replicas_of(self, master: str) -> list[str]: ...
     def down(self, node_id: str) -> bool: ...

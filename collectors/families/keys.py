@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collectors.families.base import Column, Family, Member, countdown, own, text
+from collectors.families.nodes import keyspace
 from collectors.layouts import coordscope
 from collectors.layouts.facts import AuxiliaryFact
 from collectors.records import KeyRecord, Store, ZNodeRecord, display
@@ -59,7 +60,7 @@ class Keys(Family):
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
-        return f"redis:{self.view.group(node_id)}:{rec.key}"
+        return f"redis:{keyspace(self.view, node_id)}:{rec.key}"
 
     def build(self, entity_id: str, members: list[Member]) -> RawKey | None:
         view = self.view

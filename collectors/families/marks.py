@@ -31,6 +31,7 @@ from collectors.families.base import (
     status,
     text,
 )
+from collectors.families.nodes import keyspace
 from collectors.layouts import LayoutConfig, coordscope, idempotency
 from collectors.layouts.facts import MarkFact
 from collectors.records import KeyRecord, Store
@@ -116,7 +117,7 @@ class Marks(Family):
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
-        return f"redis:{self.view.group(node_id)}:{rec.key}"
+        return f"redis:{keyspace(self.view, node_id)}:{rec.key}"
 
     def build(self, entity_id: str, members: list[Member]) -> Mark | None:
         found = prefer_master(self.view, members, MarkFact)

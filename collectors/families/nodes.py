@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from collectors.families.base import Cell, Column, Family, Member, pieces, status, text
+from collectors.families.base import Cell, Column, Family, Member, StateView, pieces, status, text
 from collectors.records import Store
 
 
@@ -26,6 +26,10 @@ class Node:
     status: str = "connecting"
     """connecting | up | down, or for ZooKeeper: up | suspended | lost | down."""
     master: str | None = None
+    slots: str = ""
+    """The hash slots a Redis Cluster primary serves, ``0-5460 (5461)``; empty elsewhere."""
+    cluster: str = ""
+    """The Redis Cluster the node is a member of (its name); empty for a standalone node."""
     feed: str = ""
     """How changes reach us: keyspace notifications, scanning (and why), watches."""
     as_of_ms: int | None = None
@@ -49,6 +53,24 @@ def clock(ms: int | None) -> str:
     if not ms:
         return "–"
     return datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+
+
+def keyspace(view: StateView, node_id: str) -> str:
+    """Whose keyspace a key read on this node is part of: its Redis Cluster's (a key that
+    resharding or a failover moves to another primary stays the same entity), else its
+    master's (a replica's copy is its master's key)."""
+    node = view.node(node_id)
+    return node.cluster if node is not None and node.cluster else view.group(node_id)
+
+
+def _role(n: Node) -> Cell:
+    role = f"{n.role} of {n.master}" if n.master else n.role
+    if not n.cluster:
+        return text(role)
+    slots = n.slots or ("no slots" if not n.master else "")
+    return pieces(
+        role, (slots, "dim"), title=f"{role} in {n.cluster}" + (f": slots {slots}" if slots else "")
+    )
 
 
 def _as_of(n: Node) -> Cell:
@@ -88,7 +110,7 @@ class Nodes(Family):
         Column("id", "node", lambda n: text(n.id, "bold")),
         Column("store", "store", lambda n: text(n.store)),
         Column("address", "address", lambda n: text(n.address)),
-        Column("role", "role", lambda n: text(f"{n.role} of {n.master}" if n.master else n.role)),
+        Column("role", "role (slots)", _role),
         Column("status", "status", lambda n: Cell(status(n.status).pieces, title=n.detail)),
         Column("asof", "data", _as_of),
         Column("keys", "keys", _keys),

@@ -23,7 +23,7 @@ from collectors.families.base import (
     status,
     text,
 )
-from collectors.families.nodes import clock
+from collectors.families.nodes import clock, keyspace
 from collectors.layouts import LayoutConfig, sessions
 from collectors.layouts.facts import SessionFact, SessionShadowFact
 from collectors.records import KeyRecord, Store
@@ -79,7 +79,7 @@ class Sessions(Family):
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
-        return f"redis:{self.view.group(node_id)}:{fact.group}:{fact.session_id}"
+        return f"redis:{keyspace(self.view, node_id)}:{fact.group}:{fact.session_id}"
 
     def build(self, entity_id: str, members: list[Member]) -> Session | None:
         found = prefer_master(self.view, members, SessionFact)

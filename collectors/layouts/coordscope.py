@@ -44,6 +44,12 @@ ZNODE_ROOT = "/coordscope"
 LAYOUT = "coordscope"
 
 
+def slot_tagged(name: str) -> str:
+    """A name whose keys (``lock:``, ``fence:``, ``waiters:``... of it) all hash to one slot
+    of a Redis Cluster, as a script that touches several of them needs: ``{name}``."""
+    return f"{{{name}}}"
+
+
 def lock_key(name: str) -> str:
     return f"{PREFIX}lock:{name}"
 

@@ -82,6 +82,8 @@ class ScenarioSpec:
     """Can a fault be injected while it runs, or only given at start?"""
     needs: tuple[str, ...] = ()
     """What it runs on besides Redis: ``zookeeper``, ``postgres``."""
+    not_on_redis_cluster: str = ""
+    """Why it cannot run where Redis is a Redis Cluster (empty: it can)."""
 
     def all_params(self) -> tuple[Param, ...]:
         return (*self.params, KEEP)

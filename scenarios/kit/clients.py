@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -11,7 +14,24 @@ from collectors.targets import RedisTarget
 
 def redis_client(t: RedisTarget) -> Redis:
     """A scenario's client: no silent retries — a lock service that is down must show in
-    the history as errors when they happen, not as one call that hangs through the outage."""
+    the history as errors when they happen, not as one call that hangs through the outage.
+
+    On a node of a Redis Cluster: a cluster client seeded there, which sends each command
+    to the primary of its key's slot and follows MOVED/ASK (typed as a ``Redis``: it has
+    the same commands, and scenarios that cannot run on a cluster refuse before this)."""
+    if t.cluster:
+        cluster = RedisCluster(
+            host=t.host,
+            port=t.port,
+            username=t.username,
+            password=t.password,
+            ssl=t.tls,
+            protocol=2,
+            socket_connect_timeout=1.0,
+            socket_timeout=3.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cast(Redis, cluster)
     return Redis(
         **t.connection(),
         protocol=2,

@@ -72,6 +72,11 @@ class Environment:
         return redis_client(self.target(node_id))
 
     @property
+    def redis_cluster(self) -> bool:
+        """Is Redis here a Redis Cluster (clients route each key to its slot's primary)?"""
+        return any(t.cluster for t in self.redis)
+
+    @property
     def control_node(self) -> str:
         return self.control or self.masters[-1]
 

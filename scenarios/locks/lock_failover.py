@@ -51,6 +51,8 @@ A, B = "client-a", "client-b"
 
 SPEC = ScenarioSpec(
     name="lock-failover",
+    not_on_redis_cluster="it fails a standalone master over to its replica by hand, and a "
+    "Redis Cluster fails over by itself (start the local cluster without --redis-cluster)",
     title="Master/replica failover loses the lock",
     summary="A lock taken on the master is lost when the master dies before replicating it; "
     "the promoted replica grants it again. WAIT after SET narrows the window, not closes it.",

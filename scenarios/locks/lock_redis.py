@@ -7,7 +7,10 @@ the counter + 1 with its fencing token, and releases (Lua compare-and-delete,
 or a plain ``DEL``).
 
 The lock lives on the first master, the protected resource on the second
-(another service's storage), the narration on the control node.
+(another service's storage), the narration on the control node. On a Redis
+Cluster all three are keys of the cluster, each on its slot's primary; the
+lock's name carries a hash tag (``{<run>}``) so that its keys — the lock, its
+fencing counter, its waiters — share one slot, as the acquire script needs.
 
 Faults:
 
@@ -95,19 +98,17 @@ async def run(ctx: RunContext) -> None:
     masters = ctx.env.masters
     lock_node = masters[0]
     resource_node = masters[1] if len(masters) > 1 else masters[0]
-    name = ctx.run_id
+    name = coordscope.slot_tagged(ctx.run_id) if ctx.env.redis_cluster else ctx.run_id
     actors = [f"client-{i + 1}" for i in range(ctx.number("clients"))]
     await ctx.set_actors([*actors, NEMESIS] if "kill-node" in ctx.faults else actors)
     ctx.cleanup(lock_node, *coordscope.lock_keys(name, actors))
     ctx.cleanup(resource_node, coordscope.resource_key(name))
     plan = fault_plan(ctx)
     resource = FencedResource(ctx.client(resource_node), name, ctx.choice("fencing") == "on")
-    ctx.record(
-        "runner",
-        "info",
-        "start",
-        note=f"lock {coordscope.lock_key(name)} on {lock_node}, resource {resource.key} on {resource_node}",
-    )
+    where = f"lock {coordscope.lock_key(name)} on {lock_node}, resource {resource.key} on {resource_node}"
+    if ctx.env.redis_cluster:
+        where = f"lock {coordscope.lock_key(name)} and resource {resource.key} on the Redis Cluster"
+    ctx.record("runner", "info", "start", note=where)
     clients = [_client(ctx, actor, lock_node, name, resource, plan) for actor in actors]
     await with_helpers(ctx, plan.arm, clients, _kill_node(ctx, plan, lock_node))
     await read_final(ctx, coordscope.lock_key(name), resource)

@@ -220,7 +220,8 @@ class RedisLock:
         # The handle's own connection (taken from the client's pool on first use and
         # kept until aclose): the hot path skips a pool checkout per command, and a
         # waiter blocked in BLPOP holds only its own connection.
-        self.client = client.client()
+        # (a Redis Cluster's client has no such handle: it keeps a connection per node)
+        self.client = client.client() if isinstance(client, Redis) else client
         self.name = name
         self.owner = owner
         self.ttl_ms = ttl_ms

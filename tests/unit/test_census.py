@@ -137,3 +137,19 @@ def test_a_family_past_its_budget_is_summarised_too_and_its_entities_stay_whole(
     (after,) = state.entities("prefix")
     assert isinstance(after, KeyPrefix) and (after.writes, after.removals) == (1, 1)
     assert len(state.entities("session")) == 5 and "changed" in listed
+
+
+def test_a_replica_lists_a_key_while_its_master_has_room_and_only_beside_it_after() -> None:
+    from dataclasses import replace as with_
+
+    from collectors.families.nodes import Node
+
+    state = State(limits=Limits(raw_keys=2))
+    state.set_node(Node(id="r1", store="redis", address="a"))
+    state.set_node(Node(id="r1r", store="redis", address="b", master="r1"))
+    state.apply_key(with_(rec("a:1"), node="r1r"))  # the replica read it first
+    assert [k.id for k in state.entities("key")] == ["redis:r1:a:1"]
+    for key in ("a:1", "a:2", "a:3"):
+        state.apply_key(rec(key))
+    state.apply_key(with_(rec("a:3"), node="r1r"))  # past the master's budget: not listed
+    assert sorted(k.id for k in state.entities("key")) == ["redis:r1:a:1", "redis:r1:a:2"]

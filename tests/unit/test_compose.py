@@ -5,24 +5,26 @@ added to one and not the other fails here. Options that say where a server runs
 (ports, folders, bind addresses, socket folders) differ by design and are left out.
 
 The services of the compose profile ``ensemble`` are the ZooKeeper ensemble of
-`coordscope up --zk-ensemble 3`; the others, the default cluster.
+`coordscope up --zk-ensemble 3`; those of ``redis-cluster``, the Redis Cluster of
+`coordscope up --redis-cluster`; the others, the default cluster.
 """
 
 from __future__ import annotations
 
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from app import config, local_postgres
+from app import config, local_postgres, redis_cluster
 from app.cluster import ZOO_CFG, ZOO_ENSEMBLE_CFG, ClusterInfo, LocalCluster, Member
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_WHERE = {"port", "bind", "dir", "logfile", "daemonize", "replicaof"}
-REDIS_WHERE |= {"replica-announce-ip", "replica-announce-port"}
+REDIS_WHERE |= {"replica-announce-ip", "replica-announce-port", "cluster-config-file", "cluster-port"}
 PG_WHERE = {"listen_addresses", "unix_socket_directories"}
 ZOO_ENV = {
     "tickTime": "ZOO_TICK_TIME",
@@ -215,3 +217,57 @@ def test_the_docker_ensemble_config_names_the_ensemble(
     )
     default = config.load(config_file=str(ROOT / "docker" / "coordscope.toml"), state_dir=str(tmp_path))
     assert (settings.redis, settings.postgres) == (default.redis, default.postgres)
+
+
+@pytest.fixture(scope="module")
+def cluster_services() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in _compose().items() if "redis-cluster" in s.get("profiles", ())}
+
+
+@pytest.fixture(scope="module")
+def cluster_plan(tmp_path_factory: pytest.TempPathFactory) -> ClusterInfo:
+    return LocalCluster(tmp_path_factory.mktemp("plan"))._plan(3, redis_cluster=True)
+
+
+def test_the_redis_cluster_profile_is_the_cluster_up_starts(
+    cluster_services: dict[str, dict[str, Any]], cluster_plan: ClusterInfo
+) -> None:
+    ours = [m for m in cluster_plan.members if m.cluster]
+    servers = {n: s for n, s in cluster_services.items() if _command(s)[0] == "redis-server"}
+    assert sorted(servers) == [m.name for m in ours] == [f"cluster-{i}" for i in range(1, 7)]
+    # instead of the independent masters and their replica; ZooKeeper and PostgreSQL stay
+    assert {m.name for m in cluster_plan.members} - {m.name for m in ours} == {"zookeeper", "postgres-1"}
+    for m in ours:
+        mine = _options(m.argv)
+        theirs = _options(_command(servers[m.name]))
+        assert {k: v for k, v in theirs.items() if k not in REDIS_WHERE} == {
+            k: v for k, v in mine.items() if k not in REDIS_WHERE
+        }, m.name
+        assert theirs["cluster-enabled"] == "yes"
+        assert theirs["cluster-node-timeout"] == str(redis_cluster.NODE_TIMEOUT_MS)
+        assert mine["cluster-config-file"].startswith(m.dir + "/"), "its own config file, in its folder"
+        assert m.cluster == redis_cluster.NAME and ("replicaof" not in mine)
+    assert [(m.name, m.master) for m in ours if m.master] == [
+        ("cluster-4", "cluster-1"),
+        ("cluster-5", "cluster-2"),
+        ("cluster-6", "cluster-3"),
+    ]
+    (create,) = (s for s in cluster_services.values() if _command(s)[0] == "redis-cli")
+    argv = _command(create)
+    assert argv[1:3] == ["--cluster", "create"] and "--cluster-yes" in argv
+    assert argv[argv.index("--cluster-replicas") + 1] == "1"
+    assert [a for a in argv if a.startswith("127.0.0.1:")] == [
+        f"127.0.0.1:{_options(_command(servers[n]))['port']}" for n in sorted(servers)
+    ]
+
+
+def test_the_docker_cluster_config_names_a_seed_of_the_cluster(
+    cluster_services: dict[str, dict[str, Any]],
+) -> None:
+    # config.load would ask the seed for the topology: read the file as the loader would
+    data = tomllib.loads((ROOT / "docker" / "coordscope-cluster.toml").read_text())
+    assert data["redis"]["cluster"] is True
+    port = _options(_command(cluster_services["cluster-1"]))["port"]
+    assert data["redis"]["urls"] == [f"redis://127.0.0.1:{port}"]
+    default = tomllib.loads((ROOT / "docker" / "coordscope.toml").read_text())
+    assert (data["zookeeper"], data["postgres"]) == (default["zookeeper"], default["postgres"])
