@@ -27,8 +27,8 @@ state folder of its own, no local cluster), and measures:
 Ends with every figure against its goal (PASS/MISS). Every loop is bounded in
 count and time; every process started here is stopped by its PID.
 
-    .venv/bin/python bench/scale.py            # full size (takes ~10 minutes)
-    .venv/bin/python bench/scale.py --quick    # 100k keys, 30 s per viewer count
+    .venv/bin/python bench/scale.py            # full size (about 4 minutes on 2 cores)
+    .venv/bin/python bench/scale.py --quick    # 100k keys, 30 s per viewer count (under 3 minutes)
     .venv/bin/python bench/scale.py --only 2 --viewers 10 --seconds 20
 """
 
