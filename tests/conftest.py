@@ -14,7 +14,9 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,9 +26,10 @@ import redis
 from kazoo.client import KazooClient
 
 from app.bus import Bus
-from app.cluster import ClusterInfo, LocalCluster
+from app.cluster import ClusterInfo, LocalCluster, free_port
 from app.config import Settings
-from app.core import environment
+from app.core import Core, environment
+from app.web import create_app, server
 from collectors.observatory import Observatory
 from collectors.state import State
 from scenarios.runner import LocalRun, Runner
@@ -168,7 +171,12 @@ async def run_scenario(
 
 def cli(info: ClusterInfo, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``coordscope ARGS...`` as a user runs it, on the test cluster."""
-    env = {**os.environ, "COORDSCOPE_STATE": info.state_dir}
+    return cli_in(info.state_dir, *args, timeout=timeout)
+
+
+def cli_in(state: str | Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``coordscope ARGS...`` as a user runs it, with this state folder."""
+    env = {**os.environ, "COORDSCOPE_STATE": str(state)}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
@@ -177,6 +185,30 @@ def cli(info: ClusterInfo, *args: str, timeout: float = 120) -> subprocess.Compl
         timeout=timeout,
         cwd=Path(__file__).parent,
     )
+
+
+@contextlib.contextmanager
+def serving(core: Core, probe: str = "/api/state") -> Iterator[str]:
+    """The web app of ``core`` under a real uvicorn on a free port, until the block ends."""
+    port = free_port()
+    srv = server(create_app(core), "127.0.0.1", port)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}{probe}", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, 15, "the web server")
+    try:
+        yield url
+    finally:
+        srv.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,6 @@ show twice and never leave stale."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,23 +22,12 @@ from collectors.families.nodes import Node
 from collectors.observatory import Observatory
 from collectors.redis_cluster import parse_nodes
 from collectors.state import State
-from tests.conftest import eventually, wait_until
+from tests.conftest import cli_in, eventually, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_KEY = "{order-7}:lock"
 LOCK_ID = f"redis:{LOCK_KEY}"
 TOKEN = "0123456789abcdef0123456789abcdef"
-
-
-def coordscope(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COORDSCOPE_STATE": str(state)},
-        timeout=120,
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +37,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
     state = tmp_path_factory.mktemp("redis-cluster")
     cluster = LocalCluster(state)
     try:
-        started = coordscope(state, "up", "--redis-cluster")
+        started = cli_in(state, "up", "--redis-cluster")
         assert started.returncode == 0, started.stderr
         info = cluster.load()
         assert info is not None
         yield cluster, info
     finally:
         before = cluster.load()
-        stopped = coordscope(state, "down")
+        stopped = cli_in(state, "down")
         assert stopped.returncode == 0, stopped.stderr
         assert before is not None and not any(alive(m) for m in before.members)
 
@@ -183,7 +169,7 @@ async def test_up_starts_a_cluster_the_node_panel_shows_with_its_slots(
         assert isinstance(lk, Lock)
         (grant,) = lk.grants
         assert [(r.node, r.present) for r in grant.replicas] == [(replica_of(info, grant.node), True)]
-    status = coordscope(Path(info.state_dir), "status")
+    status = cli_in(Path(info.state_dir), "status")
     assert status.returncode == 0 and all(f"{n} " in status.stdout for n in names)
 
 
@@ -313,7 +299,7 @@ async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
             ]
 
         run = asyncio.create_task(
-            asyncio.to_thread(coordscope, state, "run", "lock-redis", "--set", "rounds=4", "--quiet")
+            asyncio.to_thread(cli_in, state, "run", "lock-redis", "--set", "rounds=4", "--quiet")
         )
         while not run.done():
             seen.update(
@@ -329,7 +315,7 @@ async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
         assert all(s.count("cluster-") == 1 for s in seen), seen
         await eventually(lambda: not ours(), 10, "the run's lock gone once it cleaned up")
 
-    refused = coordscope(state, "run", "lock-redlock")
+    refused = cli_in(state, "run", "lock-redlock")
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
     assert "lock-redlock cannot run on a Redis Cluster: RedLock needs independent masters" in refused.stderr

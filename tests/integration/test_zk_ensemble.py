@@ -5,9 +5,6 @@ leader's death (SIGKILL) leaves no entity lost and none stale."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,20 +19,9 @@ from collectors.families.nodes import Node
 from collectors.state import State
 from collectors.zk_roles import srvr
 from collectors.zookeeper import ZkCollector
-from tests.conftest import eventually
+from tests.conftest import cli_in, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def coordscope(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COORDSCOPE_STATE": str(state)},
-        timeout=120,
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +31,14 @@ def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCl
     state = tmp_path_factory.mktemp("ensemble")
     cluster = LocalCluster(state)
     try:
-        started = coordscope(state, "up", "--zk-ensemble", "3", "--masters", "1")
+        started = cli_in(state, "up", "--zk-ensemble", "3", "--masters", "1")
         assert started.returncode == 0, started.stderr
         info = cluster.load()
         assert info is not None
         yield cluster, info
     finally:
         before = cluster.load()
-        stopped = coordscope(state, "down")
+        stopped = cli_in(state, "down")
         assert stopped.returncode == 0, stopped.stderr
         assert before is not None and not any(alive(m) for m in before.members)
 

@@ -21,19 +21,13 @@ from app.tui.screens.run_view import RunScreen
 from app.tui.widgets.entity_table import EntityTable
 from app.tui.widgets.replay_bar import ReplayBar, clock_time
 from collectors.recording import read_recording
+from tests.tui.harness import ErrorsFail
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "lock-redis.jsonl"
 
 
-class Harness(ReplayApp):
-    """Any error, raised or toasted, fails the test."""
-
-    errors: list[str]
-
-    def notify(self, message: str, *args: Any, severity: str = "information", **kw: Any) -> None:
-        if severity == "error":
-            self.errors.append(str(message))
-        super().notify(message, *args, severity=severity, **kw)  # type: ignore[arg-type]
+class Harness(ErrorsFail, ReplayApp):
+    """The app under test: any error, raised or toasted, fails the test."""
 
 
 @pytest.fixture

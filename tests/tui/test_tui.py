@@ -22,17 +22,11 @@ from app.tui.widgets.lanes import Lanes
 from collectors.families.runs import Run
 from scenarios.runner import catalogue
 from tests.conftest import redis_client, settings_for, until
+from tests.tui.harness import ErrorsFail
 
 
-class Harness(CoordscopeApp):
-    """Any error, raised or toasted, fails the test (as in Dolphie's harness)."""
-
-    errors: list[str]
-
-    def notify(self, message: str, *args: Any, severity: str = "information", **kw: Any) -> None:
-        if severity == "error":
-            self.errors.append(str(message))
-        super().notify(message, *args, severity=severity, **kw)  # type: ignore[arg-type]
+class Harness(ErrorsFail, CoordscopeApp):
+    """The app under test: any error, raised or toasted, fails the test."""
 
 
 @pytest.fixture

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from app.cluster import ClusterInfo, free_port
+from app.cluster import ClusterInfo
 from app.core import Core
-from app.web import create_app, server
-from tests.conftest import redis_client, settings_for, wait_until
+from tests.conftest import redis_client, serving, settings_for, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -30,23 +27,8 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def web(cluster: ClusterInfo) -> Iterator[str]:
-    port = free_port()
-    srv = server(create_app(Core(settings_for(cluster))), "127.0.0.1", port)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/state", timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serving(Core(settings_for(cluster))) as url:
+        yield url
 
 
 @pytest.fixture
@@ -112,7 +94,6 @@ def test_hostile_key_names_are_text(web: str, page: Page, cluster: ClusterInfo) 
 
 
 def test_a_zookeeper_lock_opens_as_a_chain(web: str, page: Page, cluster: ClusterInfo, zk_root: str) -> None:
-    import threading
 
     from kazoo.recipe.lock import Lock as KazooLock
 

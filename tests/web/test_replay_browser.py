@@ -3,21 +3,17 @@ through the committed recording (no servers but the page's own)."""
 
 from __future__ import annotations
 
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from app.cluster import free_port
 from app.config import Settings
 from app.core import Core
 from app.replay import Replay
-from app.web import create_app, server
 from collectors.recording import read_recording
+from tests.conftest import serving
 from tests.web.test_browser import page  # noqa: F401 - the browser fixture
 
 pytestmark = pytest.mark.browser
@@ -29,23 +25,8 @@ FIXTURE = Path(__file__).parent.parent / "fixtures" / "lock-redis.jsonl"
 def replay_web(tmp_path: Path) -> Iterator[tuple[str, Replay]]:
     replay = Replay(read_recording(FIXTURE), playing=False)
     core = Core(Settings(state_dir=tmp_path, redis=(), zookeeper=()), replay)
-    port = free_port()
-    srv = server(create_app(core), "127.0.0.1", port)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/replay", timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    yield url, replay
-    srv.should_exit = True
-    thread.join(10)
+    with serving(core, probe="/api/replay") as url:
+        yield url, replay
 
 
 def scrub_to(tab: Page, fraction: float) -> None:

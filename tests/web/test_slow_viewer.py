@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,25 +13,17 @@ from collections.abc import Iterator
 import pytest
 import websockets.sync.client
 
-from app.cluster import ClusterInfo, free_port
+from app.cluster import ClusterInfo
 from app.core import Core
-from app.web import create_app, server
 from app.web import socket as ws_socket
-from tests.conftest import redis_client, settings_for, wait_until
+from tests.conftest import redis_client, serving, settings_for
 
 
 @pytest.fixture
 def web(cluster: ClusterInfo, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(ws_socket, "SEND_TIMEOUT_S", 1.5)
-    port = free_port()
-    srv = server(create_app(Core(settings_for(cluster))), "127.0.0.1", port)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"127.0.0.1:{port}"
-    wait_until(lambda: _get(url, "/api/state"), 15, "the web server")
-    yield url
-    srv.should_exit = True
-    thread.join(10)
+    with serving(Core(settings_for(cluster))) as url:
+        yield url.removeprefix("http://")
 
 
 def _get(url: str, path: str) -> dict[str, object] | None:
