@@ -231,7 +231,7 @@ class Budgets:
     def keep(self, rec: KeyRecord, kind: str, master: bool, joins: bool) -> bool:
         """Is this key listed (True) or only counted under its prefix? ``master``: the
         node is no replica; ``joins``: the entity it feeds is already listed."""
-        if master and rec.cause == "scan":
+        if master and rec.cause == "scan":  # listed or not, every key is in the count
             self._census_of(rec.node, kind).counted(rec)
         if joins or not master:
             return joins

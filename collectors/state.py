@@ -38,6 +38,29 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+EXPIRY_SLACK_MS = 100
+"""Two reads of one key whose expiries differ by less than this saw the same TTL (the
+remaining time is read at a different moment each time)."""
+
+
+def _unchanged(held: KeyRecord | ZNodeRecord, read: KeyRecord) -> bool:
+    """Does this read of a key say what the one we hold said?"""
+    if not isinstance(held, KeyRecord):
+        return False
+    same = (held.type, held.value, held.fields, held.items, held.entries, held.size, held.truncated) == (
+        read.type,
+        read.value,
+        read.fields,
+        read.items,
+        read.entries,
+        read.size,
+        read.truncated,
+    )
+    if not same or (held.expires_at_ms is None) != (read.expires_at_ms is None):
+        return False
+    return held.expires_at_ms is None or abs(held.expires_at_ms - (read.expires_at_ms or 0)) < EXPIRY_SLACK_MS
+
+
 @dataclass
 class _Entry:
     rec: KeyRecord | ZNodeRecord
@@ -172,25 +195,30 @@ class State:
     # ------------------------------------------------------------------ redis keys
 
     def apply_key(self, rec: KeyRecord) -> None:
+        old = self._entries[rec.node].get(rec.key)
+        if rec.cause == "scan" and old is not None and _unchanged(old.rec, rec):
+            # A rescan read what we hold: counted, but nothing to tell the viewers.
+            self._budgets.keep(rec, old.ref[0], not self.is_replica(rec.node), True)
+            return
         try:
             fact = first_fact(self._chain, rec, self._layouts)
         except Exception:  # a recogniser must never take the collector down
             self._bad += 1
             fact = None
-        if not self._keep(rec, fact):
+        ref = self._ref_for_key(rec.node, rec, fact)
+        if not self._keep(rec, ref, old is not None):
             return
         family = self._owner.get(type(fact), self._raw)
         try:
             family.observed(rec, fact)
         except Exception:
             self._bad += 1
-        self._place(rec.node, rec.key, rec, fact)
+        self._place(rec.node, rec.key, rec, fact, ref)
 
-    def _keep(self, rec: KeyRecord, fact: Fact | None) -> bool:
+    def _keep(self, rec: KeyRecord, ref: EntityRef, listed: bool) -> bool:
         """Is this key listed, or (past its family's budget on this node) only counted?"""
-        if rec.key in self._entries[rec.node]:
-            return True
-        ref = self._ref_for_key(rec.node, rec, fact)
+        if listed:
+            return self._budgets.keep(rec, ref[0], not self.is_replica(rec.node), True)
         if self.is_replica(rec.node):  # a replica's copy is listed beside its master's, or not at all
             master = self.group(rec.node)
             joins = rec.key in self._entries.get(master, {}) or self._budgets.room(master, ref[0])
@@ -233,8 +261,10 @@ class State:
             self._bad += 1
             return self._raw.kind, self._raw.entity_id(node_id, rec, None)
 
-    def _place(self, node_id: str, key: str, rec: KeyRecord, fact: Fact | None) -> None:
-        ref = self._ref_for_key(node_id, rec, fact)
+    def _place(
+        self, node_id: str, key: str, rec: KeyRecord, fact: Fact | None, ref: EntityRef | None = None
+    ) -> None:
+        ref = ref or self._ref_for_key(node_id, rec, fact)
         old = self._entries[node_id].get(key)
         self._entries[node_id][key] = _Entry(rec=rec, fact=fact, ref=ref)
         self._budgets.placed(node_id, old.ref[0] if old is not None else None, ref[0])

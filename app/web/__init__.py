@@ -104,6 +104,10 @@ def server(app: Starlette, host: str, port: int, embedded: bool = False) -> uvic
         log_level="warning",
         lifespan="on",
         ws="websockets-sansio",
+        # The same batch goes to every viewer, encoded once; compression would redo the
+        # work per connection (100 viewers: 65-79% CPU with it, 27-29% without, measured
+        # by bench/scale.py). The page runs on loopback or a LAN.
+        ws_per_message_deflate=False,
         access_log=False,
     )
     return EmbeddedServer(config) if embedded else uvicorn.Server(config)

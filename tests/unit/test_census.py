@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collectors.census import NO_SEPARATOR, OTHER, NodeCensus, prefix_of, ttl_bucket
 from collectors.families.prefixes import KeyPrefix
 from collectors.limits import Limits
@@ -153,3 +155,28 @@ def test_a_replica_lists_a_key_while_its_master_has_room_and_only_beside_it_afte
         state.apply_key(rec(key))
     state.apply_key(with_(rec("a:3"), node="r1r"))  # past the master's budget: not listed
     assert sorted(k.id for k in state.entities("key")) == ["redis:r1:a:1", "redis:r1:a:2"]
+
+
+def test_a_rescan_tells_viewers_nothing_new_and_counts_listed_keys_once() -> None:
+    from collectors.events import Upserted
+    from collectors.families.nodes import Node
+
+    now = [1_000]
+    state = State(limits=Limits(raw_keys=3), clock=lambda: now[0])
+    state.set_node(Node(id="r1", store="redis", address="a"))
+
+    def scan(read_at: int) -> None:
+        state.scan_started("r1")
+        for i in range(10):
+            state.apply_key(replace(rec(f"cache:item:{i}", ttl=60_000 - read_at), read_at_ms=read_at))
+        state.scan_ended("r1")
+        state.refresh_counts()
+
+    scan(1)
+    state.drain()
+    now[0] = 2_000
+    scan(1_000)  # the same keys, their TTL read 999 ms later: the same expiry
+    events = state.drain()
+    assert not [e for e in events if isinstance(e, Upserted) and e.entity.KIND == "key"]
+    node = state.node("r1")
+    assert node is not None and (node.keys, node.summarised) == (3, 7)  # 3 listed + 7 counted = 10
