@@ -32,6 +32,10 @@ class Limits:
     """Prefix summaries per node; keys under further prefixes are counted as ``(other)``."""
     census_interval_s: float = 300.0
     """How often a node whose keys are summarised is rescanned to recount them."""
+    dirty_keys: int = 100_000
+    """Keys notified but not read back yet, at most. Past it (a burst of writes faster than
+    we read back: 500k SET/s against 40k reads/s) we only count notifications until the
+    burst ends, then resync by a scan: the queue would otherwise hold every key written."""
     sub_buffer_bytes: int = 8 * MIB
     """Our subscriber's output buffer on the server beyond which we stop subscribing and
     scan instead (Redis's default pub/sub limit disconnects at 32 MiB)."""

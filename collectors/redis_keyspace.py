@@ -177,6 +177,11 @@ class RedisCollector:
         """Subscriptions opened in the current watch (a second one means one was lost)."""
         self._paused_until = 0.0
         """While in the future: not subscribed (our buffer grew too big), scanning instead."""
+        self._overflowed = False
+        """A burst outran our read-back: notifications are counted, not queued."""
+        self._burst = 0
+        """Notifications counted since the last health check, during a burst."""
+        self._feed_stale = False
         self._scan_task: asyncio.Task[None] | None = None
         self._scan_wanted: str | None = None
         self._last_scan_end = 0.0
@@ -272,7 +277,7 @@ class RedisCollector:
                 await asyncio.sleep(pause)
                 continue
             self._subscriptions += 1
-            sub = await Subscription.open(self.target, self._mark, self._subscribed)
+            sub = await Subscription.open(self.target, self._on_key(), self._subscribed)
             self._subscription = sub
             try:
                 why = await sub.ended
@@ -309,11 +314,47 @@ class RedisCollector:
 
     def _mark(self, raw_key: bytes, event: bytes) -> None:
         """The hot path: one call per notification, so nothing here but bookkeeping."""
-        if raw_key in self._dirty:
+        dirty = self._dirty
+        if raw_key in dirty:
             self.coalesced += 1
-        self._dirty[raw_key] = event
+        dirty[raw_key] = event
         self.events += 1
+        if len(dirty) > self._limits.dirty_keys:
+            self._overflow()
         self._dirty_event.set()
+
+    def _count(self, raw_key: bytes, event: bytes) -> None:
+        """The hot path during a burst too big to read back: count, nothing else."""
+        self.events += 1
+        self._burst += 1
+
+    def _on_key(self) -> Callable[[bytes, bytes], None]:
+        return self._count if self._overflowed else self._mark
+
+    def _overflow(self) -> None:
+        """More keys wait to be read back than we may hold: drop them, count notifications
+        until the burst ends, then resync by a scan (which finds what they named)."""
+        queued = len(self._dirty)
+        self._dirty = {}
+        self._overflowed, self._burst = True, 0
+        if self._subscription is not None:
+            self._subscription.on_key = self._count
+        self._state.log(
+            "warn",
+            self.target.id,
+            f"writes come faster than we read keys back ({queued:,} queued): counting notifications "
+            "until the burst ends, then resyncing by scan",
+        )
+        self._set_feed(self._notifications, "notifications counted only (burst): resync by scan when it ends")
+
+    def _burst_over(self) -> None:
+        self._overflowed = False
+        if self._subscription is not None:
+            self._subscription.on_key = self._mark
+        self.gaps += 1
+        self._state.log("info", self.target.id, "the burst is over: resyncing by scan")
+        self._feed_stale = True  # say what feeds us now at the next health check
+        self._resync("after a burst")
 
     def _resync(self, why: str) -> None:
         """Scan the keyspace (once more after the running scan, if one runs)."""
@@ -519,11 +560,16 @@ class RedisCollector:
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             now = time.monotonic()
-            if now - last_config >= CONFIG_EVERY_S:
+            if now - last_config >= CONFIG_EVERY_S or self._feed_stale:
+                self._feed_stale = False
                 await self._check_notifications(client)
                 last_config = now
             await self._health(client, check_config=False)
             await self._check_buffer(client)
+            if self._overflowed:
+                if self._burst * 2 < self._limits.dirty_keys:  # a rate our queue can take again
+                    self._burst_over()
+                self._burst = 0
             scanning = not self._notifications or self._paused_until > now
             since = now - self._last_scan_end
             busy = self._scan_task is not None and not self._scan_task.done()
@@ -613,8 +659,8 @@ class RedisCollector:
         self._publish_node()
 
     async def _check_notifications(self, client: Redis) -> None:
-        if self._paused_until > time.monotonic():
-            return  # the feed says why we are not subscribed
+        if self._paused_until > time.monotonic() or self._overflowed:
+            return  # the feed says why we are not subscribed, or only count
         try:
             reply: dict[Any, Any] = await client.config_get("notify-keyspace-events")
             raw = next(iter(reply.values()), b"")  # redis-py decodes this reply itself

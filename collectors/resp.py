@@ -219,7 +219,8 @@ class Subscription(RespConnection):
     def __init__(self, prefix: bytes, on_key: OnKey, on_subscribed: Callable[[], None]) -> None:
         super().__init__()
         self._cut = len(prefix)
-        self._on_key = on_key
+        self.on_key = on_key
+        """Where each notification goes (the collector swaps it during a burst)."""
         self._on_subscribed = on_subscribed
         self.messages = 0
 
@@ -237,7 +238,7 @@ class Subscription(RespConnection):
         """The hot path: parse everything that arrived, one callback per notification."""
         reader = self._reader
         reader.feed(data)
-        on_key, cut = self._on_key, self._cut
+        on_key, cut = self.on_key, self._cut
         try:
             reply = reader.gets()
             while reply is not False:

@@ -219,9 +219,14 @@ class State:
         """Is this key listed, or (past its family's budget on this node) only counted?"""
         if listed:
             return self._budgets.keep(rec, ref[0], not self.is_replica(rec.node), True)
-        if self.is_replica(rec.node):  # a replica's copy is listed beside its master's, or not at all
+        if self.is_replica(rec.node):
+            # A replica's copy is listed beside its master's, or not at all. It may be read
+            # first: a family's copy is listed while its master still has room for it (its
+            # entity shows the replication state); a raw key's only beside the master's
+            # (its row shows none, and the replica's first keys are not the master's).
             master = self.group(rec.node)
-            joins = rec.key in self._entries.get(master, {}) or self._budgets.room(master, ref[0])
+            room = ref[0] != self._raw.kind and self._budgets.room(master, ref[0])
+            joins = rec.key in self._entries.get(master, {}) or room
         else:
             joins = bool(self._members.get(ref))
         return self._budgets.keep(rec, ref[0], not self.is_replica(rec.node), joins)

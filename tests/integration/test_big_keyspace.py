@@ -56,8 +56,10 @@ async def test_past_the_budget_keys_are_counted_by_prefix_and_locks_are_still_li
         assert user.ttls == {"none": 1000, "<1h": 2000}  # an hour, less the time since
         assert user.types == {"string": 3000} and user.bytes == 30000 and len(user.examples) == 3
         assert node(st, "redis-1").summarised == 3001 - 50  # every raw key, less those listed
-        # changes after the count are counted beside it
-        r.delete("cache:user:1", "cache:user:2")
+        # changes after the count are counted beside it (keys that are not listed: a listed
+        # key's removal would free a place in the list instead)
+        shown = {k.key for k in listed}
+        r.delete(*[k for k in (f"cache:user:{i}" for i in range(3000)) if k not in shown][:2])
         r.set("cache:user:new", "v")
         await until(
             bus,
@@ -131,3 +133,61 @@ async def test_a_subscriber_falling_behind_steps_aside_and_scans_then_subscribes
         )
         redis_client(cluster, "redis-3").delete("paused:lock")
         await until(bus, lambda s: s.get("lock", "redis:paused:lock") is None, "notifications flowing again")
+
+
+async def test_a_burst_faster_than_the_read_back_is_counted_then_resynced_by_scan(
+    cluster: ClusterInfo,
+) -> None:
+    limits = Limits(dirty_keys=500, scan_rate=50_000)
+    async with observing(cluster, limits=limits) as bus:
+        collector = next(c for c in bus.source.redis if c.target.id == "redis-2")
+        port = str(redis_port(cluster, "redis-2"))
+        load = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "redis-benchmark",
+                "-p",
+                port,
+                "-t",
+                "set",
+                "-n",
+                "200000",
+                "-r",
+                "20000",
+                "-P",
+                "64",
+                "-c",
+                "2",
+                "-q",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert load.returncode == 0
+        await until(
+            bus,
+            lambda s: any("faster than we read keys back" in line.text for line in s.snapshot().log),
+            "the burst to be noticed",
+            timeout=10,
+        )
+        assert collector.backlog <= 500 + 5000  # bounded (a socket read's worth past the cap)
+        redis_client(cluster, "redis-2").set("after:burst:lock", "0" * 32, px=60000)
+        await until(
+            bus, lambda s: s.get("lock", "redis:after:burst:lock") is not None, "a lock after", timeout=15
+        )
+        await until(
+            bus,
+            lambda s: (
+                node(s, "redis-2").gaps > 0 and node(s, "redis-2").feed.startswith("keyspace notifications")
+            ),
+            "the burst over, counted as a gap, notifications back",
+            timeout=15,
+        )
+        assert any("the burst is over" in line.text for line in bus.state.snapshot().log)
+        dbsize = redis_client(cluster, "redis-2").dbsize()
+        await until(
+            bus,
+            lambda s: node(s, "redis-2").keys + node(s, "redis-2").summarised == dbsize,
+            "every key listed or counted after the resync",
+            timeout=20,
+        )

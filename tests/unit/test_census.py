@@ -141,7 +141,7 @@ def test_a_family_past_its_budget_is_summarised_too_and_its_entities_stay_whole(
     assert len(state.entities("session")) == 5 and "changed" in listed
 
 
-def test_a_replica_lists_a_key_while_its_master_has_room_and_only_beside_it_after() -> None:
+def test_a_replica_lists_a_family_key_while_its_master_has_room_and_a_raw_key_beside_it() -> None:
     from dataclasses import replace as with_
 
     from collectors.families.nodes import Node
@@ -149,10 +149,16 @@ def test_a_replica_lists_a_key_while_its_master_has_room_and_only_beside_it_afte
     state = State(limits=Limits(raw_keys=2))
     state.set_node(Node(id="r1", store="redis", address="a"))
     state.set_node(Node(id="r1r", store="redis", address="b", master="r1"))
-    state.apply_key(with_(rec("a:1"), node="r1r"))  # the replica read it first
-    assert [k.id for k in state.entities("key")] == ["redis:r1:a:1"]
+    lock = b"0123456789abcdef0123456789abcdef"
+    state.apply_key(with_(rec("a:1:lock", ttl=9000, value=lock), node="r1r"))  # the replica read it first
+    state.apply_key(rec("a:1:lock", ttl=9000, value=lock))
+    (held,) = state.entities("lock")
+    assert [(r.node, r.present) for r in held.grants[0].replicas] == [("r1r", True)]  # type: ignore[attr-defined]
+    state.apply_key(with_(rec("a:1"), node="r1r"))  # a raw key: only beside its master's
+    assert state.entities("key") == []
     for key in ("a:1", "a:2", "a:3"):
         state.apply_key(rec(key))
+    state.apply_key(with_(rec("a:1"), node="r1r"))
     state.apply_key(with_(rec("a:3"), node="r1r"))  # past the master's budget: not listed
     assert sorted(k.id for k in state.entities("key")) == ["redis:r1:a:1", "redis:r1:a:2"]
 
