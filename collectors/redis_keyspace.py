@@ -439,9 +439,9 @@ class RedisCollector:
         if not commands:
             return []
         if not self.target.cluster:
-            return await asyncio.wait_for(reads.execute(commands), READ_TIMEOUT_S)
+            return await reads.execute(commands)  # the health loop times it out
         asked = [c for command in commands for c in ((b"ASKING",), command)]
-        replies = await asyncio.wait_for(reads.execute(asked), READ_TIMEOUT_S)
+        replies = await reads.execute(asked)
         return replies[1::2]
 
     async def _read(self, reads: Reads, batch: list[tuple[bytes, str]]) -> None:
@@ -566,6 +566,9 @@ class RedisCollector:
                 last_config = now
             await self._health(client, check_config=False)
             await self._check_buffer(client)
+            reads = self._reads
+            if reads is not None and reads.overdue(READ_TIMEOUT_S):
+                reads.close()  # the node stopped answering: the watch ends and reconnects
             if self._overflowed:
                 if self._burst * 2 < self._limits.dirty_keys:  # a rate our queue can take again
                     self._burst_over()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,12 +87,13 @@ def command(*args: Arg) -> bytes:
 
 
 class _Waiting:
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "future", "replies", "sent_at")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent_at: float) -> None:
         self.count = count
         self.future = future
         self.replies: list[Any] = []
+        self.sent_at = sent_at
 
 
 class RespConnection(asyncio.Protocol):
@@ -141,8 +143,13 @@ class RespConnection(asyncio.Protocol):
             future.set_result([])
             return future
         self._send(b"".join(command(*c) for c in commands))
-        self._waiting.append(_Waiting(len(commands), future))
+        self._waiting.append(_Waiting(len(commands), future, time.monotonic()))
         return future
+
+    def overdue(self, seconds: float) -> bool:
+        """Has the oldest request waited longer than this? (One watchdog instead of a
+        timeout per request: the read-back is the hot path.)"""
+        return bool(self._waiting) and time.monotonic() - self._waiting[0].sent_at > seconds
 
     def _send(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing() or self.ended.done():
