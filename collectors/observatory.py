@@ -22,7 +22,8 @@ from collectors.layouts import LayoutConfig
 from collectors.limits import Limits
 from collectors.postgres import PgCollector
 from collectors.redis_cluster import ClusterWatcher
-from collectors.redis_keyspace import RedisCollector, Topology
+from collectors.redis_keyspace import RedisCollector
+from collectors.redis_topology import Topology
 from collectors.state import State
 from collectors.targets import PostgresTarget, RedisTarget, ZkTarget
 from collectors.zookeeper import ZkCollector

@@ -43,7 +43,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from collectors.limits import Limits
-from collectors.redis_keyspace import Placement, RedisCollector, Topology
+from collectors.redis_keyspace import RedisCollector
+from collectors.redis_topology import Placement, Topology
 from collectors.state import State
 from collectors.targets import RedisTarget
 

@@ -49,7 +49,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -58,17 +58,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from collectors.families.nodes import Node
-from collectors.layouts import coordscope
 from collectors.limits import Limits
 from collectors.records import KeyRecord, display
+from collectors.redis_reads import MAX_STREAM_READ, first_read, is_history, record, second_read
+from collectors.redis_topology import Topology
 from collectors.resp import Arg, Reads, Redirect, Subscription, redirect_of
 from collectors.state import State, now_ms
 from collectors.targets import RedisTarget
 
-MAX_VALUE = 64 * 1024
-MAX_FIELDS = 512
-MAX_ITEMS = 16
-MAX_STREAM_READ = 1000
 BATCH = 512
 HEALTH_EVERY_S = 0.5
 CONFIG_EVERY_S = 2.0
@@ -77,61 +74,6 @@ NETWORK_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSErr
 OMEM = re.compile(rb"\bomem=(\d+)")
 READ_TIMEOUT_S = 5.0
 """A read-back that takes longer means the node is not answering."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a Redis Cluster puts a node, as the cluster itself says (``CLUSTER NODES``)."""
-
-    role: str
-    """master | replica"""
-    master: str | None = None
-    """The primary it replicates (a watched node's id)."""
-    slots: str = ""
-    """The slots it serves, as the node panel shows them: ``0-5460 (5461)``."""
-    failed: bool = False
-    """The cluster marks it failed (``fail``)."""
-
-
-class Topology:
-    """Which watched node replicates which, shared by every Redis collector.
-
-    A replica names its master by the address *it* connects to, which behind
-    Docker or NAT is not the address we watch; its master lists it by the
-    address the replica announces. Either match makes the replica's keys the
-    master's entities. A Redis Cluster's nodes are placed by the cluster's own
-    view instead (:mod:`collectors.redis_cluster`): every node at once, from
-    one answer, so two nodes never both look like replicas mid-failover.
-    """
-
-    def __init__(self, targets: list[RedisTarget]) -> None:
-        self._by_address: dict[str, str] = {}
-        for t in targets:
-            self.add(t)
-        self._listed: dict[str, str] = {}
-        self._placed: dict[str, Placement] = {}
-
-    def add(self, target: RedisTarget) -> None:
-        self._by_address[target.address] = target.id
-        if target.host == "127.0.0.1":
-            self._by_address[f"localhost:{target.port}"] = target.id
-
-    def node_at(self, address: str) -> str | None:
-        """The id of the watched node at ``host:port``."""
-        return self._by_address.get(address)
-
-    def place(self, node_id: str, placement: Placement) -> None:
-        self._placed[node_id] = placement
-
-    def placement(self, node_id: str) -> Placement | None:
-        return self._placed.get(node_id)
-
-    def master_listed(self, master_id: str, replica_addresses: list[str]) -> None:
-        for address in replica_addresses:
-            self._listed[address] = master_id
-
-    def master_of(self, replica: RedisTarget, master_address: str) -> str | None:
-        return self._by_address.get(master_address) or self._listed.get(replica.address)
 
 
 def notifications_enabled(flags: str) -> bool:
@@ -400,7 +342,7 @@ class RedisCollector:
         for key in self._state.keys_of(self.target.id):
             rec = self._state.record(self.target.id, key)
             if isinstance(rec, KeyRecord) and rec.read_at_ms < started_ms:
-                self._dirty.setdefault(rec.raw_key, "scan")
+                self._dirty.setdefault(rec.raw_key, "resync")  # not "scan": not in this count
         self._state.scan_ended(self.target.id)
         self._counted = self._counted or self._state.summarising(self.target.id)
         self.scans += 1
@@ -445,17 +387,7 @@ class RedisCollector:
         return replies[1::2]
 
     async def _read(self, reads: Reads, batch: list[tuple[bytes, str]]) -> None:
-        # Round trip 1: TYPE and PTTL, plus a string read that answers WRONGTYPE for the
-        # others -- locks and sessions are mostly strings, which then take one trip only.
-        first_round: list[tuple[Arg, ...]] = []
-        for raw, _ in batch:
-            first_round += [
-                (b"TYPE", raw),
-                (b"PTTL", raw),
-                (b"STRLEN", raw),
-                (b"GETRANGE", raw, 0, MAX_VALUE - 1),
-            ]
-        first = await self._execute(reads, first_round)
+        first = await self._execute(reads, [c for raw, _ in batch for c in first_read(raw)])
         read_at = now_ms()
         # (key, cause, type, ttl, which round answered it, where in that round's replies)
         plan: list[tuple[bytes, str, str, int | None, int, int]] = []
@@ -478,17 +410,21 @@ class RedisCollector:
                 plan.append((raw, cause, kind, ttl, 0, 4 * i + 2))
             else:
                 plan.append((raw, cause, kind, ttl, 1, len(second_round)))
-                second_round += self._second_read(raw, kind)
+                second_round += second_read(raw, kind, self._stream_pos.get(raw))
         second = await self._execute(reads, second_round)
         rounds = [first, second]
         for raw, cause, kind, ttl, round_, at in plan:
             try:
-                rec = self._record(raw, cause, kind, ttl, read_at, rounds[round_], at)
+                rec = record(self.target.id, raw, cause, kind, ttl, read_at, rounds[round_][at : at + 2])
             except (TypeError, ValueError, IndexError, AttributeError):
                 rec = None
             if rec is None:
                 self._dirty.setdefault(raw, cause)  # it changed type under us: read it again
                 continue
+            if rec.entries and is_history(raw):  # read a run's history on from its last entry
+                self._stream_pos[raw] = rec.entries[-1][0]
+                if len(rec.entries) == MAX_STREAM_READ:
+                    self._dirty.setdefault(raw, cause)
             self._state.apply_key(rec)
             self._handed(raw)
 
@@ -501,57 +437,6 @@ class RedisCollector:
             listed_on |= {self.target.id}
         if self.handover is not None:
             self.handover(self.target.id, raw, cause, f"{redirect.host}:{redirect.port}", listed_on)
-
-    def _second_read(self, raw: bytes, kind: str) -> list[tuple[Arg, ...]]:
-        """The second round trip, for every type but strings (the first one read those):
-        a size and a bounded read."""
-        if kind == "hash":
-            return [(b"HLEN", raw), (b"HSCAN", raw, 0, b"COUNT", MAX_FIELDS)]
-        if kind == "list":
-            return [(b"LLEN", raw), (b"LRANGE", raw, 0, MAX_ITEMS - 1)]
-        if kind == "set":
-            return [(b"SCARD", raw), (b"SSCAN", raw, 0, b"COUNT", MAX_ITEMS)]
-        if kind == "zset":
-            return [(b"ZCARD", raw), (b"ZRANGE", raw, 0, MAX_ITEMS - 1)]
-        if kind == "stream":
-            if display(raw).startswith(coordscope.history_key("")):
-                start = self._stream_pos.get(raw)
-                since = b"(" + start if start else b"-"
-                return [(b"XLEN", raw), (b"XRANGE", raw, since, b"+", b"COUNT", MAX_STREAM_READ)]
-            return [(b"XLEN", raw), (b"XREVRANGE", raw, b"+", b"-", b"COUNT", 1)]
-        return [(b"EXISTS", raw), (b"EXISTS", raw)]
-
-    def _record(
-        self, raw: bytes, cause: str, kind: str, ttl: int | None, read_at: int, results: list[Any], at: int
-    ) -> KeyRecord | None:
-        size, body = results[at], results[at + 1]
-        if isinstance(size, Exception) or isinstance(body, Exception):
-            return None
-        common: dict[str, Any] = dict(
-            node=self.target.id,
-            raw_key=raw,
-            type=kind,
-            ttl_ms=ttl,
-            read_at_ms=read_at,
-            size=int(size),
-            cause=cause,
-        )
-        if kind == "string":
-            return KeyRecord(value=body, truncated=int(size) > len(body), **common)
-        if kind == "hash":
-            fields = _pairs(body[1])
-            return KeyRecord(fields=fields, truncated=int(size) > len(fields), **common)
-        if kind in ("list", "set", "zset"):
-            items = tuple(body[1] if kind == "set" else body)[:MAX_ITEMS]
-            return KeyRecord(items=items, truncated=int(size) > len(items), **common)
-        if kind == "stream":
-            entries = tuple((entry_id, _pairs(fields or [])) for entry_id, fields in body)
-            if display(raw).startswith(coordscope.history_key("")) and entries:
-                self._stream_pos[raw] = entries[-1][0]
-                if len(entries) == MAX_STREAM_READ:
-                    self._dirty.setdefault(raw, cause)
-            return KeyRecord(entries=entries, **common)
-        return KeyRecord(**common)
 
     # ------------------------------------------------------------------ health
 
@@ -739,12 +624,6 @@ class RedisCollector:
         self._node = replace(self._node, events=self.events, coalesced=self.coalesced, gaps=self.gaps)
         self._state.set_node(self._node)
         self._wake()
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """``[field, value, field, value...]`` (RESP2's hash and stream entries) as a dict."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
 
 
 def _raw(key: bytes | str) -> bytes:

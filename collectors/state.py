@@ -197,7 +197,8 @@ class State:
     def apply_key(self, rec: KeyRecord) -> None:
         old = self._entries[rec.node].get(rec.key)
         if rec.cause == "scan" and old is not None and _unchanged(old.rec, rec):
-            # A rescan read what we hold: counted, but nothing to tell the viewers.
+            # A rescan read what we hold: counted and kept as read, nothing to tell viewers.
+            old.rec = rec
             self._budgets.keep(rec, old.ref[0], not self.is_replica(rec.node), True)
             return
         try:

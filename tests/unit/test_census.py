@@ -186,3 +186,5 @@ def test_a_rescan_tells_viewers_nothing_new_and_counts_listed_keys_once() -> Non
     assert not [e for e in events if isinstance(e, Upserted) and e.entity.KIND == "key"]
     node = state.node("r1")
     assert node is not None and (node.keys, node.summarised) == (3, 7)  # 3 listed + 7 counted = 10
+    held = state.record("r1", "cache:item:0")  # kept as last read: the scan saw it
+    assert held is not None and held.read_at_ms == 1_000
