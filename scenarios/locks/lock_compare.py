@@ -73,6 +73,8 @@ async def run(ctx: RunContext) -> None:
     zk_actors = [f"zk-{i + 1}" for i in range(n)]
     await ctx.set_actors([*redis_actors, *zk_actors])
     redis_name, zk_name = f"{ctx.run_id}-redis", f"{ctx.run_id}-zk"
+    if ctx.env.redis_cluster:  # the lock's keys (lock, waiters, signal) must share a slot
+        redis_name = coordscope.slot_tagged(redis_name)
     ctx.cleanup(lock_node, *coordscope.lock_keys(redis_name, redis_actors))
     ctx.cleanup(resource_node, coordscope.resource_key(redis_name), coordscope.resource_key(zk_name))
     ctx.cleanup_znode(hosts, lock_path(zk_name))

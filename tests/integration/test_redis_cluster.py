@@ -315,6 +315,8 @@ async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
         assert all(s.count("cluster-") == 1 for s in seen), seen
         await eventually(lambda: not ours(), 10, "the run's lock gone once it cleaned up")
 
+    compared = cli_in(state, "run", "lock-compare", "--set", "rounds=2", "--set", "redis_waiting=signal")
+    assert compared.returncode == 0 and "HELD" in compared.stdout, compared.stdout + compared.stderr
     refused = cli_in(state, "run", "lock-redlock")
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
