@@ -62,6 +62,7 @@ from typing import Any
 from app.cluster import ClusterError, ClusterInfo, LocalCluster
 from collectors.layouts import LayoutConfig
 from collectors.limits import MIB, Limits
+from collectors.redis_cluster import parse_nodes
 from collectors.targets import PostgresTarget, RedisTarget, TargetError, ZkTarget
 
 
@@ -319,30 +320,26 @@ def discover_cluster(seeds: list[RedisTarget]) -> list[RedisTarget]:
                 socket_timeout=3.0,
                 decode_responses=True,
             )
-            nodes = client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
+            # two words: redis-py parses "CLUSTER NODES" into a dict, and we want its text
+            nodes = client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
             client.close()
         except redis.RedisError as exc:
             last = exc
             continue
-        found = []
-        text = nodes if isinstance(nodes, str) else "\n".join(nodes)
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) < 3 or {"noaddr", "handshake"} & set(parts[2].split(",")):
-                continue  # a failed node stays: it is shown down until the cluster forgets it
-            address = parts[1].split("@")[0]
-            host, _, port = address.rpartition(":")
-            found.append(
-                RedisTarget(
-                    id=address,
-                    host=host or seed.host,
-                    port=int(port),
-                    username=seed.username,
-                    password=seed.password,
-                    tls=seed.tls,
-                    allow_config=seed.allow_config,
-                    cluster=seeds[0].address,
-                )
+        found = [
+            RedisTarget(
+                id=node.address,
+                host=node.address.rpartition(":")[0] or seed.host,
+                port=int(node.address.rpartition(":")[2]),
+                username=seed.username,
+                password=seed.password,
+                tls=seed.tls,
+                allow_config=seed.allow_config,
+                cluster=seeds[0].address,
             )
+            for node in parse_nodes(nodes if isinstance(nodes, str) else "")
+        ]  # a failed node stays: it is shown down until the cluster forgets it
+        if not found:
+            raise ConfigError(f"{seed.address} is not a node of a Redis Cluster (CLUSTER NODES lists none)")
         return found
     raise ConfigError(f"cannot read the Redis Cluster topology from {seeds[0].address}: {last}")

@@ -112,7 +112,7 @@ class CoordscopeApp(App[None]):
         settings = self.core.settings
         nodes = len(settings.redis) + len(settings.zookeeper) + len(settings.postgres)
         where = "local cluster" if self.core.settings.local else "external"
-        parts.append(f"{nodes} nodes ({where})")
+        parts.append(f"{nodes} node{'' if nodes == 1 else 's'} ({where})")
         if self.paused:
             parts.append("PAUSED (p to resume)")
         self.sub_title = " · ".join(parts)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from app import config
 from app.cluster import ClusterInfo, LocalCluster, alive
 from collectors.events import Removed
 from collectors.families.keys import RawKey
@@ -171,6 +172,23 @@ async def test_up_starts_a_cluster_the_node_panel_shows_with_its_slots(
         assert [(r.node, r.present) for r in grant.replicas] == [(replica_of(info, grant.node), True)]
     status = cli_in(Path(info.state_dir), "status")
     assert status.returncode == 0 and all(f"{n} " in status.stdout for n in names)
+
+
+def test_a_cluster_coordscope_did_not_start_is_found_from_one_seed(
+    redis_cluster: tuple[LocalCluster, ClusterInfo], tmp_path: Path
+) -> None:
+    """`--redis URL --redis-cluster`: every node, from the seed's CLUSTER NODES (redis-py
+    parses that command's reply into a dict when asked for it as one word: none was found)."""
+    _, info = redis_cluster
+    seed = next(m for m in info.members if m.cluster and alive(m))
+    settings = config.load(
+        redis_urls=[f"redis://127.0.0.1:{seed.port}"], redis_cluster=True, state_dir=str(tmp_path)
+    )
+    ports = sorted(t.port for t in settings.redis)
+    assert ports == sorted(m.port for m in info.members if m.cluster)
+    assert {t.cluster for t in settings.redis} == {f"127.0.0.1:{seed.port}"}
+    with pytest.raises(config.ConfigError, match="cannot read the Redis Cluster topology"):
+        config.load(redis_urls=["redis://127.0.0.1:1"], redis_cluster=True, state_dir=str(tmp_path))
 
 
 async def test_a_manual_failover_swaps_the_roles_and_keeps_the_lock(
