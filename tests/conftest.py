@@ -26,7 +26,7 @@ import redis
 from kazoo.client import KazooClient
 
 from app.bus import Bus
-from app.cluster import ClusterInfo, LocalCluster, free_port
+from app.cluster import ClusterInfo, LocalCluster, alive, free_port
 from app.config import Settings
 from app.core import Core, environment
 from app.web import create_app, server
@@ -185,6 +185,24 @@ def cli_in(state: str | Path, *args: str, timeout: float = 120) -> subprocess.Co
         timeout=timeout,
         cwd=Path(__file__).parent,
     )
+
+
+@contextlib.contextmanager
+def cluster_up(state: Path, *flags: str) -> Iterator[tuple[LocalCluster, ClusterInfo]]:
+    """`coordscope up FLAGS` in this state folder, as a user runs it; `down` at the end
+    must stop exactly the processes it started."""
+    cluster = LocalCluster(state)
+    try:
+        started = cli_in(state, "up", *flags)
+        assert started.returncode == 0, started.stderr
+        info = cluster.load()
+        assert info is not None
+        yield cluster, info
+    finally:
+        before = cluster.load()
+        stopped = cli_in(state, "down")
+        assert stopped.returncode == 0, stopped.stderr
+        assert before is not None and not any(alive(m) for m in before.members)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from collectors.families.nodes import Node
 from collectors.observatory import Observatory
 from collectors.redis_cluster import parse_nodes
 from collectors.state import State
-from tests.conftest import cli_in, eventually, wait_until
+from tests.conftest import cli_in, cluster_up, eventually, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_KEY = "{order-7}:lock"
@@ -35,19 +35,8 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, ClusterInfo]]:
     """`coordscope up --redis-cluster` in a state folder of its own; `down` at the end must
     stop exactly the processes it started."""
-    state = tmp_path_factory.mktemp("redis-cluster")
-    cluster = LocalCluster(state)
-    try:
-        started = cli_in(state, "up", "--redis-cluster")
-        assert started.returncode == 0, started.stderr
-        info = cluster.load()
-        assert info is not None
-        yield cluster, info
-    finally:
-        before = cluster.load()
-        stopped = cli_in(state, "down")
-        assert stopped.returncode == 0, stopped.stderr
-        assert before is not None and not any(alive(m) for m in before.members)
+    with cluster_up(tmp_path_factory.mktemp("redis-cluster"), "--redis-cluster") as up:
+        yield up
 
 
 def client(info: ClusterInfo, name: str) -> redis.Redis:

@@ -12,14 +12,14 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.recipe.lock import Lock as KazooLock
 
-from app.cluster import ClusterInfo, LocalCluster, alive
+from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.keys import RawKey
 from collectors.families.locks import Lock
 from collectors.families.nodes import Node
 from collectors.state import State
 from collectors.zk_roles import srvr
 from collectors.zookeeper import ZkCollector
-from tests.conftest import cli_in, eventually
+from tests.conftest import cluster_up, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,19 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, ClusterInfo]]:
     """`coordscope up --zk-ensemble 3` in a state folder of its own; `down` at the end
     must stop exactly the processes it started."""
-    state = tmp_path_factory.mktemp("ensemble")
-    cluster = LocalCluster(state)
-    try:
-        started = cli_in(state, "up", "--zk-ensemble", "3", "--masters", "1")
-        assert started.returncode == 0, started.stderr
-        info = cluster.load()
-        assert info is not None
-        yield cluster, info
-    finally:
-        before = cluster.load()
-        stopped = cli_in(state, "down")
-        assert stopped.returncode == 0, stopped.stderr
-        assert before is not None and not any(alive(m) for m in before.members)
+    with cluster_up(tmp_path_factory.mktemp("ensemble"), "--zk-ensemble", "3", "--masters", "1") as up:
+        yield up
 
 
 def zk_servers(info: ClusterInfo) -> list[str]:
