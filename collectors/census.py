@@ -100,6 +100,8 @@ class NodeCensus:
         self._since: dict[str, list[int]] = {}
         """prefix -> [writes, removals] since the count."""
         self._as_of = 0
+        self._totals = [0, 0]
+        """Keys in the count and in the running tally (kept as they grow: asked every flush)."""
         self._shown: dict[str, KeyPrefix] = {}
         self._changed: set[str] = set()
 
@@ -109,6 +111,7 @@ class NodeCensus:
     def scan_started(self) -> None:
         self.counting = True
         self._tally = {}
+        self._totals[1] = 0
 
     def counted(self, rec: KeyRecord) -> None:
         """A key the scan read that no family claims."""
@@ -117,12 +120,14 @@ class NodeCensus:
         if tally is None:
             tally = self._tally[prefix] = _Tally()
         tally.add(rec)
+        self._totals[1] += 1
         if not self.counted_once:  # before the first count ends, show it growing
             self._changed.add(prefix)
 
     def scan_ended(self) -> None:
         self._changed.update(self._count, self._tally)
         self._count, self._tally = self._tally, {}
+        self._totals = [self._totals[1], 0]
         self._since = {}
         self._as_of = self._clock()
         self.counting = False
@@ -158,7 +163,7 @@ class NodeCensus:
     @property
     def total(self) -> int:
         """Keys counted (by the last complete scan, or so far by the first)."""
-        return sum(t.keys for t in (self._count if self.counted_once else self._tally).values())
+        return self._totals[0] if self.counted_once else self._totals[1]
 
     def _entity(self, prefix: str) -> KeyPrefix | None:
         tally = (self._count if self.counted_once else self._tally).get(prefix)

@@ -17,6 +17,7 @@ does it then. Nothing here does I/O, so all of it is tested without servers.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -96,6 +97,10 @@ class State:
         self._groups: dict[Member, GroupFact] = {}
         """ZooKeeper groups: (node, znode path) -> what that znode and its children are."""
         self._rechecks: dict[EntityRef, int] = {}
+        """When each entity asked to be rebuilt (a lease ends, a heartbeat goes quiet)."""
+        self._due: list[tuple[int, EntityRef]] = []
+        """The same moments as a heap: a flush looks at the ones due, not at every entity
+        (20,000 sessions with a TTL each cost a walk of them all per flush)."""
         self._causes: dict[EntityRef, str] = {}
         self._events: list[Event] = []
         self._log: deque[Logged] = deque(maxlen=log_size)
@@ -151,7 +156,12 @@ class State:
         return self._groups.get((node_id, path))
 
     def recheck(self, ref: EntityRef, at_ms: int) -> None:
-        self._rechecks[ref] = at_ms
+        if self._rechecks.get(ref) != at_ms:
+            self._rechecks[ref] = at_ms
+            heapq.heappush(self._due, (at_ms, ref))
+            if len(self._due) > 4 * len(self._rechecks) + 1024:  # mostly moved moments: rebuild
+                self._due = [(at, r) for r, at in self._rechecks.items()]
+                heapq.heapify(self._due)
 
     def log(self, level: str, source: str, text: str) -> None:
         self._seq += 1
@@ -412,8 +422,9 @@ class State:
                 self._entities["prefix"].pop(entity_id, None)
                 self._emit(Removed(kind="prefix", id=entity_id))
         now = self._clock()
-        for ref, at in list(self._rechecks.items()):
-            if now >= at:
+        while self._due and self._due[0][0] <= now:
+            at, ref = heapq.heappop(self._due)
+            if self._rechecks.get(ref) == at:  # not moved or dropped since it was pushed
                 self._recompute(ref)
 
     def _refresh_counts(self, node_id: str) -> None:

@@ -348,3 +348,24 @@ def test_keys_deleted_on_a_master_and_its_replica_leave_nothing_behind() -> None
         state.drop_key("replica-1", f"acct:{i}:lock".encode(), "expired")
     assert locks(state) == {}
     assert not state._causes and not state._members and not state._rechecks  # a long watch stays small
+
+
+def test_rechecks_come_due_in_order_and_a_moved_one_only_at_its_new_moment() -> None:
+    from collectors.state import State
+
+    now = [0]
+    state = State(clock=lambda: now[0])
+    rebuilt: list[tuple[str, str]] = []
+    state._recompute = lambda ref: (rebuilt.append(ref), state._rechecks.pop(ref, None))  # type: ignore[method-assign]
+    state.recheck(("lock", "a"), 100)
+    state.recheck(("lock", "b"), 50)
+    state.recheck(("lock", "a"), 300)  # moved later: not due at 100
+    for _ in range(3000):  # many moves of one moment: the heap stays bounded
+        state.recheck(("lock", "c"), 1000 + _)
+    now[0] = 200
+    state.refresh_counts()
+    assert rebuilt == [("lock", "b")]
+    now[0] = 5000
+    state.refresh_counts()
+    assert rebuilt == [("lock", "b"), ("lock", "a"), ("lock", "c")]
+    assert len(state._due) < 1100
