@@ -224,7 +224,7 @@ class RedisCollector:
                 await asyncio.sleep(pause)
                 continue
             self._subscriptions += 1
-            sub = await Subscription.open(self.target, self._on_key(), self._subscribed)
+            sub = await Subscription.open(self.target, self._on_key(), self._subscribed, self._send_now)
             self._subscription = sub
             try:
                 why = await sub.ended
@@ -268,8 +268,6 @@ class RedisCollector:
         self.events += 1
         if len(dirty) > self._limits.dirty_keys:
             self._overflow()
-        elif self._idle:
-            self._send_now()
         self._dirty_event.set()
 
     def _count(self, raw_key: bytes, event: bytes) -> None:
@@ -390,11 +388,11 @@ class RedisCollector:
         return batch
 
     def _send_now(self) -> None:
-        """The reader is idle and a key just changed: send its first read from the
-        notification's own callback, not after the loop has woken the reader (which
+        """Called after each chunk of notifications: if the reader is idle, send the first
+        read of what changed from here, not after the loop has woken the reader (which
         waits behind whatever else is ready: a change then took ~90 us longer to show)."""
         reads = self._reads
-        if reads is None or self.target.cluster:
+        if not self._idle or not self._dirty or reads is None or self.target.cluster:
             return
         self._idle = False
         batch = self._take_batch()

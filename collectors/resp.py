@@ -223,20 +223,33 @@ class Subscription(RespConnection):
 
     name = "coordscope-watch"
 
-    def __init__(self, prefix: bytes, on_key: OnKey, on_subscribed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        prefix: bytes,
+        on_key: OnKey,
+        on_subscribed: Callable[[], None],
+        on_chunk: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self._cut = len(prefix)
         self.on_key = on_key
         """Where each notification goes (the collector swaps it during a burst)."""
         self._on_subscribed = on_subscribed
+        self._on_chunk = on_chunk
+        """Called after the notifications of one read from the socket (a ``SET ... PX``
+        sends ``set`` and ``expire`` together: acting once per chunk sees both)."""
         self.messages = 0
 
     @classmethod
     async def open(
-        cls, target: RedisTarget, on_key: OnKey, on_subscribed: Callable[[], None]
+        cls,
+        target: RedisTarget,
+        on_key: OnKey,
+        on_subscribed: Callable[[], None],
+        on_chunk: Callable[[], None] | None = None,
     ) -> Subscription:
         pattern = f"__keyspace@{target.db}__:*".encode()
-        proto = cls(pattern[:-1], on_key, on_subscribed)
+        proto = cls(pattern[:-1], on_key, on_subscribed, on_chunk)
         await cls._connect(target, proto, db=False)
         proto._send(command(b"PSUBSCRIBE", pattern))
         return proto
@@ -260,3 +273,6 @@ class Subscription(RespConnection):
         except hiredis.ProtocolError as exc:
             self._end(f"protocol error: {exc}")
             self.close()
+            return
+        if self._on_chunk is not None:
+            self._on_chunk()

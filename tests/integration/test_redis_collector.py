@@ -14,7 +14,7 @@ from collectors.families.locks import Lock
 from collectors.families.nodes import Node
 from collectors.families.sessions import Session
 from collectors.state import State
-from tests.conftest import observing, redis_client, until
+from tests.conftest import observing, redis_client, redis_port, until
 
 
 def lock_named(st: State, name: str) -> Lock | None:
@@ -220,3 +220,35 @@ async def test_garbage_and_hostile_names_never_break_the_collector(cluster: Clus
         await until(
             bus, lambda st: all(lock_named(st, n) is None for n in hostile), "the hostile locks to go"
         )
+
+
+async def test_a_set_with_a_ttl_is_one_change_for_viewers(cluster: ClusterInfo) -> None:
+    """`SET k v PX ms` sends two notifications (set, expire): one read, one upsert."""
+    import asyncio
+
+    from collectors.events import Upserted
+
+    async with observing(cluster) as bus:
+        viewer = bus.subscribe()
+        await viewer.get()  # the snapshot
+        from redis.asyncio import Redis as AsyncRedis
+
+        client = AsyncRedis(port=redis_port(cluster, "redis-2"))  # no replica: its copy is a change too
+        for i in range(20):  # one at a time, each its own flush: a second read would show
+            await client.set(f"once:{i}:lock", f"{i:032x}", px=60000)
+            await asyncio.sleep(0.03)
+        await client.aclose()
+        upserts: dict[str, int] = {}
+        deadline = asyncio.get_running_loop().time() + 2
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                delivery = await asyncio.wait_for(viewer.get(), 0.3)
+            except TimeoutError:
+                if len(upserts) == 20:
+                    break
+                continue
+            for event in delivery:
+                if isinstance(event, Upserted) and isinstance(event.entity, Lock):
+                    upserts[event.entity.name] = upserts.get(event.entity.name, 0) + 1
+        viewer.close()
+        assert upserts == {f"once:{i}:lock": 1 for i in range(20)}
