@@ -23,7 +23,7 @@ import asyncio
 import json
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from collectors.events import (
     SCHEMA_VERSION,
@@ -147,8 +147,8 @@ class Bus:
         self._last_flush = 0.0
         self.flushes = 0
         self._encoded: OrderedDict[int, str] = OrderedDict()
-        self._wire_snapshot: tuple[int, str] | None = None
-        self._wire_state: tuple[int, str] | None = None
+        self._wire_texts: dict[str, tuple[int, str, str]] = {}
+        """Snapshots on the wire, by use: (state number, text before its time, after)."""
         source.set_on_change(self.wake)
 
     def subscribe(self, max_batches: int | None = None) -> Viewer:
@@ -191,19 +191,22 @@ class Bus:
 
     def wire_snapshot(self, snapshot: Snapshot | None = None) -> str:
         """The snapshot as sent on the wire (one page of each kind), made once per state."""
-        snapshot = snapshot or self.snapshot()
-        kept = self._wire_snapshot
-        if kept is None or kept[0] != snapshot.seq:
-            kept = self._wire_snapshot = (snapshot.seq, json.dumps(to_json(snapshot, WIRE_PAGE)))
-        return kept[1]
+        return self._wire("ws", snapshot or self.snapshot(), lambda s: to_json(s, WIRE_PAGE))
 
     def wire_snapshot_state(self) -> str:
         """``GET /api/state``'s default answer, made once per state."""
-        snapshot = self.snapshot()
-        kept = self._wire_state
+        return self._wire("state", self.snapshot(), lambda s: state_json(s, WIRE_PAGE))
+
+    def _wire(self, name: str, snapshot: Snapshot, body: Callable[[Snapshot], dict[str, Any]]) -> str:
+        """Encode once per state number; only its time (``at_ms``, which viewers set their
+        clocks by: a countdown would be off by the age of the encoding) is made afresh."""
+        kept = self._wire_texts.get(name)
         if kept is None or kept[0] != snapshot.seq:
-            kept = self._wire_state = (snapshot.seq, json.dumps(state_json(snapshot, WIRE_PAGE)))
-        return kept[1]
+            text = json.dumps(body(snapshot))
+            at = text.index('"at_ms": ') + len('"at_ms": ')  # the first is the snapshot's own
+            end = at + len(str(snapshot.at_ms))
+            kept = self._wire_texts[name] = (snapshot.seq, text[:at], text[end:])
+        return f"{kept[1]}{snapshot.at_ms}{kept[2]}"
 
     def wake(self) -> None:
         """A collector put something new in the state: flush now, or soon."""

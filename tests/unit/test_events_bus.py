@@ -143,3 +143,18 @@ async def test_an_event_is_encoded_once_for_every_viewer() -> None:
     assert all(a is b for a, b in zip(texts[0], texts[1], strict=True))  # the same str, made once
     upsert = json.loads(next(t for t in texts[0] if '"lock.upserted"' in t))
     assert upsert["lock"]["name"] == "acct:9:lock" and len(upsert["row"]) >= 5  # its cells too
+
+
+async def test_a_wire_snapshot_is_encoded_once_per_state_but_always_tells_the_time() -> None:
+    bus = Bus(Observatory([], []), interval_s=0.0)
+    now = [1_000]
+    bus.state._clock = lambda: now[0]
+    bus.state.apply_key(key("acct:1:lock", f"{1:032x}"))
+    first = json.loads(bus.wire_snapshot())
+    now[0] = 600_000  # ten minutes on, nothing changed: the same encoding, a new time
+    later = json.loads(bus.wire_snapshot())
+    assert first["at_ms"] == 1_000 and later["at_ms"] == 600_000  # countdowns set their clock by it
+    assert first["locks"] == later["locks"] and first["seq"] == later["seq"]
+    assert json.loads(bus.wire_snapshot_state())["at_ms"] == 600_000
+    bus.state.apply_key(key("acct:2:lock", f"{2:032x}"))
+    assert len(json.loads(bus.wire_snapshot())["locks"]) == 2  # a new state, a new encoding
