@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from collectors.families.base import Cell, Column, Family, Member, StateView, pieces, status, text
+from collectors.families.base import Cell, Column, Family, Member, Piece, StateView, pieces, status, text
 from collectors.records import Store
 
 
@@ -73,10 +73,19 @@ def _role(n: Node) -> Cell:
     )
 
 
-def _as_of(n: Node) -> Cell:
+def _status(n: Node) -> Cell:
+    """Its status, and when it is not up, the time of the last good data from it."""
+    shown = status(n.status)
     if n.status == "up":
-        return text("now", "dim")
-    return text(f"as of {clock(n.as_of_ms)}", "warn")
+        return Cell(shown.pieces, title=n.detail)
+    return Cell((*shown.pieces, Piece(f"as of {clock(n.as_of_ms)}", "warn")), title=n.detail)
+
+
+def _events(n: Node) -> Cell:
+    """Changes seen (~ of them coalesced into a later read) and gaps (spans whose changes
+    were not seen one by one: a lost subscription, a burst, a reconnect)."""
+    gaps = (f"{n.gaps} gap{'' if n.gaps == 1 else 's'}", "warn") if n.gaps else ("", "")
+    return pieces(f"{n.events:,}", (f"(~{n.coalesced:,})", "dim"), gaps, title="events (~coalesced), gaps")
 
 
 def _keys(n: Node) -> Cell:
@@ -94,7 +103,10 @@ def _feed(n: Node) -> Cell:
         parts.append((n.scan, "warn" if "%" in n.scan else "dim"))
     if n.sub_buffer is not None:  # measured (a Redis node we subscribe to)
         parts.append((f"buffer {n.sub_buffer // 1024:,} KiB", "warn" if n.sub_buffer > 1 << 20 else "dim"))
-    words = [(word, tone) for part, tone in parts for word in part.split()]
+    words: list[tuple[str, str]] = []
+    for part, tone in parts:
+        words += [("·", "dim")] if words else []
+        words += [(word, tone) for word in part.split()]
     return pieces(*words, title=" · ".join(part for part, _ in parts if part))
 
 
@@ -111,11 +123,9 @@ class Nodes(Family):
         Column("store", "store", lambda n: text(n.store)),
         Column("address", "address", lambda n: text(n.address)),
         Column("role", "role (slots)", _role),
-        Column("status", "status", lambda n: Cell(status(n.status).pieces, title=n.detail)),
-        Column("asof", "data", _as_of),
+        Column("status", "status", _status),
         Column("keys", "keys", _keys),
-        Column("events", "events", lambda n: text(f"{n.events} (~{n.coalesced})")),
-        Column("gaps", "gaps", lambda n: text(n.gaps, "warn" if n.gaps else "dim")),
+        Column("events", "events", _events),
         Column("feed", "feed", _feed, limit=60),
     )
 
