@@ -3,11 +3,7 @@ worked by a real ``rq worker`` process, read back by the collectors."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from rq import Queue as RqQueue
 
@@ -19,8 +15,6 @@ from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.state import State
 from tests.conftest import observing, redis_client, redis_port, until
 from tests.tools import rq_jobs
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def queue(st: State, layout: str, name: str) -> Queue | None:
@@ -79,28 +73,6 @@ async def test_a_stream_without_groups_is_not_a_queue_and_a_list_named_like_one_
         assert queue(bus.state, "stream", "audit-log") is None
 
 
-def _worker(cluster: ClusterInfo, name: str) -> subprocess.Popen[bytes]:
-    url = f"redis://127.0.0.1:{redis_port(cluster, 'redis-1')}"
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rq.cli",
-            "worker",
-            "--burst",
-            "-u",
-            url,
-            "-w",
-            "rq.worker.SimpleWorker",
-            name,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _statuses(st: State, name: str) -> dict[str, str]:
     q = queue(st, "rq", name)
     return {j.id: j.status for j in q.job_list} if q is not None else {}
@@ -115,7 +87,7 @@ async def test_an_rq_queue_shows_its_jobs_in_their_four_states(cluster: ClusterI
         started = rq.enqueue(rq_jobs.wait_for, "emails-go")
         await until(bus, lambda st: len(_statuses(st, "emails")) == 4, "four queued jobs")
         assert set(_statuses(bus.state, "emails").values()) == {"queued"}
-        worker = _worker(cluster, "emails")
+        worker = rq_jobs.worker(redis_port(cluster, "redis-1"), "emails")
         try:
             await until(
                 bus,
