@@ -280,6 +280,7 @@ def _layouts(cfg: dict[str, Any]) -> LayoutConfig:
         token_heuristics=bool(cfg.get("token_heuristics", True)),
         session_patterns=_strings(cfg, "session_patterns", "layouts") or defaults.session_patterns,
         mark_patterns=_strings(cfg, "mark_patterns", "layouts") or defaults.mark_patterns,
+        queue_patterns=_strings(cfg, "queue_patterns", "layouts") or defaults.queue_patterns,
         zk_lock_patterns=zk_patterns,
     )
 

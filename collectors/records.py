@@ -24,6 +24,34 @@ def display(raw: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class StreamConsumer:
+    """One consumer of a stream's group, as ``XINFO CONSUMERS`` said."""
+
+    name: str
+    pending: int
+    idle_since_ms: int
+    """When it last read (or tried to), wall clock: the read's time minus its idle ms."""
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """One consumer group of a stream, as ``XINFO GROUPS``/``CONSUMERS``/``XPENDING`` said."""
+
+    name: str
+    pending: int
+    last_delivered: str
+    consumers: tuple[StreamConsumer, ...] = ()
+    lag: int | None = None
+    """Entries not delivered to the group yet (None: Redis cannot tell, e.g. after XDEL)."""
+    entries_read: int | None = None
+    oldest_pending: str | None = None
+    """The id of the oldest entry delivered and not acknowledged."""
+    oldest_since_ms: int | None = None
+    """When that entry was last delivered (wall clock): its idle time is the age of this."""
+    oldest_deliveries: int = 0
+
+
+@dataclass(frozen=True)
 class KeyRecord:
     """One Redis key as read back from one node, after a notification or a scan."""
 
@@ -42,6 +70,9 @@ class KeyRecord:
     """The first members of a list, set or sorted set."""
     entries: tuple[tuple[bytes, dict[bytes, bytes]], ...] = ()
     """Stream entries read since the previous read of this key (id, fields)."""
+    groups: tuple[StreamGroup, ...] = ()
+    """A stream's consumer groups (read with the stream, and re-read periodically:
+    deliveries and acknowledgements send no notification)."""
     size: int = 0
     """Length of the value: bytes of a string, fields of a hash, members, entries."""
     truncated: bool = False

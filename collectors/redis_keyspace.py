@@ -57,9 +57,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from collectors import redis_streams as streams_
 from collectors.families.nodes import Node
 from collectors.limits import Limits
-from collectors.records import KeyRecord, display
+from collectors.records import KeyRecord, StreamGroup, display
 from collectors.redis_reads import MAX_STREAM_READ, first_read, is_history, record, second_read
 from collectors.redis_topology import Topology
 from collectors.resp import Arg, Reads, Redirect, Subscription, redirect_of
@@ -103,6 +104,10 @@ class RedisCollector:
         self.gaps = 0
         self._dirty_event = asyncio.Event()
         self._stream_pos: dict[bytes, bytes] = {}
+        self._grouped: dict[bytes, None] = {}
+        """Streams with consumer groups, in the order their groups are re-read."""
+        self.refreshes = 0
+        """Cycles that re-read stream groups (for tests and the bench)."""
         self._node = Node(id=target.id, store="redis", address=target.address, cluster=target.cluster or "")
         self.handover: Callable[[str, bytes, str, str, frozenset[str]], None] | None = None
         """In a Redis Cluster: called with (this node, key, cause, address, nodes that listed
@@ -433,6 +438,7 @@ class RedisCollector:
             kind = display(kind)
             if kind == "none" or pttl == -2:
                 self._stream_pos.pop(raw, None)
+                self._grouped.pop(raw, None)
                 self._state.drop_key(self.target.id, raw, cause)
                 self._handed(raw)
                 continue
@@ -444,6 +450,7 @@ class RedisCollector:
                 second_round += second_read(raw, kind, self._stream_pos.get(raw))
         second = await self._execute(reads, second_round)
         rounds = [first, second]
+        recs: list[KeyRecord] = []
         for raw, cause, kind, ttl, round_, at in plan:
             try:
                 rec = record(self.target.id, raw, cause, kind, ttl, read_at, rounds[round_][at : at + 2])
@@ -452,12 +459,72 @@ class RedisCollector:
             if rec is None:
                 self._dirty.setdefault(raw, cause)  # it changed type under us: read it again
                 continue
+            recs.append(rec)
+        streams = [r.raw_key for r in recs if r.type == "stream" and not is_history(r.raw_key)]
+        if streams:
+            found = await self._read_groups(reads, streams, read_at)
+            recs = [replace(r, groups=found[r.raw_key]) if r.raw_key in found else r for r in recs]
+        for rec in recs:
+            raw = rec.raw_key
+            if rec.type == "stream":
+                if rec.groups:
+                    self._grouped[raw] = None
+                else:
+                    self._grouped.pop(raw, None)
             if rec.entries and is_history(raw):  # read a run's history on from its last entry
                 self._stream_pos[raw] = rec.entries[-1][0]
                 if len(rec.entries) == MAX_STREAM_READ:
-                    self._dirty.setdefault(raw, cause)
+                    self._dirty.setdefault(raw, rec.cause)
             self._state.apply_key(rec)
             self._handed(raw)
+
+    async def _read_groups(
+        self, reads: Reads, streams: list[bytes], read_at: int
+    ) -> dict[bytes, tuple[StreamGroup, ...]]:
+        """The consumer groups of these streams, in two round trips for them all."""
+        info = await self._execute(reads, [streams_.groups_read(raw) for raw in streams])
+        names = [streams_.group_names(reply) for reply in info]
+        second = [
+            c
+            for raw, groups in zip(streams, names, strict=True)
+            for g in groups
+            for c in streams_.consumers_read(raw, g)
+        ]
+        replies = await self._execute(reads, second)
+        found, at = {}, 0
+        for raw, reply, groups in zip(streams, info, names, strict=True):
+            found[raw] = streams_.groups(reply, replies[at : at + 2 * len(groups)], read_at)
+            at += 2 * len(groups)
+        return found
+
+    async def _refresh_groups(self) -> None:
+        """Re-read the groups of the streams known to have some (a delivery or an ack sends
+        no notification), at most ``REFRESH_BATCH`` a cycle, taking turns; a stream whose
+        groups read the same as before is not sent on."""
+        reads = self._reads
+        if reads is None or not self._grouped:
+            return
+        batch = list(itertools.islice(self._grouped, streams_.REFRESH_BATCH))
+        for raw in batch:  # to the back of the line: the next cycle starts with the others
+            self._grouped.pop(raw)
+            self._grouped[raw] = None
+        read_at = now_ms()
+        found = await self._read_groups(reads, batch, read_at)
+        self.refreshes += 1
+        changed = False
+        for raw, groups in found.items():
+            held = self._state.record(self.target.id, display(raw))
+            if not isinstance(held, KeyRecord) or held.type != "stream":
+                self._grouped.pop(raw, None)
+                continue
+            if streams_.same(held.groups, groups):
+                continue
+            if not groups:
+                self._grouped.pop(raw, None)
+            self._state.apply_key(replace(held, groups=groups, read_at_ms=read_at, cause="refresh"))
+            changed = True
+        if changed:
+            self._wake()
 
     def _redirected(self, raw: bytes, cause: str, redirect: Redirect) -> None:
         """A cluster node answered MOVED or ASK for a key: a reshard moved its slot (or is
@@ -472,10 +539,13 @@ class RedisCollector:
     # ------------------------------------------------------------------ health
 
     async def _health_loop(self, client: Redis) -> None:
-        last_config = 0.0
+        last_config = last_refresh = 0.0
         while True:
-            await asyncio.sleep(HEALTH_EVERY_S)
+            await asyncio.sleep(min(HEALTH_EVERY_S, streams_.REFRESH_EVERY_S))
             now = time.monotonic()
+            if now - last_refresh >= streams_.REFRESH_EVERY_S - 0.05:
+                last_refresh = now
+                await self._refresh_groups()
             if now - last_config >= CONFIG_EVERY_S or self._feed_stale:
                 self._feed_stale = False
                 await self._check_notifications(client)

@@ -48,7 +48,16 @@ def _unchanged(held: KeyRecord | ZNodeRecord, read: KeyRecord) -> bool:
     """Does this read of a key say what the one we hold said?"""
     if not isinstance(held, KeyRecord):
         return False
-    same = (held.type, held.value, held.fields, held.items, held.entries, held.size, held.truncated) == (
+    same = (
+        held.type,
+        held.value,
+        held.fields,
+        held.items,
+        held.entries,
+        held.size,
+        held.truncated,
+        held.groups,
+    ) == (
         read.type,
         read.value,
         read.fields,
@@ -56,6 +65,7 @@ def _unchanged(held: KeyRecord | ZNodeRecord, read: KeyRecord) -> bool:
         read.entries,
         read.size,
         read.truncated,
+        read.groups,
     )
     if not same or (held.expires_at_ms is None) != (read.expires_at_ms is None):
         return False

@@ -12,6 +12,7 @@ from collectors.families.locks import Locks
 from collectors.families.marks import Marks
 from collectors.families.nodes import Nodes
 from collectors.families.prefixes import Prefixes
+from collectors.families.queues import Queues
 from collectors.families.runs import Runs
 from collectors.families.services import Services
 from collectors.families.sessions import Sessions
@@ -28,6 +29,7 @@ REGISTRY: tuple[type[Family], ...] = (
     Sessions,
     Marks,
     Transactions,
+    Queues,
     Services,
     Keys,
     Prefixes,

@@ -25,6 +25,9 @@ class LayoutConfig:
     """Glob patterns of JSON-string sessions (connect-redis)."""
     mark_patterns: tuple[str, ...] = ()
     """Glob patterns of idempotency records (a key matching one is a mark)."""
+    queue_patterns: tuple[str, ...] = ("*queue*", "*jobs*", "*tasks*")
+    """Glob patterns: a list whose name matches one is a queue (a stream is one when it
+    has consumer groups, whatever its name)."""
     zk_lock_patterns: tuple[str, ...] = ()
     """Regexes for lock children in ZooKeeper; each needs a ``(?P<seq>...)`` group."""
 

@@ -111,6 +111,42 @@ class AuxiliaryFact:
     role: str
 
 
+@dataclass(frozen=True)
+class QueueFact:
+    """A queue's body: a list of job ids or messages, or a stream with consumer groups."""
+
+    queue: str
+    layout: str
+    """``rq``, or ``stream`` / ``list`` for a queue recognised by shape and name alone."""
+
+
+@dataclass(frozen=True)
+class JobFact:
+    """One job of a task-queue library (an RQ job hash): where it stands."""
+
+    queue: str
+    layout: str
+    job_id: str
+    status: str
+    """The library's own word: queued, started, finished, failed, deferred..."""
+    description: str = ""
+    worker: str = ""
+    enqueued: str = ""
+    ended: str = ""
+
+
+@dataclass(frozen=True)
+class QueuePartFact:
+    """A task-queue library's bookkeeping: a registry of jobs in one status (``status``
+    set, the key's size is their number), a worker, a set of names, a job's result.
+    Part of its queue's entity (``queue`` empty: of no queue), never a key of its own."""
+
+    queue: str
+    layout: str
+    role: str
+    status: str = ""
+
+
 Fact = (
     LockFact
     | WaitersFact
@@ -122,6 +158,9 @@ Fact = (
     | RunHistoryFact
     | ServiceFact
     | AuxiliaryFact
+    | QueueFact
+    | JobFact
+    | QueuePartFact
 )
 
 

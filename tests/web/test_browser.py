@@ -155,3 +155,20 @@ def test_an_idempotency_run_shows_services_marks_and_charges(web: str, page: Pag
     expect(page.locator("#legend")).to_contain_text("charge")
     expect(services).to_have_count(0, timeout=20_000)  # stopped by the run, unregistered
     page.screenshot(path="/tmp/coordscope-idempotency.png", full_page=True)
+
+
+def test_the_queues_panel_shows_a_consumer_group_and_a_list(
+    web: str, page: Page, cluster: ClusterInfo
+) -> None:
+    r = redis_client(cluster)
+    r.xgroup_create("orders", "billing", id="0", mkstream=True)
+    r.xadd("orders", {"order": "1"})
+    r.xadd("orders", {"order": "2"})
+    r.xreadgroup("billing", "worker-1", {"orders": ">"}, count=1)
+    r.rpush("mail:queue", "welcome:ann")
+    page.goto(web)
+    rows = page.locator("#queues tbody tr")
+    expect(rows).to_have_count(2, timeout=10_000)
+    expect(page.locator("#queues")).to_contain_text("1 pending", timeout=5_000)
+    expect(page.locator("#queues")).to_contain_text("lag 1")
+    page.screenshot(path="/tmp/coordscope-queues.png", full_page=True)
