@@ -35,23 +35,13 @@ from collectors.families.base import (
 )
 from collectors.families.nodes import clock, keyspace
 from collectors.layouts import LayoutConfig, queues, rq
-from collectors.layouts.facts import JobFact, QueueFact, QueuePartFact
+from collectors.layouts.facts import Job, JobFact, QueueFact, QueuePartFact
 from collectors.records import KeyRecord, Store, StreamGroup, display
 from collectors.redis_streams import REFRESH_EVERY_S
 
 JOBS_SHOWN = 50
 STATUS_ORDER = ("queued", "started", "finished", "failed", "deferred", "scheduled", "canceled", "stopped")
 JOB_TONE = {"queued": "accent", "started": "warn", "finished": "good", "failed": "bad"}
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    status: str
-    description: str = ""
-    worker: str = ""
-    enqueued: str = ""
-    ended: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,7 @@ class Queues(Family):
                 if isinstance(f, QueuePartFact) and f.role == "registry":
                     jobs[f.status] = jobs.get(f.status, 0) + r.size
         job_list = sorted(
-            (f for f in facts if isinstance(f, JobFact)), key=lambda j: j.enqueued, reverse=True
+            (f.job for f in facts if isinstance(f, JobFact)), key=lambda j: j.enqueued, reverse=True
         )[:JOBS_SHOWN]
         return Queue(
             id=entity_id,
@@ -156,17 +146,7 @@ class Queues(Family):
             last_id=display(rec.entries[-1][0]) if rec and rec.entries else None,
             groups=rec.groups if rec else (),
             jobs={s: jobs[s] for s in sorted(jobs, key=_status_rank)},
-            job_list=tuple(
-                Job(
-                    id=j.job_id,
-                    status=j.status,
-                    description=j.description,
-                    worker=j.worker,
-                    enqueued=j.enqueued,
-                    ended=j.ended,
-                )
-                for j in job_list
-            ),
+            job_list=tuple(job_list),
             workers=tuple(
                 sorted(
                     f"{display(r.raw_key).removeprefix('rq:worker:')} ({f.status or '?'})"

@@ -121,18 +121,25 @@ class QueueFact:
 
 
 @dataclass(frozen=True)
-class JobFact:
-    """One job of a task-queue library (an RQ job hash): where it stands."""
+class Job:
+    """One job of a task-queue library, as its queue lists it."""
 
-    queue: str
-    layout: str
-    job_id: str
+    id: str
     status: str
     """The library's own word: queued, started, finished, failed, deferred..."""
     description: str = ""
     worker: str = ""
     enqueued: str = ""
     ended: str = ""
+
+
+@dataclass(frozen=True)
+class JobFact:
+    """One job of a task-queue library (an RQ job hash): where it stands."""
+
+    queue: str
+    layout: str
+    job: Job
 
 
 @dataclass(frozen=True)

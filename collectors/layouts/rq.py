@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-from collectors.layouts.facts import Fact, JobFact, QueueFact, QueuePartFact
+from collectors.layouts.facts import Fact, Job, JobFact, QueueFact, QueuePartFact
 from collectors.records import KeyRecord, display
 
 LAYOUT = "rq"
@@ -88,13 +88,12 @@ def _job(rec: KeyRecord, job_id: str) -> JobFact:
     def get(name: bytes) -> str:
         return display(rec.fields.get(name, b""))
 
-    return JobFact(
-        queue=get(b"origin"),
-        layout=LAYOUT,
-        job_id=job_id,
+    job = Job(
+        id=job_id,
         status=get(b"status") or "created",
         description=get(b"description")[:200],
         worker=get(b"worker_name"),
         enqueued=get(b"enqueued_at"),
         ended=get(b"ended_at"),
     )
+    return JobFact(queue=get(b"origin"), layout=LAYOUT, job=job)

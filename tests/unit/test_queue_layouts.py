@@ -48,8 +48,8 @@ def test_rq_queue_job_and_registries() -> None:
     )
     job = recognise_key(rec(f"rq:job:{JOB_ID}", "hash", fields=STARTED_JOB, size=len(STARTED_JOB)))
     assert isinstance(job, JobFact)
-    assert (job.queue, job.job_id, job.status) == ("default", JOB_ID, "started")
-    assert job.worker == "c9f38db7986c4b00941e7613d32efb26"
+    assert (job.queue, job.job.id, job.job.status) == ("default", JOB_ID, "started")
+    assert job.job.worker == "c9f38db7986c4b00941e7613d32efb26"
     for key, status in (("wip", "started"), ("finished", "finished"), ("failed", "failed")):
         fact = recognise_key(rec(f"rq:{key}:default", "zset", items=(f"{JOB_ID}:18fb".encode(),), size=1))
         assert fact == QueuePartFact(queue="default", layout="rq", role="registry", status=status)
