@@ -397,33 +397,17 @@ class RedisCollector:
         read of what changed from here, not after the loop has woken the reader (which
         waits behind whatever else is ready: a change then took ~90 us longer to show)."""
         reads = self._reads
-        if not self._idle or not self._dirty or reads is None or self.target.cluster:
+        if not self._idle or not self._dirty or reads is None:
             return
         self._idle = False
         batch = self._take_batch()
-        self._sent = (batch, reads.execute([c for raw, _ in batch for c in first_read(raw)]))
-
-    async def _execute(self, reads: Reads, commands: list[tuple[Arg, ...]]) -> list[Any]:
-        """Send a round of reads. On a Redis Cluster node each goes after an ``ASKING``, so
-        a node importing a slot serves a key it was just given instead of redirecting us
-        back to the source (a node that owns the slot ignores it); the replies come back
-        as if it was not sent."""
-        if not commands:
-            return []
-        if not self.target.cluster:
-            return await reads.execute(commands)  # the health loop times it out
-        asked = [c for command in commands for c in ((b"ASKING",), command)]
-        replies = await reads.execute(asked)
-        return replies[1::2]
+        self._sent = (batch, reads.execute(first_read(raw for raw, _ in batch)))
 
     async def _read(
         self, reads: Reads, batch: list[tuple[bytes, str]], sent: asyncio.Future[list[Any]] | None = None
     ) -> None:
         """Read a batch of keys back into the state (``sent``: its first round, already sent)."""
-        if sent is not None:
-            first = await sent
-        else:
-            first = await self._execute(reads, [c for raw, _ in batch for c in first_read(raw)])
+        first = await (sent or reads.execute(first_read(raw for raw, _ in batch)))
         read_at = now_ms()
         # (key, cause, type, ttl, which round answered it, where in that round's replies)
         plan: list[tuple[bytes, str, str, int | None, int, int]] = []
@@ -448,7 +432,7 @@ class RedisCollector:
             else:
                 plan.append((raw, cause, kind, ttl, 1, len(second_round)))
                 second_round += second_read(raw, kind, self._stream_pos.get(raw))
-        second = await self._execute(reads, second_round)
+        second = await reads.execute(second_round)
         rounds = [first, second]
         recs: list[KeyRecord] = []
         for raw, cause, kind, ttl, round_, at in plan:
@@ -482,7 +466,7 @@ class RedisCollector:
         self, reads: Reads, streams: list[bytes], read_at: int
     ) -> dict[bytes, tuple[StreamGroup, ...]]:
         """The consumer groups of these streams, in two round trips for them all."""
-        info = await self._execute(reads, [streams_.groups_read(raw) for raw in streams])
+        info = await reads.execute([streams_.groups_read(raw) for raw in streams])
         names = [streams_.group_names(reply) for reply in info]
         second = [
             c
@@ -490,7 +474,7 @@ class RedisCollector:
             for g in groups
             for c in streams_.consumers_read(raw, g)
         ]
-        replies = await self._execute(reads, second)
+        replies = await reads.execute(second)
         found, at = {}, 0
         for raw, reply, groups in zip(streams, info, names, strict=True):
             found[raw] = streams_.groups(reply, replies[at : at + 2 * len(groups)], read_at)

@@ -16,6 +16,7 @@ a stream entry is a flat ``[field, value, ...]`` list, an error reply a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from collectors.layouts import coordscope
@@ -35,8 +36,13 @@ def is_history(raw: bytes) -> bool:
     return display(raw).startswith(coordscope.history_key(""))
 
 
-def first_read(raw: bytes) -> list[Command]:
-    return [(b"TYPE", raw), (b"PTTL", raw), (b"STRLEN", raw), (b"GETRANGE", raw, 0, MAX_VALUE - 1)]
+def first_read(keys: Iterable[bytes]) -> list[Command]:
+    """The first round trip for a batch of keys: four commands each."""
+    return [
+        c
+        for raw in keys
+        for c in ((b"TYPE", raw), (b"PTTL", raw), (b"STRLEN", raw), (b"GETRANGE", raw, 0, MAX_VALUE - 1))
+    ]
 
 
 def second_read(raw: bytes, kind: str, stream_pos: bytes | None = None) -> list[Command]:

@@ -51,6 +51,7 @@ OnKey = Callable[[bytes, bytes], None]
 """Called with (key, event) for every notification."""
 
 HANDSHAKE_TIMEOUT_S = 5.0
+ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,22 @@ def command(*args: Arg) -> bytes:
 
 
 class _Waiting:
-    __slots__ = ("count", "future", "replies", "sent_at")
+    __slots__ = ("count", "future", "replies", "sent_at", "step")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent_at: float) -> None:
+    def __init__(self, count: int, future: asyncio.Future[list[Any]], sent_at: float, step: int) -> None:
         self.count = count
         self.future = future
         self.replies: list[Any] = []
         self.sent_at = sent_at
+        self.step = step
+        """1, or 2 when every command went after an ``ASKING`` whose reply is dropped."""
 
 
 class RespConnection(asyncio.Protocol):
     name = "coordscope"
+
+    asking = False
+    """Send every command after an ``ASKING`` (a Redis Cluster node: see :class:`Reads`)."""
 
     def __init__(self) -> None:
         self._reader = hiredis.Reader()
@@ -142,8 +148,12 @@ class RespConnection(asyncio.Protocol):
         if not commands:
             future.set_result([])
             return future
-        self._send(b"".join(command(*c) for c in commands))
-        self._waiting.append(_Waiting(len(commands), future, time.monotonic()))
+        if self.asking:
+            self._send(b"".join(ASKING + command(*c) for c in commands))
+            self._waiting.append(_Waiting(2 * len(commands), future, time.monotonic(), 2))
+        else:
+            self._send(b"".join(command(*c) for c in commands))
+            self._waiting.append(_Waiting(len(commands), future, time.monotonic(), 1))
         return future
 
     def overdue(self, seconds: float) -> bool:
@@ -180,7 +190,8 @@ class RespConnection(asyncio.Protocol):
         if len(waiting.replies) == waiting.count:
             self._waiting.popleft()
             if not waiting.future.done():
-                waiting.future.set_result(waiting.replies)
+                replies = waiting.replies
+                waiting.future.set_result(replies[1::2] if waiting.step == 2 else replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(f"{type(exc).__name__}: {exc}" if exc else "closed by the server")
@@ -205,7 +216,12 @@ class RespConnection(asyncio.Protocol):
 
 
 class Reads(RespConnection):
-    """A connection for pipelined reads (the collector's read-back of dirty keys)."""
+    """A connection for pipelined reads (the collector's read-back of dirty keys).
+
+    On a Redis Cluster node it reads with ``READONLY`` (a replica serves its primary's
+    keys to us) and sends every command after an ``ASKING``, so a node importing a slot
+    serves a key it was just given instead of redirecting us back to the source (a node
+    that owns the slot ignores it); the replies come back as if it was not sent."""
 
     name = "coordscope-read"
 
@@ -213,8 +229,9 @@ class Reads(RespConnection):
     async def open(cls, target: RedisTarget) -> Reads:
         proto = cls()
         await cls._connect(target, proto, db=not target.cluster)
-        if target.cluster:  # a replica of a cluster serves its primary's keys to us
+        if target.cluster:
             await proto.ask(b"READONLY")
+            proto.asking = True
         return proto
 
 
