@@ -255,7 +255,6 @@ class Subscription(RespConnection):
         self._on_chunk = on_chunk
         """Called after the notifications of one read from the socket (a ``SET ... PX``
         sends ``set`` and ``expire`` together: acting once per chunk sees both)."""
-        self.messages = 0
 
     @classmethod
     async def open(
@@ -281,7 +280,6 @@ class Subscription(RespConnection):
             while reply is not False:
                 if type(reply) is list and reply[0] == b"pmessage":
                     on_key(reply[2][cut:], reply[3])
-                    self.messages += 1
                 elif self._waiting:
                     self._reply(reply)
                 elif type(reply) is list and reply[0] == b"psubscribe":

@@ -91,10 +91,7 @@ async def _receive(websocket: WebSocket, viewer: Viewer) -> None:
                 return
             text = message.get("text")
             if text is None:
-                reply: dict[str, str] | None = {
-                    "type": "error",
-                    "message": "binary messages are not understood",
-                }
+                reply: dict[str, str] | None = {"type": "error", "message": BINARY}
             else:
                 reply = _answer(text, viewer)
             if reply is not None:
