@@ -104,6 +104,10 @@ class State:
         self._entries: dict[str, dict[str, _Entry]] = defaultdict(dict)
         self._members: dict[EntityRef, set[Member]] = defaultdict(set)
         self._entities: dict[str, dict[str, Entity]] = {k: {} for k in self.families}
+        self._followers: dict[Member, set[EntityRef]] = defaultdict(set)
+        """Entities that read a key they are not made of (a ring reads its workers' queues):
+        rebuilt when that key changes."""
+        self._follows: dict[EntityRef, set[Member]] = {}
         self._groups: dict[Member, GroupFact] = {}
         """ZooKeeper groups: (node, znode path) -> what that znode and its children are."""
         self._rechecks: dict[EntityRef, int] = {}
@@ -172,6 +176,23 @@ class State:
             if len(self._due) > 4 * len(self._rechecks) + 1024:  # mostly moved moments: rebuild
                 self._due = [(at, r) for r, at in self._rechecks.items()]
                 heapq.heapify(self._due)
+
+    def follow(self, ref: EntityRef, member: Member) -> None:
+        """``ref`` read ``member`` while it was built: build it again when that key changes."""
+        self._followers[member].add(ref)
+        self._follows.setdefault(ref, set()).add(member)
+
+    def _unfollow(self, ref: EntityRef) -> None:
+        for member in self._follows.pop(ref, ()):
+            followers = self._followers.get(member)
+            if followers is not None:
+                followers.discard(ref)
+                if not followers:
+                    del self._followers[member]
+
+    def _tell_followers(self, member: Member) -> None:
+        for ref in list(self._followers.get(member, ())):
+            self._recompute(ref)
 
     def log(self, level: str, source: str, text: str) -> None:
         self._seq += 1
@@ -271,6 +292,7 @@ class State:
         self._members[entry.ref].discard((node_id, display(raw_key)))
         self._causes[entry.ref] = cause
         self._recompute(entry.ref)
+        self._tell_followers((node_id, display(raw_key)))
 
     def keys_of(self, node_id: str) -> set[str]:
         return {k for k, e in self._entries.get(node_id, {}).items() if isinstance(e.rec, KeyRecord)}
@@ -300,6 +322,7 @@ class State:
             self._recompute(old.ref)
         self._causes.pop(ref, None)
         self._recompute(ref)
+        self._tell_followers((node_id, key))
 
     # ------------------------------------------------------------------ znodes
 
@@ -461,6 +484,7 @@ class State:
         if not members:
             self._members.pop(ref, None)
         family = self.families[kind]
+        self._unfollow(ref)  # what it reads now, its build says again
         try:
             new = family.build(entity_id, members) if members else None
         except Exception:

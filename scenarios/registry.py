@@ -7,6 +7,7 @@ from scenarios.idempotency import payment
 from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
 from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
+from scenarios.ordering import ordering
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -17,6 +18,7 @@ SCENARIOS: dict[str, Scenario] = {
         lock_zk.SCENARIO,
         lock_compare.SCENARIO,
         payment.SCENARIO,
+        ordering.SCENARIO,
     )
 }
 

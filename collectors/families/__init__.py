@@ -13,6 +13,7 @@ from collectors.families.marks import Marks
 from collectors.families.nodes import Nodes
 from collectors.families.prefixes import Prefixes
 from collectors.families.queues import Queues
+from collectors.families.rings import Rings
 from collectors.families.runs import Runs
 from collectors.families.services import Services
 from collectors.families.sessions import Sessions
@@ -30,6 +31,7 @@ REGISTRY: tuple[type[Family], ...] = (
     Marks,
     Transactions,
     Queues,
+    Rings,
     Services,
     Keys,
     Prefixes,

@@ -17,6 +17,11 @@ Redis
     ``coordscope:service:<run>:<name>`` hash  a scenario's process: role, address, pid, status,
                                             alive_ms, requests, last_request
     ``coordscope:txn:<id>``         hash    protocol, state, branches (JSON)
+    ``coordscope:ordering:{<run>}:ring``  hash  the ordering run's router: route, workers, vnodes,
+                                            version, points, orders, queues, change (JSON fields)
+    ``coordscope:ordering:{<run>}:q:<worker>``  stream  a worker's queue (consumer group ``workers``)
+    ``coordscope:ordering:{<run>}:order:<order>``  hash  the order as applied: state, seq, applied, log
+    ``coordscope:mark:{<run>}:<order>#<seq>``  hash  an event's applied mark (``dedup=on``)
     ``coordscope:run:<id>``         hash    a scenario run: scenario, params, faults, status, verdict
     ``coordscope:history:<id>``     stream  the run's operations, one JSON ``op`` field each
     ``coordscope:commands:<id>``    list    faults requested for a running run
@@ -31,6 +36,8 @@ from collectors.layouts.facts import (
     Fact,
     LockFact,
     MarkFact,
+    OrderFact,
+    RingFact,
     RunFact,
     RunHistoryFact,
     ServiceFact,
@@ -88,6 +95,33 @@ def resource_key(name: str) -> str:
 
 def mark_key(key: str) -> str:
     return f"{PREFIX}mark:{key}"
+
+
+def ordering_key(run_id: str, part: str) -> str:
+    """A key of an ordering run; every one of them hashes to the run's slot (``{run}``), so
+    one script may touch an order and its event's mark on a Redis Cluster too."""
+    return f"{PREFIX}ordering:{slot_tagged(run_id)}:{part}"
+
+
+def ring_key(run_id: str) -> str:
+    return ordering_key(run_id, "ring")
+
+
+def worker_queue_key(run_id: str, worker: str) -> str:
+    return ordering_key(run_id, f"q:{worker}")
+
+
+def order_key(run_id: str, order: str) -> str:
+    return ordering_key(run_id, f"order:{order}")
+
+
+def event_mark_key(run_id: str, order: str, seq: int) -> str:
+    """The mark that says an order's event was applied (shown with the other marks)."""
+    return mark_key(f"{slot_tagged(run_id)}:{order}#{seq}")
+
+
+WORKER_GROUP = "workers"
+"""The consumer group on every worker's queue."""
 
 
 def service_key(run_id: str, name: str) -> str:
@@ -201,6 +235,23 @@ def recognise_mark(rec: KeyRecord) -> Fact | None:
     )
 
 
+def recognise_ordering(rec: KeyRecord) -> Fact | None:
+    """An ordering run's ring (its router's state) and its orders as applied. Its workers'
+    queues are streams with a consumer group: the queues family's, like anyone's."""
+    ours = _ours(rec, "ordering")
+    if ours is None or rec.type != "hash" or not ours[1].startswith("{"):
+        return None
+    run_id, _, part = ours[1][1:].partition("}:")
+    if not run_id or not part:
+        return None
+    fields = {display(k): display(v) for k, v in rec.fields.items()}
+    if part == "ring":
+        return RingFact(run_id=run_id, fields=fields)
+    if part.startswith("order:") and len(part) > len("order:"):
+        return OrderFact(run_id=run_id, order=part[len("order:") :], fields=fields)
+    return None
+
+
 def recognise_transaction(rec: KeyRecord) -> Fact | None:
     ours = _ours(rec, "txn")
     if ours is None or rec.type != "hash":
@@ -263,6 +314,7 @@ def recognise(rec: KeyRecord) -> Fact | None:
         recognise_lock,
         recognise_mark,
         recognise_transaction,
+        recognise_ordering,
         recognise_run,
         recognise_service,
         recognise_auxiliary,

@@ -112,6 +112,24 @@ class AuxiliaryFact:
 
 
 @dataclass(frozen=True)
+class RingFact:
+    """An ordering run's router: the hash ring it routes by (or its round-robin), as it
+    wrote it (its fields, untrusted text, parsed by the rings family)."""
+
+    run_id: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class OrderFact:
+    """One order of an ordering run, as its events were applied."""
+
+    run_id: str
+    order: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
 class QueueFact:
     """A queue's body: a list of job ids or messages, or a stream with consumer groups."""
 
@@ -168,6 +186,8 @@ Fact = (
     | QueueFact
     | JobFact
     | QueuePartFact
+    | RingFact
+    | OrderFact
 )
 
 

@@ -231,6 +231,20 @@ class ServiceSet:
         self._signal(service, signal.SIGCONT)  # its next heartbeat says it is up again
         return service
 
+    async def stop(self, name: str, timeout: float = 5.0) -> Service:
+        """Stop one service for good (SIGTERM, SIGKILL if it overstays): no crash, no restart."""
+        service = self.get(name)
+        if not service.running or service.proc is None:
+            return service
+        service.expected_exit = True
+        self._signal(service, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(service.proc.wait(), timeout)
+        except TimeoutError:
+            self._signal(service, signal.SIGKILL)
+            await service.proc.wait()
+        return service
+
     async def restart(self, name: str) -> Service:
         """Start a service again on its port (after a crash, as an orchestrator would)."""
         service = self.get(name)

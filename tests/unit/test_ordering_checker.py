@@ -15,9 +15,9 @@ def history(*applied: tuple[str, int, str], emitted: dict[str, int]) -> list[Op]
             t_ms=10 * i,
             actor=worker,
             kind="ok",
-            f="apply",
+            f="applied",
             key=order,
-            data={"seq": seq, "worker": worker},
+            data={"seq": seq, "worker": worker, "at_ms": 10 * i},
         )
         for i, (order, seq, worker) in enumerate(applied)
     ]
@@ -67,10 +67,10 @@ def test_an_event_never_applied_is_lost_and_findings_count_every_kind() -> None:
 
 def test_a_failed_apply_is_not_an_application() -> None:
     ops = history(("o1", 1, "w1"), emitted={"o1": 1})
-    ops.insert(0, Op(index=99, t_ms=0, actor="w2", kind="fail", f="apply", key="o1", data={"seq": 1}))
+    ops.insert(0, Op(index=99, t_ms=0, actor="w2", kind="fail", f="applied", key="o1", data={"seq": 1}))
     assert check(ops).holds
 
 
 def test_a_history_without_the_producers_account_cannot_be_judged() -> None:
     with pytest.raises(ValueError, match="no account of the events emitted"):
-        check([Op(index=0, t_ms=0, actor="w1", kind="ok", f="apply", key="o1", data={"seq": 1})])
+        check([Op(index=0, t_ms=0, actor="w1", kind="ok", f="applied", key="o1", data={"seq": 1})])
