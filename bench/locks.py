@@ -43,7 +43,7 @@ from collectors.kazoo_bridge import KazooBridge
 from collectors.state import now_ms
 from scenarios.locks.measure import Contention, Sample, contention, ms_since
 from scenarios.locks.redis_lock import Grant, RedisLock
-from scenarios.locks.zk_lock import ZkLock
+from scenarios.kit.zk_lock import ZkLock
 
 CONTENDERS = 4
 

@@ -30,7 +30,7 @@ from scenarios.locks.lockwork import read_final, record_grant, watch_mutex, writ
 from scenarios.locks.measure import Contention, Sample, contention
 from scenarios.locks.mutex import check_mutex, finals
 from scenarios.locks.redis_lock import FencedResource, RedisLock
-from scenarios.locks.zk_lock import ZkLock, close_sessions, lock_path, start_sessions
+from scenarios.kit.zk_lock import ZkLock, close_sessions, lock_path, start_sessions
 
 SPEC = ScenarioSpec(
     name="lock-compare",

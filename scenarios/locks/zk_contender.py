@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from collectors.kazoo_bridge import KazooBridge
 from scenarios.kit.process import ServiceRuntime, parser
-from scenarios.locks.zk_lock import ZkLock
+from scenarios.kit.zk_lock import ZkLock
 
 
 class Contender:

@@ -54,7 +54,7 @@ from scenarios.kit.context import RunContext
 from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
-from scenarios.locks.zk_lock import lock_path
+from scenarios.kit.zk_lock import lock_path
 from scenarios.ordering import checker
 from scenarios.ordering.router import Router
 from scenarios.ordering.worker import EVENTS, ROUTES

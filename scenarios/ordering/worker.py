@@ -62,7 +62,7 @@ from collectors.layouts import coordscope
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.process import ServiceRuntime, parser
-from scenarios.locks.zk_lock import ZkLock
+from scenarios.kit.zk_lock import ZkLock
 
 ROUTES = ("round-robin", "consistent-hash", "zk-seq")
 BATCH = 64
