@@ -41,9 +41,9 @@ from redis.asyncio.lock import Lock as RedisPyLock
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.kazoo_bridge import KazooBridge
 from collectors.state import now_ms
+from scenarios.kit.zk_lock import ZkLock
 from scenarios.locks.measure import Contention, Sample, contention, ms_since
 from scenarios.locks.redis_lock import Grant, RedisLock
-from scenarios.kit.zk_lock import ZkLock
 
 CONTENDERS = 4
 

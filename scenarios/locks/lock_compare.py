@@ -26,11 +26,11 @@ from collectors.runs import Op, Verdict
 from scenarios.kit.catalogue import Param, ScenarioError, ScenarioSpec
 from scenarios.kit.context import RunContext
 from scenarios.kit.scenario import Scenario
+from scenarios.kit.zk_lock import ZkLock, close_sessions, lock_path, start_sessions
 from scenarios.locks.lockwork import read_final, record_grant, watch_mutex, write
 from scenarios.locks.measure import Contention, Sample, contention
 from scenarios.locks.mutex import check_mutex, finals
 from scenarios.locks.redis_lock import FencedResource, RedisLock
-from scenarios.kit.zk_lock import ZkLock, close_sessions, lock_path, start_sessions
 
 SPEC = ScenarioSpec(
     name="lock-compare",

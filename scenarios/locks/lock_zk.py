@@ -41,10 +41,10 @@ from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.nemesis import pause
 from scenarios.kit.scenario import Scenario
+from scenarios.kit.zk_lock import lock_path
 from scenarios.locks.lockwork import COMMON_PARAMS, critical_section, fault_plan, read_final, watch_mutex
 from scenarios.locks.mutex import check_lock_run, with_fifo
 from scenarios.locks.redis_lock import FencedResource
-from scenarios.kit.zk_lock import lock_path
 
 SPEC = ScenarioSpec(
     name="lock-zk",
