@@ -264,7 +264,10 @@ class Rings(Family):
         orders: int,
         leaving: bool,
     ) -> RingWorker:
-        rec = self.view.observation((node_id, queue))[0] if queue else None
+        try:
+            rec = self.view.observation((node_id, queue))[0] if queue else None
+        except KeyError:  # not read yet (or gone): its depth is unknown, not zero
+            rec = None
         if not isinstance(rec, KeyRecord) or rec.type != "stream":
             return RingWorker(name, share, points, orders, queue, leaving=leaving)
         group = next((g for g in rec.groups if g.name == coordscope.WORKER_GROUP), None)

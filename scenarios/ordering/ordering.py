@@ -74,7 +74,7 @@ SPEC = ScenarioSpec(
     params=(
         Param("route", "consistent-hash", "how events find a worker", choices=ROUTES),
         Param("workers", "3", "worker processes at the start", minimum=1, maximum=MAX_WORKERS - 1),
-        Param("orders", "12", "orders, 4 events each", minimum=1, maximum=500),
+        Param("orders", "16", "orders, 4 events each", minimum=1, maximum=500),
         Param(
             "producers", "2", "producers emitting them (orders are dealt round-robin)", minimum=1, maximum=8
         ),
@@ -104,9 +104,9 @@ SPEC = ScenarioSpec(
             minimum=1,
             maximum=50,
         ),
-        Param("gap_ms", "8", "a producer's pause between two events", minimum=0, maximum=5000),
-        Param("work_ms", "10", "a worker's work per event", minimum=0, maximum=5000),
-        Param("jitter_ms", "30", "up to this much more work per event, at random", minimum=0, maximum=5000),
+        Param("gap_ms", "25", "a producer's pause between two events", minimum=0, maximum=5000),
+        Param("work_ms", "40", "a worker's work per event", minimum=0, maximum=5000),
+        Param("jitter_ms", "80", "up to this much more work per event, at random", minimum=0, maximum=5000),
         Param(
             "fault_at", "12", "which event emitted a fault given at start strikes", minimum=1, maximum=2000
         ),

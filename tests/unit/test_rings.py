@@ -1,0 +1,177 @@
+"""The rings family on the state: the router's ring, the orders as applied, and the
+workers' queues it follows — built from key records as the collector reads them."""
+
+from __future__ import annotations
+
+import pytest
+
+from collectors.families.nodes import Node
+from collectors.families.rings import Ring, parse_log
+from collectors.layouts import coordscope
+from collectors.records import KeyRecord, StreamConsumer, StreamGroup
+from collectors.sequence import missing, sequence_breaches
+from collectors.state import State
+from scenarios.ordering.hash_ring import HashRing
+from scenarios.ordering.router import Router
+
+RUN = "ordering-1"
+ORDERS = [f"order-{i}" for i in range(1, 13)]
+
+
+def hash_rec(key: str, fields: dict[str, str]) -> KeyRecord:
+    return KeyRecord(
+        node="redis-1",
+        raw_key=key.encode(),
+        type="hash",
+        ttl_ms=None,
+        read_at_ms=1000,
+        fields={k.encode(): v.encode() for k, v in fields.items()},
+        size=len(fields),
+    )
+
+
+def stream_rec(worker: str, lag: int, pending: int, read_at: int = 1000) -> KeyRecord:
+    group = StreamGroup(
+        name=coordscope.WORKER_GROUP,
+        pending=pending,
+        last_delivered="0-0",
+        consumers=(StreamConsumer(f"{worker}.0", pending, 900),),
+        lag=lag,
+    )
+    return KeyRecord(
+        node="redis-1",
+        raw_key=coordscope.worker_queue_key(RUN, worker).encode(),
+        type="stream",
+        ttl_ms=None,
+        read_at_ms=read_at,
+        groups=(group,),
+        size=lag + pending,
+    )
+
+
+def order_rec(order: str, log: str) -> KeyRecord:
+    return hash_rec(coordscope.order_key(RUN, order), {"state": "paid", "seq": "2", "log": log})
+
+
+def state_with(router: Router) -> State:
+    state = State(clock=lambda: 5000)
+    state.set_node(Node(id="redis-1", store="redis", address="redis-1:1", role="master", status="up"))
+    state.apply_key(hash_rec(router.key, router.fields()))
+    state.drain()
+    return state
+
+
+def the_ring(state: State) -> Ring:
+    rings = state.entities("ring")
+    assert len(rings) == 1
+    ring = rings[0]
+    assert isinstance(ring, Ring)
+    return ring
+
+
+def test_the_ring_as_the_router_wrote_it() -> None:
+    router = Router(RUN, "consistent-hash", ["worker-1", "worker-2", "worker-3"], 160, ORDERS)
+    ring = the_ring(state_with(router))
+    expected = HashRing.build(["worker-1", "worker-2", "worker-3"], 160)
+    assert ring.run == RUN and ring.route == "consistent-hash" and ring.vnodes == 160
+    assert len(ring.points) == len(expected.points()) == 480
+    assert [w.name for w in ring.workers] == ["worker-1", "worker-2", "worker-3"]
+    for w in ring.workers:
+        assert w.share == pytest.approx(expected.share()[w.name])
+        assert w.points == sum(1 for v in expected.points() if v.worker == w.name)
+        assert w.depth is None  # no queue read yet: unknown, not zero
+    assert {o.order: o.owner for o in ring.orders} == {o: expected.node_for(o) for o in ORDERS}
+    assert sum(w.orders for w in ring.workers) == len(ORDERS)
+    assert [o.order for o in ring.orders][:3] == ["order-1", "order-2", "order-3"]  # 2 before 10
+
+
+def test_a_queue_change_rebuilds_the_ring_that_follows_it() -> None:
+    router = Router(RUN, "consistent-hash", ["worker-1", "worker-2"], 160, ORDERS)
+    state = state_with(router)
+    state.apply_key(stream_rec("worker-1", lag=5, pending=2))
+    assert the_ring(state).workers[0].depth == 7 and the_ring(state).workers[0].pending == 2
+    state.drain()
+    state.apply_key(stream_rec("worker-1", lag=0, pending=0, read_at=2000))  # the 1 s group refresh
+    events = state.drain()
+    assert any(getattr(e, "entity", None) and e.entity.KIND == "ring" for e in events)
+    assert the_ring(state).workers[0].depth == 0
+    assert the_ring(state).workers[0].consumers == (("worker-1.0", 0),)
+
+
+def test_orders_as_applied_and_their_breaches() -> None:
+    router = Router(RUN, "round-robin", ["worker-1", "worker-2"], 160, ORDERS[:3])
+    state = state_with(router)
+    state.apply_key(order_rec("order-1", "1 worker-1.0 10 1-0;2 worker-2.0 20 1-1"))
+    state.apply_key(order_rec("order-2", "2 worker-2.0 10 1-2;1 worker-1.0 30 1-3"))
+    state.apply_key(order_rec("order-3", "1 worker-1.0 10 1-4;1 worker-1.1 40 1-4;garbage;;x y"))
+    ring = the_ring(state)
+    by = {o.order: o for o in ring.orders}
+    assert by["order-1"].breach == "" and [a.seq for a in by["order-1"].applied] == [1, 2]
+    assert by["order-2"].breach == "out-of-order"
+    assert by["order-3"].breach == "twice" and len(by["order-3"].applied) == 2
+    assert ring.breached == 2
+    assert ring.points == () and all(w.share is None for w in ring.workers)  # round-robin: no ring
+    assert {o.owner for o in ring.orders} == {""}  # any worker
+    logged = [line.text for line in state.snapshot().log]
+    assert any("order-2 applied out-of-order" in t for t in logged)
+
+
+def test_a_change_of_the_ring_moves_orders_and_says_so() -> None:
+    router = Router(RUN, "consistent-hash", ["worker-1", "worker-2", "worker-3"], 160, ORDERS)
+    state = state_with(router)
+    change = router.reshape(["worker-1", "worker-2", "worker-3", "worker-4"], "+worker-4", 1234)
+    state.apply_key(hash_rec(router.key, router.fields()))
+    ring = the_ring(state)
+    assert ring.version == 1 and len(ring.points) == len(router.ring.points())  # type: ignore[union-attr]
+    assert ring.moved == len(change.moves) and "+worker-4" in ring.change
+    moved = {o.order for o in ring.orders if o.moved}
+    assert moved == {m.key for m in change.moves}
+    assert all(o.moved.endswith("-> worker-4") for o in ring.orders if o.moved)
+    assert change.sample_share is not None and abs(change.sample_share - 0.25) < 0.06
+
+
+def test_a_leaving_worker_is_shown_until_it_drained() -> None:
+    router = Router(RUN, "consistent-hash", ["worker-1", "worker-2", "worker-3"], 160, ORDERS)
+    state = state_with(router)
+    router.reshape(["worker-1", "worker-2"], "-worker-3", 1)
+    state.apply_key(hash_rec(router.key, router.fields()))
+    names = [(w.name, w.leaving, w.share is None) for w in the_ring(state).workers]
+    assert names == [("worker-1", False, False), ("worker-2", False, False), ("worker-3", True, True)]
+    router.drained("worker-3")
+    state.apply_key(hash_rec(router.key, router.fields()))
+    assert [w.name for w in the_ring(state).workers] == ["worker-1", "worker-2"]
+
+
+def test_garbage_in_the_ring_hash_never_breaks_the_state() -> None:
+    state = State(clock=lambda: 5000)
+    state.set_node(Node(id="redis-1", store="redis", address="redis-1:1", role="master", status="up"))
+    key = coordscope.ring_key(RUN)
+    state.apply_key(hash_rec(key, {"workers": "[not json", "points": '[[1, 9], "x", [2]]', "orders": "{}"}))
+    ring = the_ring(state)
+    assert ring.workers == () and ring.points == ()
+    state.apply_key(hash_rec(key, {"workers": '["a"]', "points": "[[5, 0], [-3, 7]]", "change": "[]"}))
+    assert the_ring(state).points == ((5, 0),) and the_ring(state).change == ""
+    assert state.bad_data == 0
+
+
+def test_parse_log_skips_what_it_cannot_read() -> None:
+    assert [a.seq for a in parse_log("1 w 5 1-0;x;3 w;2 w 9 1-1")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("applied", "kinds"),
+    [
+        ([1, 2, 3, 4], []),
+        ([2, 1, 3, 4], ["out-of-order"]),
+        ([1, 3, 2, 4], ["out-of-order"]),
+        ([1, 2, 2, 3], ["twice"]),
+        ([4, 3, 2, 1], ["out-of-order", "out-of-order", "out-of-order"]),
+        ([1, 1, 1], ["twice", "twice"]),
+    ],
+)
+def test_sequence_breaches(applied: list[int], kinds: list[str]) -> None:
+    assert [b.kind for b in sequence_breaches(applied)] == kinds
+
+
+def test_missing_events() -> None:
+    assert missing([1, 3], 4) == [2, 4] and missing([], 0) == []
