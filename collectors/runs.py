@@ -52,6 +52,7 @@ SPANS = {
     "lost": "session lost",
     "pay": "request in flight",
     "handle": "handling a request",
+    "apply": "applying an event",
 }
 """What each kind of span on a lane means (the screens' legends, in this order)."""
 TICKS = {
@@ -68,6 +69,10 @@ TICKS = {
     "mismatch": "422 other payload",
     "timeout": "no reply",
     "error": "error",
+    "emit": "event sent",
+    "duplicate": "redelivery skipped",
+    "requeue": "requeued (not next)",
+    "claim": "claimed (XAUTOCLAIM)",
 }
 """What each kind of tick on a lane means."""
 

@@ -575,6 +575,8 @@ function tickPath(kind, x, y) {
   if (["rejected", "crash", "lost", "error", "mismatch"].includes(kind)) return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
   if (kind === "charge") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;  // a square: money moved
   if (kind === "replay" || kind === "replayed") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
+  if (kind === "emit") return `M${x - 2} ${y - 2} h4 v4 h-4 Z`;  // a small dot: an event sent
+  if (kind === "requeue") return `M${x + 5} ${y - 4} H${x - 3} M${x - 3} ${y - 4} l3 -3 M${x - 3} ${y - 4} l3 3 M${x + 5} ${y - 4} V${y + 4}`;
   if (kind === "conflict" || kind === "timeout") return `M${x} ${y - 6} L${x + 6} ${y + 5} L${x - 6} ${y + 5} Z`;
   return `M${x} ${y - 5} L${x + 5} ${y} L${x} ${y + 5} L${x - 5} ${y} Z`;
 }

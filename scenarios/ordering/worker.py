@@ -249,7 +249,7 @@ class Worker:
             self.applied += 1
             await self.record(
                 "ok", "apply", key=order, value=str(seq), note=f"{name} (seq {seq}), entry {entry}",
-                data={**span, "tick": "apply"},
+                data=span,
             )  # fmt: skip
             return True
         self.duplicates += 1

@@ -33,6 +33,7 @@ SPAN_STYLE = {
     "lost": ("╳", "#d05050"),
     "pay": ("─", "#8fa3b8"),
     "handle": ("━", "#5fa8a0"),
+    "apply": ("━", "#c9a44a"),
 }
 OTHER_SPAN = ("╌", "#6b7785")
 """Any other operation in flight (a read, a write, a release)."""
@@ -57,6 +58,10 @@ TICKS = {
     "mismatch": ("≠", "bold magenta"),
     "timeout": ("?", "#8fa3b8"),
     "error": ("✗", "bold red"),
+    "emit": ("·", "#8fa3b8"),
+    "duplicate": ("≡", "bold cyan"),
+    "requeue": ("↩", "yellow"),
+    "claim": ("⇲", "bold magenta"),
 }
 
 
