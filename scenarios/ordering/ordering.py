@@ -438,7 +438,7 @@ async def run(ctx: RunContext) -> None:
         if not ctx.env.zookeeper:
             raise ScenarioError("route=zk-seq takes a lock per order in ZooKeeper, and none is configured")
         r.hosts = ctx.env.zookeeper[0].hosts
-        ctx.cleanup_znode(r.hosts, lock_path(f"ordering/{ctx.run_id}"))
+        ctx.cleanup_znode(r.hosts, lock_path(ctx.run_id))  # every order's lock, under the run
     everyone = [f"worker-{i + 1}" for i in range(MAX_WORKERS)]
     ctx.cleanup(
         r.node,

@@ -18,8 +18,8 @@ Routes (``--route``):
 
 - ``round-robin`` and ``consistent-hash``: apply what comes, in the order it
   comes (which is what the router decides: any worker, or the order's owner);
-- ``zk-seq``: take the order's ZooKeeper lock (``/coordscope/locks/ordering/
-  <run>/<order>``), read the order's last applied seq, and apply the event only
+- ``zk-seq``: take the order's ZooKeeper lock (``/coordscope/locks/<run>/<order>``),
+  read the order's last applied seq, and apply the event only
   if it is the next one; an event already applied is acknowledged and dropped;
   an early one is put back on the next worker's queue (``XADD`` then ``XACK``)
   and the lock released. The seq lives with the order, in Redis, never in a
@@ -287,7 +287,7 @@ class Worker:
     def _lock(self, order: str) -> ZkLock:
         assert self.zk is not None and self.bridge is not None
         if order not in self.locks:
-            self.locks[order] = ZkLock(self.zk, self.bridge, f"ordering/{self.run_id}/{order}", self.consumer)
+            self.locks[order] = ZkLock(self.zk, self.bridge, f"{self.run_id}/{order}", self.consumer)
         return self.locks[order]
 
     async def _gated(self, entry: str, entry_id: Any, event: tuple[str, int, str]) -> None:
