@@ -99,7 +99,7 @@ SPEC = ScenarioSpec(
         ),
         Param(
             "window",
-            "3",
+            "2",
             "orders a producer has under way at once (their events interleave)",
             minimum=1,
             maximum=50,
@@ -108,7 +108,7 @@ SPEC = ScenarioSpec(
         Param("work_ms", "40", "a worker's work per event", minimum=0, maximum=5000),
         Param("jitter_ms", "80", "up to this much more work per event, at random", minimum=0, maximum=5000),
         Param(
-            "fault_at", "12", "which event emitted a fault given at start strikes", minimum=1, maximum=2000
+            "fault_at", "20", "which event emitted a fault given at start strikes", minimum=1, maximum=2000
         ),
         Param(
             "retry_ms",
@@ -265,7 +265,7 @@ class _Run:
         self.emitted[order] = max(self.emitted.get(order, 0), seq)
         self.ctx.record(
             producer, "ok", "emit", key=order, value=str(seq),
-            note=f"{event} (seq {seq}) -> {worker}" + (f" {note}" if note else ""),
+            note=f"{order} {event} (seq {seq}) -> {worker}" + (f" {note}" if note else ""),
             data={"seq": seq, "worker": worker, "entry": entry, "tick": "emit"},
         )  # fmt: skip
 
@@ -281,7 +281,8 @@ class _Run:
         )
         ctx.record(
             producer, "info", "emit", key=order, value=str(seq),
-            note=f"{EVENTS[seq - 1]} (seq {seq}): no ack, retried in {retry_ms} ms", data={"tick": "timeout"},
+            note=f"{order} {EVENTS[seq - 1]} (seq {seq}): no ack, retried in {retry_ms} ms",
+            data={"tick": "timeout"},
         )  # fmt: skip
         await self.emit(producer, order, seq + 1, note=f"(sent while seq {seq} waits for its retry)")
         await asyncio.sleep(retry_ms / 1000)

@@ -248,14 +248,14 @@ class Worker:
         if _text(outcome) == "applied":
             self.applied += 1
             await self.record(
-                "ok", "apply", key=order, value=str(seq), note=f"{name} (seq {seq}), entry {entry}",
+                "ok", "apply", key=order, value=str(seq), note=f"{order} {name} (seq {seq}), entry {entry}",
                 data=span,
             )  # fmt: skip
             return True
         self.duplicates += 1
         await self.record(
             "ok", "apply", key=order, value=str(seq),
-            note=f"seq {seq} again: its mark says {_text(by)} applied it; skipped",
+            note=f"{order} seq {seq} again: its mark says {_text(by)} applied it; skipped",
             data={**span, "tick": "duplicate"},
         )  # fmt: skip
         return False
@@ -268,14 +268,22 @@ class Worker:
             and (armed.get("seq") in (None, seq))
         ):
             await self.record(
-                "info", "crash-point", key=order, note=f"SIGKILL after applying seq {seq}, before XACK"
+                "info",
+                "crash-point",
+                key=order,
+                note=f"SIGKILL after applying {order} seq {seq}, before XACK",
             )
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _apply_one(self, entry: str, entry_id: Any, event: tuple[str, int, str]) -> None:
         order, seq, name = event
         await self.record(
-            "invoke", "apply", key=order, value=str(seq), note=f"{name} (seq {seq})", data={"span": entry}
+            "invoke",
+            "apply",
+            key=order,
+            value=str(seq),
+            note=f"{order} {name} (seq {seq})",
+            data={"span": entry},
         )
         await self._work()
         await self._apply(entry, order, seq, name)
@@ -295,7 +303,12 @@ class Worker:
         order, seq, name = event
         lock = self._lock(order)
         await self.record(
-            "invoke", "apply", key=order, value=str(seq), note=f"{name} (seq {seq})", data={"span": entry}
+            "invoke",
+            "apply",
+            key=order,
+            value=str(seq),
+            note=f"{order} {name} (seq {seq})",
+            data={"span": entry},
         )
         await lock.acquire(timeout=30)
         try:
@@ -305,7 +318,7 @@ class Worker:
                 self.duplicates += 1
                 await self.record(
                     "ok", "apply", key=order, value=str(seq),
-                    note=f"seq {seq} already applied (at {last}): dropped",
+                    note=f"{order} seq {seq} already applied (at {last}): dropped",
                     data={"span": entry, "tick": "duplicate"},
                 )  # fmt: skip
             elif seq == last + 1:
@@ -328,7 +341,7 @@ class Worker:
         await self.redis.xadd(target, {"order": order, "seq": seq, "event": name, "requeued": entry})
         await self.record(
             "fail", "apply", key=order, value=str(seq),
-            note=f"seq {seq} early (next is {last + 1}): requeued on {target.rpartition(':')[2]}",
+            note=f"{order} seq {seq} early (next is {last + 1}): requeued on {target.rpartition(':')[2]}",
             data={"span": entry, "tick": "requeue"},
         )  # fmt: skip
 
