@@ -81,7 +81,7 @@ from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.sequence import missing, sequence_breaches
 from scenarios.kit.clients import redis_client
 from scenarios.kit.history import RunRecord
-from scenarios.kit.services import ServiceSet
+from scenarios.kit.services import ServiceSet, runs_dir
 from scenarios.ordering.hash_ring import DEFAULT_VNODES, HashRing, key_point
 from scenarios.ordering.router import Router
 from scenarios.ordering.worker import BATCH, EVENTS
@@ -447,17 +447,26 @@ class Lab:
             await asyncio.gather(*(services.start(w, "ordering-worker", MODULE, args) for w in WORKERS))
         for i, stream in enumerate(self.bare.streams):
             await self.store.xgroup_create(stream, coordscope.WORKER_GROUP, id="$", mkstream=True)
-            self.bare_procs.append(await self._spawn_bare(stream, f"bare-{i + 1}"))
+            await self._spawn_bare(stream, f"bare-{i + 1}")
 
-    async def _spawn_bare(self, stream: str, consumer: str) -> asyncio.subprocess.Process:
+    async def _spawn_bare(self, stream: str, consumer: str) -> None:
+        """Start a bare consumer (this file) and wait until it reads; its errors go to a log
+        beside the workers'."""
         path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(SCRIPT), "--bare-consumer",
-            "--redis", self.target.url, "--stream", stream, "--group", coordscope.WORKER_GROUP,
-            "--consumer", consumer, "--max-seconds", str(BARE_LIFETIME_S),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": path},
-        )  # fmt: skip
+        folder = runs_dir() / self.bare.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / f"{consumer}.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(SCRIPT), "--bare-consumer",
+                "--redis", self.target.url, "--stream", stream, "--group", coordscope.WORKER_GROUP,
+                "--consumer", consumer, "--max-seconds", str(BARE_LIFETIME_S),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+                start_new_session=True, env={**os.environ, "PYTHONPATH": path},
+            )  # fmt: skip
+        finally:
+            log.close()
+        self.bare_procs.append(proc)  # stopped by close() from now on, ready or not
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), SPAWN_TIMEOUT_S)
@@ -465,8 +474,8 @@ class Lab:
             line = b""
         if line.strip() != b"ready":
             await _stop(proc)
-            raise BenchError(f"the bare consumer {consumer} did not start (exit {proc.returncode})")
-        return proc
+            tail = (folder / f"{consumer}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise BenchError(f"the bare consumer {consumer} did not start: {' | '.join(tail)}")
 
     async def close(self) -> None:
         for services in self._service_sets.values():  # SIGTERM by PID (process group), SIGKILL what overstays
@@ -695,6 +704,12 @@ def report(r: Result, args: argparse.Namespace) -> None:
         )
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    """A SIGTERM as a Ctrl-C: asyncio cancels the run (its ``finally`` stops the processes),
+    then ``main`` stops the cluster."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (~20 s)")
@@ -722,7 +737,14 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.orders = args.orders or orders
     args.refresh_seconds = args.refresh_seconds or refresh_s
-    rings = ring_moves(RING_SIZES, RING_KEYS, args.vnodes)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        rings = ring_moves(RING_SIZES, RING_KEYS, args.vnodes)  # no server: before the cluster
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
         os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
         cluster = RedisOnlyCluster(Path(folder) / "cluster")
