@@ -106,6 +106,7 @@ CHECKED_KEYS = 2000
 """Keys whose owner the ring's own ``node_for`` decides too: the bench's faster lookup
 (a bisect on the precomputed points) must agree with it."""
 REFRESH_STREAMS = (0, 3, 100)
+CONSUMERS = "consumers (bare or workers)"
 BUSY_CORES = 0.25
 """Other programs used this much CPU during the rounds, on average: the figures are noisy."""
 
@@ -224,8 +225,8 @@ class Side:
     """None: the bare consumers."""
     pids: Callable[[], list[int]] = lambda: []
     rounds: list[Round] = field(default_factory=list)
-    entries_read: dict[str, int] = field(default_factory=dict)
-    """Stream -> events sent to it so far (its group must have read as many)."""
+    sent: dict[str, int] = field(default_factory=dict)
+    """Stream -> events sent to it so far, every round (its group must have read as many)."""
 
     def stream(self, worker: str) -> str:
         return coordscope.worker_queue_key(self.run_id, worker)
@@ -304,7 +305,7 @@ async def produce(
             streams.append(stream)
         for stream, entry in zip(streams, await pipe.execute(), strict=True):
             last[stream] = max(last.get(stream, (0, 0)), _id(entry))
-            side.entries_read[stream] = side.entries_read.get(stream, 0) + 1
+            side.sent[stream] = side.sent.get(stream, 0) + 1
     return last
 
 
@@ -330,9 +331,9 @@ async def drained(store: Redis, side: Side, last: dict[str, tuple[int, int]], ti
     for stream, g in state.items():
         assert g is not None
         read = g.get("entries-read")
-        if read is not None and int(read) != side.entries_read.get(stream, 0):
+        if read is not None and int(read) != side.sent.get(stream, 0):
             raise BenchError(
-                f"{side.label}: {stream} was sent {side.entries_read.get(stream, 0)} events in all, "
+                f"{side.label}: {stream} was sent {side.sent.get(stream, 0)} events in all, "
                 f"its group read {read}"
             )
 
@@ -378,10 +379,6 @@ class RedisOnlyCluster(LocalCluster):
         return replace(info, members=tuple(m for m in info.members if m.kind == "redis"))
 
 
-CONSUMING = ("consumers", "redis-1", "replica-1")
-"""The process groups whose CPU the consumers' choice changes (not the producers')."""
-
-
 def _pid(member: Member) -> Callable[[], list[int]]:
     return lambda: [member.pid]
 
@@ -411,11 +408,16 @@ class Lab:
         for d, side in self.ours.items():
             side.pids = self._workers_of(d)
         replicas = [m for m in info.members if m.kind == "redis" and m.master == self.node.name]
-        self.groups: dict[str, Callable[[], list[int]]] = {
-            "bench: producers (this process)": lambda: [os.getpid()],
-            "consumers (bare or workers)": lambda: [],  # the round's side, set in round_of
+        consuming: dict[str, Callable[[], list[int]]] = {
+            CONSUMERS: lambda: [],  # the round's side's, set in _round
             f"{self.node.name} (queues, orders)": _pid(self.node),
             **{f"{m.name} (its replica)": _pid(m) for m in replicas},
+        }
+        self.consuming = list(consuming)
+        """The process groups whose CPU the consumers' kind changes (not the producers')."""
+        self.groups: dict[str, Callable[[], list[int]]] = {
+            "bench: producers (this process)": lambda: [os.getpid()],
+            **consuming,
             f"{self.control_node.name} (control: heartbeats)": _pid(self.control_node),
         }
 
@@ -507,7 +509,7 @@ class Lab:
         deal = [orders[p :: args.producers] for p in range(args.producers)]
         rng = random.Random(n)  # every side of a round gets the same events in the same order
         plans = [schedule(mine, args.window, rng) for mine in deal]
-        groups = {**self.groups, "consumers (bare or workers)": side.pids}
+        groups = {**self.groups, CONSUMERS: side.pids}
         busy0 = machine_busy_seconds()
         cpu0 = {g: cpu_seconds(pids()) for g, pids in groups.items()}
         stats0 = await commandstats(self.store)
@@ -576,6 +578,7 @@ class Result:
     ours: dict[str, Side]
     ratios: dict[str, list[float]]
     node: str
+    consuming: list[str]
     rings: list[RingRow]
     refresh: list[dict[str, float]]
 
@@ -598,7 +601,7 @@ async def bench(info: ClusterInfo, args: argparse.Namespace, rings: list[RingRow
         await lab.close()
     # the queues' node is idle now: measure the refresh there (it is emptied first)
     refresh = [await measure_refresh(lab.node.port, n, args.refresh_seconds) for n in REFRESH_STREAMS]
-    return Result(lab.bare, lab.ours, ratios, lab.node.name, rings, refresh)
+    return Result(lab.bare, lab.ours, ratios, lab.node.name, lab.consuming, rings, refresh)
 
 
 # ---------------------------------------------------------------------- the report
@@ -654,7 +657,7 @@ def report(r: Result, args: argparse.Namespace) -> None:
     for group in per[0][1]:
         line(f"CPU µs: {group}", "".join(f"{p[1].get(group, 0.0):>12.1f}" for p in per))
     line("CPU µs: the whole machine", "".join(f"{sum(p[1].values()):>12.1f}" for p in per))
-    consuming = [sum(v for k, v in p[1].items() if k.startswith(CONSUMING)) for p in per]
+    consuming = [sum(v for k, v in p[1].items() if k in r.consuming) for p in per]
     line(
         "CPU µs: the consuming side (consumers, Redis, replica)",
         "".join(f"{c:>12.1f}" for c in consuming)
