@@ -351,7 +351,7 @@ class Lab:
             record = RunRecord(self.control, run_id)
             await record.create("idempotency", {"guard": guard}, [], "bench/idempotency.py")
             self._records.append(record)
-            self._heartbeats.append(asyncio.create_task(record.heartbeat(lambda: {})))
+            self._heartbeats.append(asyncio.create_task(record.heartbeat(lambda: {}, asyncio.Event())))
             services = ServiceSet(run_id, self.control_target.url, time.monotonic(), control=self.control)
             self._service_sets.append(services)
             args = [
