@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/keyspace.py
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/idempotency.py
+	$(BIN)/python bench/ordering.py
 	$(BIN)/python bench/scale.py
 
 $(STAMP): pyproject.toml
