@@ -26,11 +26,11 @@ setup: $(STAMP)
 
 bench: $(STAMP)
 	@scripts/ensure-system demo
-	$(BIN)/python bench/keyspace.py
-	$(BIN)/python bench/locks.py
-	$(BIN)/python bench/idempotency.py
-	$(BIN)/python bench/ordering.py
-	$(BIN)/python bench/scale.py
+	$(BIN)/python -m bench.keyspace
+	$(BIN)/python -m bench.locks
+	$(BIN)/python -m bench.idempotency
+	$(BIN)/python -m bench.ordering
+	$(BIN)/python -m bench.scale
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -12,7 +12,7 @@ each beside the same with no streams at all (the baseline: the idle collector).
 ``bench/ordering.py`` reports the same figures for its worker queues, through
 :func:`measure`.
 
-    .venv/bin/python bench/queues.py --streams 0,10,100,1000 --seconds 10
+    .venv/bin/python -m bench.queues --streams 0,10,100,1000 --seconds 10
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ consumer group, ``workers``; the worker reads it with ``XREADGROUP`` and
 acknowledges an entry (``XACK``) only after its event is applied, so an entry
 whose worker died before the ack stays *pending* and is delivered again.
 
-Applying an event is one Lua script on the order's hash (:data:`APPLY`): it
+Applying an event is one Lua script on the order's hash (:data:`APPLY`, which
+takes a whole batch read at once when nothing is narrated, armed or gated): it
 appends ``<seq> <worker> <t_ms> <entry>`` to the order's log and sets its state.
 With ``dedup=on`` the same script first looks for the event's applied mark
 (``coordscope:mark:{<run>}:<order>#<seq>``, an idempotency mark in the
@@ -71,27 +72,38 @@ ZK_SESSION_S = 3.0
 BLOCK_MS = 100
 EVENTS = ("created", "paid", "shipped", "done")
 
-# KEYS[1] - the order's hash, KEYS[2] - the event's applied mark (only with dedup=on)
-# ARGV[1] - seq, ARGV[2] - worker (consumer), ARGV[3] - t_ms on the run's axis,
-# ARGV[4] - the stream entry's id, ARGV[5] - the event's name, ARGV[6] - the mark's TTL in ms
-# Returns {'applied', ''} | {'duplicate', the consumer that applied it}
+# Events in turn (one, or a whole batch read at once), each on its order's hash:
+# KEYS - per event, the order's hash, then (only with dedup=on) the event's applied mark
+# ARGV[1] - the consumer applying them, ARGV[2] - t_ms on the run's axis, ARGV[3] - the marks' TTL
+# in ms, then per event: seq, the stream entry's id, the event's name
+# Returns per event two items: 'applied', '' | 'duplicate', the consumer that applied it before
 APPLY = """
-if KEYS[2] then
-    local by = redis.call('HGET', KEYS[2], 'owner')
+local events = (#ARGV - 3) / 3
+local per = #KEYS / events
+local out = {}
+for i = 0, events - 1 do
+    local order, mark = KEYS[i * per + 1], nil
+    if per == 2 then mark = KEYS[i * per + 2] end
+    local seq, entry, name = ARGV[4 + i * 3], ARGV[5 + i * 3], ARGV[6 + i * 3]
+    local by = mark and redis.call('HGET', mark, 'owner')
     if by then
-        return {'duplicate', by}
+        out[#out + 1] = 'duplicate'
+        out[#out + 1] = by
+    else
+        local line = seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. entry
+        local log = redis.call('HGET', order, 'log')
+        redis.call('HSET', order, 'log', log and (log .. ';' .. line) or line,
+                   'state', name, 'seq', seq, 'by', ARGV[1])
+        if mark then
+            redis.call('HSET', mark, 'state', 'COMPLETED', 'owner', ARGV[1], 'fingerprint', seq,
+                       'code', 'applied', 'body', entry)
+            redis.call('PEXPIRE', mark, ARGV[3])
+        end
+        out[#out + 1] = 'applied'
+        out[#out + 1] = ''
     end
 end
-local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4]
-local log = redis.call('HGET', KEYS[1], 'log')
-redis.call('HSET', KEYS[1], 'log', log and (log .. ';' .. entry) or entry,
-           'state', ARGV[5], 'seq', ARGV[1], 'by', ARGV[2])
-if KEYS[2] then
-    redis.call('HSET', KEYS[2], 'state', 'COMPLETED', 'owner', ARGV[2], 'fingerprint', ARGV[1],
-               'code', 'applied', 'body', ARGV[4])
-    redis.call('PEXPIRE', KEYS[2], ARGV[6])
-end
-return {'applied', ''}
+return out
 """
 
 
@@ -210,30 +222,28 @@ class Worker:
                 await self._apply_one(_text(entry_id), entry_id, event)
 
     async def _batch(self, entries: list[Any]) -> None:
-        """No narration, no work, nothing armed: the batch's applies and its ack in one
-        round trip (Redis runs a pipeline in order: the events are applied in turn)."""
+        """No narration, no work, nothing armed: the whole batch applied by one script call,
+        in turn, and acknowledged, in one round trip (the ack runs after the script)."""
+        events = [(_text(i), e) for i, f in entries if (e := _event(f)) is not None]
         pipe = self.redis.pipeline(transaction=False)
-        ids = []
-        for entry_id, fields in entries:
-            event = _event(fields)
-            if event is not None:
-                order, seq, name = event
-                pipe.evalsha(self.apply_sha, *self._apply_args(_text(entry_id), order, seq, name))
-            ids.append(entry_id)
-        pipe.xack(self.queue, coordscope.WORKER_GROUP, *ids)
+        if events:
+            pipe.evalsha(self.apply_sha, *self._apply_args(events))
+        pipe.xack(self.queue, coordscope.WORKER_GROUP, *(i for i, _ in entries))
         replies = await pipe.execute()
-        for reply in replies[:-1]:
-            if _text(reply[0]) == "applied":
-                self.applied += 1
-            else:
-                self.duplicates += 1
-        self.rt.served(f"{len(ids)} event(s)")
+        outcomes = [_text(o) for o in (replies[0][::2] if events else [])]
+        self.applied += outcomes.count("applied")
+        self.duplicates += len(outcomes) - outcomes.count("applied")
+        self.rt.served(f"{len(entries)} event(s)")
 
-    def _apply_args(self, entry: str, order: str, seq: int, name: str) -> list[Any]:
-        keys = [coordscope.order_key(self.run_id, order)]
-        if self.dedup:
-            keys.append(coordscope.event_mark_key(self.run_id, order, seq))
-        argv = [seq, self.consumer, self.rt.narrator.t_ms(), entry, name, self.mark_ttl_ms]
+    def _apply_args(self, events: list[tuple[str, tuple[str, int, str]]]) -> list[Any]:
+        """The script's arguments for these (entry id, (order, seq, name)) in turn."""
+        keys: list[str] = []
+        argv: list[Any] = [self.consumer, self.rt.narrator.t_ms(), self.mark_ttl_ms]
+        for entry, (order, seq, name) in events:
+            keys.append(coordscope.order_key(self.run_id, order))
+            if self.dedup:
+                keys.append(coordscope.event_mark_key(self.run_id, order, seq))
+            argv += [seq, entry, name]
         return [len(keys), *keys, *argv]
 
     async def _work(self) -> None:
@@ -243,7 +253,9 @@ class Worker:
 
     async def _apply(self, entry: str, order: str, seq: int, name: str) -> bool:
         """The event applied (True), or recognised by its mark as applied before (False)."""
-        outcome, by = await self.redis.evalsha(self.apply_sha, *self._apply_args(entry, order, seq, name))
+        outcome, by = await self.redis.evalsha(
+            self.apply_sha, *self._apply_args([(entry, (order, seq, name))])
+        )
         span = {"span": entry, "seq": seq}
         if _text(outcome) == "applied":
             self.applied += 1
