@@ -15,7 +15,8 @@ from collectors.families.queues import Queue
 from collectors.families.rings import Ring
 from collectors.families.services import Service
 from collectors.layouts import coordscope
-from tests.conftest import cli, observing, run_scenario, until
+from scenarios.ordering.worker import APPLY, EVENTS
+from tests.conftest import cli, observing, redis_client, run_scenario, until
 
 
 def sets(**params: str) -> list[str]:
@@ -153,3 +154,39 @@ async def test_a_crash_before_ack_is_claimed_by_the_next_incarnation(
     crash = next(op for op in done.stored if op.f == "crash-point")
     assert claims and claims[0].actor == crash.actor  # its next life claimed the entry (XAUTOCLAIM)
     assert skipped and skipped[0].key == crash.key  # and its mark said: applied before, skip it
+
+
+def test_the_apply_script_applies_a_batch_in_turn_and_skips_what_its_marks_know(cluster: ClusterInfo) -> None:
+    """What a worker sends for a batch read at once (narration off): one script call."""
+    r = redis_client(cluster)
+    run = "ordering-test-apply"
+    keys = [coordscope.order_key(run, o) for o in ("o1", "o2")]
+    marks = [coordscope.event_mark_key(run, o, s) for o in ("o1", "o2") for s in (1, 2)]
+    try:
+        events = [("o1", 1, "1-0"), ("o2", 1, "1-1"), ("o1", 2, "1-2"), ("o1", 2, "1-3")]  # the last: again
+        args: list[str | int] = ["w-1.0", 77, 60_000]
+        batch_keys: list[str] = []
+        for order, seq, entry in events:
+            batch_keys += [coordscope.order_key(run, order), coordscope.event_mark_key(run, order, seq)]
+            args += [seq, entry, EVENTS[seq - 1]]
+        out = r.eval(APPLY, len(batch_keys), *batch_keys, *args)
+        assert [x.decode() for x in out] == [
+            "applied",
+            "",
+            "applied",
+            "",
+            "applied",
+            "",
+            "duplicate",
+            "w-1.0",
+        ]
+        assert r.hget(keys[0], "log") == b"1 w-1.0 77 1-0;2 w-1.0 77 1-2"
+        assert r.hget(keys[0], "state") == b"paid" and r.hget(keys[1], "seq") == b"1"
+        assert r.hget(marks[1], "state") == b"COMPLETED" and 0 < r.pttl(marks[1]) <= 60_000
+        # without marks (dedup=off) the same redelivery is applied again
+        again = r.eval(APPLY, 1, keys[0], "w-1.1", 88, 60_000, 2, "1-3", "paid")
+        assert [x.decode() for x in again] == ["applied", ""]
+        assert r.hget(keys[0], "log").endswith(b";2 w-1.1 88 1-3")  # type: ignore[union-attr]
+    finally:
+        r.delete(*keys, *marks)
+        r.close()
