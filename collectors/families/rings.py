@@ -401,8 +401,8 @@ def _orders(r: Ring) -> Cell:
     total = len(r.orders) + r.more_orders
     idle = sum(1 for o in r.orders if not o.applied)
     parts: list[tuple[str, str] | str] = [f"{total} orders"]
+    if r.breached:  # first: the TUI cuts the cell, and this is what it is for
+        parts.append((f"{r.breached} breached", "bad"))
     if idle:
         parts.append((f"{idle} not started", "dim"))
-    if r.breached:
-        parts.append((f"{r.breached} breached", "bad"))
     return pieces(*parts)

@@ -232,6 +232,6 @@ def test_the_dashboard_row_keeps_each_worker_in_one_piece_and_counts_breaches() 
     ]
     assert [(p.text, p.tone) for p in cells["orders"].pieces] == [
         ("2 orders", ""),
-        ("1 not started", "dim"),
         ("1 breached", "bad"),
+        ("1 not started", "dim"),
     ]
