@@ -664,6 +664,7 @@ function render() {
   for (const f of FAMILIES) if (dirty.has(f.kind) && f.panel !== "none") syncTable(f);
   if (dirty.has("node")) renderNodesBar();
   if (dirty.has("run")) renderRun();
+  if (dirty.has("run") || dirty.has("ring")) renderRing(S.entities.run.get(S.selectedRun));
   if (dirty.has("log")) renderLog();
 }
 

@@ -104,6 +104,8 @@ class CoordscopeApp(App[None]):
                     screen.apply(kinds, lines, reset_log=not isinstance(delivery, list))
                 elif isinstance(screen, RunScreen) and "run" in kinds:
                     screen.refresh_run()
+                elif isinstance(screen, RunScreen) and "ring" in kinds:
+                    screen.refresh_ring()
 
     def _set_subtitle(self) -> None:
         parts = []

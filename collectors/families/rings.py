@@ -25,7 +25,7 @@ applied — which :func:`collectors.sequence.sequence_breaches` judges.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from collectors.families.base import (
@@ -55,6 +55,9 @@ class Applied:
     seq: int
     worker: str
     t_ms: int
+    breach: str = ""
+    """"" | out-of-order | twice: whether applying it here broke the sequence (so each
+    screen marks the very application that did, not just the order)."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,10 @@ def parse_log(raw: str) -> tuple[Applied, ...]:
     return tuple(out)
 
 
-def _breach(applied: tuple[Applied, ...]) -> str:
-    found = sequence_breaches(a.seq for a in applied)
-    return found[0].kind if found else ""
+def judged(applied: tuple[Applied, ...]) -> tuple[Applied, ...]:
+    """The applications, each marked with the breach it made (if any)."""
+    kinds = {b.position: b.kind for b in sequence_breaches(a.seq for a in applied)}
+    return tuple(replace(a, breach=kinds.get(i, "")) for i, a in enumerate(applied))
 
 
 class Rings(Family):
@@ -158,8 +162,8 @@ class Rings(Family):
     columns = (
         Column("run", "run", lambda r: text(r.run, "bold"), limit=20),
         Column("route", "route", lambda r: text(r.route), limit=16),
-        Column("workers", "workers · share · depth · pending", lambda r: _workers(r), limit=90),
         Column("orders", "orders", lambda r: _orders(r), limit=30),
+        Column("workers", "workers · share · depth · pending", lambda r: _workers(r), limit=90),
         Column("change", "last change", lambda r: text(r.change or None, title=r.change), limit=60),
     )
 
@@ -211,7 +215,7 @@ class Rings(Family):
             point = _int(where[0], -1) if isinstance(where, list) and where else -1
             owner = str(where[1]) if isinstance(where, list) and len(where) > 1 else ""
             rec_fact = orders.get(order)
-            applied = parse_log(rec_fact[1].fields.get("log", "")) if rec_fact else ()
+            applied = judged(parse_log(rec_fact[1].fields.get("log", ""))) if rec_fact else ()
             ring_orders.append(
                 RingOrder(
                     order=order,
@@ -219,7 +223,7 @@ class Rings(Family):
                     owner=owner,
                     applied=applied,
                     state=rec_fact[1].fields.get("state", "") if rec_fact else "",
-                    breach=_breach(applied),
+                    breach=next((a.breach for a in applied if a.breach), ""),
                     moved=moved.get(order, ""),
                 )
             )
@@ -367,9 +371,10 @@ def worker_cell(w: RingWorker) -> Cell:
 
 
 def order_cell(o: RingOrder) -> Cell:
-    """An order's applied sequence, the breach in red."""
-    seqs = " ".join(str(a.seq) for a in o.applied) or "nothing applied"
-    parts: list[tuple[str, str] | str] = [(seqs, "bad" if o.breach else "good" if o.applied else "dim")]
+    """An order's applied sequence, each application that broke it in red."""
+    parts: list[tuple[str, str] | str] = [(str(a.seq), "bad" if a.breach else "good") for a in o.applied]
+    if not o.applied:
+        parts.append(("nothing applied", "dim"))
     if o.breach:
         parts.append((o.breach, "bad"))
     parts.append((f"→ {o.owner}" if o.owner else "any worker", "dim"))
@@ -380,20 +385,24 @@ def order_cell(o: RingOrder) -> Cell:
 
 
 def _workers(r: Ring) -> Cell:
+    """One piece per worker, so the page wraps between workers, never inside one."""
     parts: list[tuple[str, str] | str] = []
     for w in r.workers:
-        parts.append((w.name, "warn" if w.leaving else "bold"))
-        bits = [share_text(w.share)] if w.share is not None else []
+        bits = [w.name, *([share_text(w.share)] if w.share is not None else [])]
         bits.append("?" if w.depth is None else str(w.depth))
         bits.append("?" if w.pending is None else str(w.pending))
-        parts.append((" · ".join(bits), "warn" if w.pending else "dim"))
+        if w.leaving:
+            bits.append("leaving")
+        parts.append((" · ".join(bits), "warn" if w.leaving or w.pending else ""))
     return pieces(*parts)
 
 
 def _orders(r: Ring) -> Cell:
     total = len(r.orders) + r.more_orders
-    done = sum(1 for o in r.orders if o.applied and o.applied[-1].seq == max(a.seq for a in o.applied))
-    parts: list[tuple[str, str] | str] = [f"{total} orders", (f"{done} under way", "dim")]
-    if r.breached:
+    idle = sum(1 for o in r.orders if not o.applied)
+    parts: list[tuple[str, str] | str] = [f"{total} orders"]
+    if r.breached:  # first: the TUI cuts the cell, and this is what it is for
         parts.append((f"{r.breached} breached", "bad"))
+    if idle:
+        parts.append((f"{idle} not started", "dim"))
     return pieces(*parts)

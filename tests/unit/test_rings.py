@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from collectors.families.nodes import Node
-from collectors.families.rings import Ring, parse_log
+from collectors.families.rings import (
+    Applied,
+    Ring,
+    RingOrder,
+    Rings,
+    RingWorker,
+    judged,
+    order_cell,
+    parse_log,
+)
 from collectors.layouts import coordscope
 from collectors.records import KeyRecord, StreamConsumer, StreamGroup
 from collectors.sequence import missing, sequence_breaches
@@ -175,3 +184,54 @@ def test_sequence_breaches(applied: list[int], kinds: list[str]) -> None:
 
 def test_missing_events() -> None:
     assert missing([1, 3], 4) == [2, 4] and missing([], 0) == []
+
+
+def test_each_application_says_whether_it_broke_the_sequence() -> None:
+    applied = judged(parse_log("1 w-1 10 a;2 w-1 11 b;4 w-2 12 c;3 w-1 13 d;3 w-1 14 e"))
+    assert [(a.seq, a.breach) for a in applied] == [
+        (1, ""),
+        (2, ""),
+        (4, "out-of-order"),  # applied while 3 was not: this one broke it, not 3
+        (3, ""),
+        (3, "twice"),
+    ]
+
+
+def test_an_orders_cell_marks_the_very_application_that_broke_it() -> None:
+    order = RingOrder(
+        "order-3",
+        7,
+        "worker-2",
+        applied=judged(tuple(Applied(s, "worker-1", 0) for s in (1, 2, 4, 3))),
+        breach="out-of-order",
+        moved="worker-1 -> worker-2",
+    )
+    tones = [(p.text, p.tone) for p in order_cell(order).pieces]
+    assert tones[:5] == [("1", "good"), ("2", "good"), ("4", "bad"), ("3", "good"), ("out-of-order", "bad")]
+    assert ("moved worker-1 -> worker-2", "warn") in tones
+
+
+def test_the_dashboard_row_keeps_each_worker_in_one_piece_and_counts_breaches() -> None:
+    ring = Ring(
+        id="r",
+        run="run-1",
+        route="consistent-hash",
+        workers=(
+            RingWorker("worker-1", 0.5, 160, 1, "q1", depth=3, pending=1),
+            RingWorker("worker-2", None, 0, 0, "q2", depth=0, pending=0, leaving=True),
+        ),
+        orders=(
+            RingOrder("order-1", 1, "worker-1", applied=judged((Applied(2, "w", 0),)), breach="out-of-order"),
+            RingOrder("order-2", 2, "worker-1"),
+        ),
+    )
+    cells = dict(zip((c.key for c in Rings.columns), Rings.row(ring), strict=True))
+    assert [p.text for p in cells["workers"].pieces] == [
+        "worker-1 · 50.0% · 3 · 1",
+        "worker-2 · 0 · 0 · leaving",
+    ]
+    assert [(p.text, p.tone) for p in cells["orders"].pieces] == [
+        ("2 orders", ""),
+        ("1 breached", "bad"),
+        ("1 not started", "dim"),
+    ]

@@ -1,4 +1,5 @@
-"""The run view: one lane per actor on a shared time axis, the live faults, the verdict."""
+"""The run view: one lane per actor on a shared time axis, the live faults, the verdict,
+and an ordering run's ring (its workers and each order's applied sequence)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
 from app.tui.text import safe
 from app.tui.widgets.lanes import Lanes
+from app.tui.widgets.ring_panel import RingPanel
+from collectors.families.rings import Ring
 from collectors.families.runs import Run
 from scenarios.kit.catalogue import ScenarioSpec
 
@@ -65,6 +68,7 @@ class RunScreen(LiveScreen):
             with VerticalScroll(id="lanes-box"):
                 yield Lanes(id="lanes")
             yield Static(id="verdict")
+            yield RingPanel(id="ring")
             yield DataTable(id="run-table", zebra_stripes=True, cursor_type="none")
             yield Static(id="ops")
         yield Footer()
@@ -90,6 +94,16 @@ class RunScreen(LiveScreen):
     def refresh_run(self) -> None:
         self.live(self._draw)
 
+    def refresh_ring(self) -> None:
+        """Only the ring changed (a worker's queue moved): redraw only it."""
+        self.live(lambda: self._ring(self.current()))
+
+    def _ring(self, run: Run | None) -> None:
+        run_id = run.id if run is not None else None
+        rings = self.model.entities["ring"].values()
+        ring = next((r for r in rings if isinstance(r, Ring) and r.run == run_id), None)
+        self.query_one("#ring", RingPanel).show(ring)
+
     def _draw(self) -> None:
         run = self.current()
         lanes = self.query_one("#lanes", Lanes)
@@ -102,6 +116,7 @@ class RunScreen(LiveScreen):
             verdict.update("")
             self._faults(None)
             self._table(None)
+            self._ring(None)
             return
         text = safe(f"{run.status.upper()} ", "bold " + status_style(run.status))
         text.append_text(safe(f"{run.scenario}  {run.id}", "bold"))
@@ -115,6 +130,7 @@ class RunScreen(LiveScreen):
         head.update(text)
         verdict.update(self._verdict(run))
         self.query_one("#ops", Static).update(safe(f"{run.ops} operations; last: {run.last_op}"))
+        self._ring(run)
         self._table(run)
         self._faults(run)
 
