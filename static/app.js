@@ -123,9 +123,12 @@ function apply(event) {
     S.dirty.add("log");
   } else if (type.endsWith(".upserted")) {
     const kind = type.slice(0, -9);
-    if (S.entities[kind] && event[kind] && (S.entities[kind].has(event[kind].id) || !partial(kind))) {
+    // past the first page a kind only updates what it lists — except runs: the run pane
+    // follows a new run however many older ones the store keeps (they are trimmed instead)
+    if (S.entities[kind] && event[kind] && (S.entities[kind].has(event[kind].id) || !partial(kind) || kind === "run")) {
       S.entities[kind].set(event[kind].id, event[kind]);
       if (event.row && S.rows[kind]) S.rows[kind].set(event[kind].id, event.row);
+      if (kind === "run") trimRuns();
       if (S.selected && S.selected.kind === kind && S.selected.id === event[kind].id) loadDetail();
       S.dirty.add(kind);
       if (kind === "run" && S.followNewest && event[kind].status === "running") {
@@ -142,6 +145,16 @@ function apply(event) {
     }
   }
   schedule();
+}
+
+const RUNS_KEPT = 300;
+function trimRuns() {
+  // the oldest runs go first (never the one shown): the page keeps a bounded list
+  const runs = S.entities.run;
+  if (runs.size <= RUNS_KEPT) return;
+  const old = [...runs.values()].filter(r => r.id !== S.selectedRun)
+    .sort((a, b) => (a.started_ms || 0) - (b.started_ms || 0));
+  for (const r of old.slice(0, runs.size - RUNS_KEPT)) { runs.delete(r.id); S.rows.run?.delete(r.id); }
 }
 
 let frame = 0;

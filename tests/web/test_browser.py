@@ -172,3 +172,31 @@ def test_the_queues_panel_shows_a_consumer_group_and_a_list(
     expect(page.locator("#queues")).to_contain_text("1 pending", timeout=5_000)
     expect(page.locator("#queues")).to_contain_text("lag 1")
     page.screenshot(path="/tmp/coordscope-queues.png", full_page=True)
+
+
+def test_a_new_run_is_followed_past_the_first_page_of_runs(
+    cluster: ClusterInfo, web: str, page: Page
+) -> None:
+    """A store that keeps more runs than one page (they stay a day): the page still shows a
+    run started now, though it sorts after the 300 the snapshot carried."""
+    r = redis_client(cluster, "redis-3")
+    old = [f"coordscope:run:aaa-old-{i:03d}" for i in range(320)]
+    pipe = r.pipeline(transaction=False)
+    for i, key in enumerate(old):
+        pipe.hset(key, mapping={"scenario": "lock-redis", "status": "held", "started_ms": 1_000 + i})
+    pipe.execute()
+    try:
+        wait_until(lambda: len(r.keys("coordscope:run:aaa-old-*")) == 320, 10, "old runs written")
+        page.goto(web)
+        expect(page.locator("#conn")).to_have_text("live")
+        expect(page.locator("#run-select option")).to_have_count(300, timeout=15_000)  # one page of runs
+        form = page.locator("#scenario-lock-redis")
+        form.locator("input[name=rounds]").fill("2")
+        page.click("#run-lock-redis")
+        expect(page.locator("#run-head .run-id")).to_contain_text("lock-redis-", timeout=15_000)
+        expect(page.locator("#run-status")).to_have_text("held", timeout=30_000)
+        assert page.locator("#run-select option").count() <= 300  # trimmed: the oldest went
+        assert page.locator("#run-select").input_value().startswith("lock-redis-")
+    finally:
+        r.delete(*old)
+        r.close()
