@@ -84,6 +84,15 @@ def text(value: object, tone: str = "", title: str = "") -> Cell:
     return Cell(pieces=(Piece(shown, "dim" if shown == "–" and not tone else tone),), title=title)
 
 
+def middle(value: str, width: int) -> str:
+    """``value`` cut in the middle to ``width`` characters: names that share a long prefix
+    (``coordscope:ordering:{run}:q:worker-1``) still differ on screen."""
+    if len(value) <= width:
+        return value
+    head = (width - 1) // 3
+    return f"{value[:head]}…{value[len(value) - (width - 1 - head) :]}"
+
+
 def pieces(*parts: tuple[str, str] | str, title: str = "") -> Cell:
     """Several pieces, each ``"text"`` or ``("text", tone)``."""
     out = tuple(Piece(p) if isinstance(p, str) else Piece(p[0], p[1]) for p in parts)

@@ -29,6 +29,7 @@ from collectors.families.base import (
     Member,
     Recogniser,
     fmt_ms,
+    middle,
     pieces,
     prefer_master,
     text,
@@ -97,7 +98,7 @@ class Queues(Family):
     sort = "name"
     empty = "no queues (streams with consumer groups, lists named like a queue, RQ)"
     columns = (
-        Column("name", "queue", lambda q: text(q.name, title=q.key or q.name), limit=28),
+        Column("name", "queue", lambda q: text(middle(q.name, 28), title=q.key or q.name), limit=28),
         Column("layout", "layout", lambda q: text(q.layout)),
         Column("length", "length", lambda q: text(q.length)),
         Column("work", "groups / jobs", lambda q: _work(q), limit=60),

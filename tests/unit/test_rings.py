@@ -235,3 +235,12 @@ def test_the_dashboard_row_keeps_each_worker_in_one_piece_and_counts_breaches() 
         ("1 breached", "bad"),
         ("1 not started", "dim"),
     ]
+
+
+def test_long_names_are_cut_in_the_middle_so_their_ends_still_differ() -> None:
+    from collectors.families.base import middle
+
+    a = middle(coordscope.worker_queue_key(RUN, "worker-1"), 28)
+    b = middle(coordscope.worker_queue_key(RUN, "worker-2"), 28)
+    assert len(a) == 28 and a != b and a.endswith("worker-1") and "…" in a
+    assert middle("jobs", 28) == "jobs"

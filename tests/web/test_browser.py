@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +30,16 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def web(cluster: ClusterInfo) -> Iterator[str]:
     with serving(Core(settings_for(cluster))) as url:
+        wait_until(lambda: synced(url), 30, "every Redis node scanned once")
         yield url
+
+
+def synced(url: str) -> bool:
+    """Has the server read every Redis node once? (Before, a run may come and go unseen
+    while the collectors still read what earlier tests left: their runs' histories.)"""
+    with urllib.request.urlopen(f"{url}/api/state?kind=node", timeout=5) as reply:
+        nodes = json.load(reply)["nodes"]
+    return all(str(n.get("scan", "")).startswith("scanned") for n in nodes if n["store"] == "redis")
 
 
 @pytest.fixture
