@@ -113,7 +113,10 @@ class Runs(Family):
                 f"the process running it ({meta.get('owner', '?')}) stopped answering: "
                 f"no sign of life for over {ABANDONED_MS // 1000} s"
             )
-        drawn = lanes(ops)
+        actors = tuple(_json_list(meta.get("actors")))
+        rank = {a: i for i, a in enumerate(actors)}
+        # the lanes in the order the scenario lists its actors (the rest after, as they came)
+        drawn = tuple(sorted(lanes(ops), key=lambda lane: rank.get(lane.actor, len(rank))))
         verdict = _verdict(meta.get("verdict", ""))
         self._built.add(entity_id)
         return Run(
@@ -125,7 +128,7 @@ class Runs(Family):
             started_ms=_int(meta.get("started_ms")),
             ended_ms=_int(meta.get("ended_ms")),
             verdict=verdict,
-            actors=tuple(_json_list(meta.get("actors"))),
+            actors=actors,
             lanes=drawn,
             legend=tuple(legend(drawn, verdict)),
             ops=len(ops),
@@ -151,7 +154,7 @@ class Runs(Family):
 
 def describe(op: Op) -> str:
     parts = [f"{op.t_ms}ms", op.actor, op.kind, op.f]
-    if op.key:
+    if op.key and op.key not in op.note:  # a note that names its key already says it
         parts.append(op.key)
     if op.fence is not None:
         parts.append(f"fence {op.fence}")

@@ -409,10 +409,22 @@ class _Run:
         return False
 
     async def read_back(self) -> None:
-        """Every order's applications as the store holds them, into the judged history."""
+        """Every order's applications as the store holds them, into the judged history; and
+        the same as the run's table, which stays with the run once its keys are gone."""
         logs = await self.logs()
+        rows = [["order", "applied (seq by consumer)", "owner", "breach"]]
         for order in self.orders:
-            for seq, worker, t_ms in _parse(logs[order]):
+            applied = _parse(logs[order])
+            found = sequence_breaches(s for s, _, _ in applied)
+            rows.append(
+                [
+                    order,
+                    " ".join(f"{s}:{w}" for s, w, _ in applied) or "nothing applied",
+                    self.router.owner(order) or "any",
+                    f"✘ {found[0].kind} (seq {found[0].seq})" if found else "",
+                ]
+            )
+            for seq, worker, t_ms in applied:
                 self.ctx.record(
                     RUNNER, "ok", "applied", key=order, value=str(seq),
                     note=f"{order} seq {seq} by {worker}", data={"seq": seq, "worker": worker, "at_ms": t_ms},
@@ -422,6 +434,7 @@ class _Run:
             note=f"{sum(self.emitted.values())} event(s) emitted",
             data={"orders": self.emitted},
         )  # fmt: skip
+        await self.ctx.set_table(rows)
 
 
 def _parse(log: str) -> list[tuple[int, str, int]]:

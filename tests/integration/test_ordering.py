@@ -13,6 +13,7 @@ from kazoo.client import KazooClient
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.queues import Queue
 from collectors.families.rings import Ring
+from collectors.families.runs import Run
 from collectors.families.services import Service
 from collectors.layouts import coordscope
 from scenarios.ordering.worker import APPLY, EVENTS
@@ -141,6 +142,22 @@ async def test_the_ring_queues_and_orders_show_while_a_run_goes(
         assert (final.breached == 0) == done.verdict.holds, (final.breached, done.verdict.summary)
         assert any("ring change" in f for f in done.verdict.findings)
         await until(bus, lambda st: ring(st) is None, "the ring cleaned up", timeout=15)
+        # what stays with the run: each order's sequence as its table, the lanes in actor order
+        run_id = done.id
+        await until(
+            bus,
+            lambda st: isinstance(r := st.get("run", run_id), Run) and len(r.table) == 25,
+            "the orders' sequences as the run's table",
+            timeout=10,
+        )
+        run = bus.state.get("run", run_id)
+        assert isinstance(run, Run)
+        assert run.table[0] == ("order", "applied (seq by consumer)", "owner", "breach")
+        breached_rows = [row[0] for row in run.table[1:] if row[3].startswith("✘")]
+        assert len(breached_rows) == final.breached
+        assert [lane.actor for lane in run.lanes][:5] == [
+            "producer-1", "producer-2", "worker-1", "worker-2", "worker-3"
+        ]  # fmt: skip
     assert leftovers(cluster) == []
 
 
