@@ -84,6 +84,7 @@ from scenarios.kit.clients import redis_client
 from scenarios.kit.history import RunRecord
 from scenarios.kit.services import ServiceSet, runs_dir
 from scenarios.ordering.hash_ring import DEFAULT_VNODES, HashRing, key_point
+from scenarios.ordering.ordering import schedule
 from scenarios.ordering.router import Router
 from scenarios.ordering.worker import BATCH, EVENTS
 
@@ -267,24 +268,6 @@ class Side:
             {k: 1e6 * s / n for k, s in cpu.items()},
             usec / n,
         )
-
-
-def schedule(orders: list[str], window: int, rng: random.Random) -> list[tuple[str, int]]:
-    """A producer's events: each order's in sequence, ``window`` orders interleaved (the
-    scenario's producer does the same)."""
-    waiting, active, nexts = list(reversed(orders)), list[str](), dict[str, int]()
-    out = []
-    while waiting or active:
-        while waiting and len(active) < window:
-            order = waiting.pop()
-            active.append(order)
-            nexts[order] = 1
-        order = rng.choice(active)
-        out.append((order, nexts[order]))
-        nexts[order] += 1
-        if nexts[order] > len(EVENTS):
-            active.remove(order)
-    return out
 
 
 def _id(raw: Any) -> tuple[int, int]:

@@ -217,26 +217,10 @@ class _Run:
 
     # ------------------------------------------------------------------ producers
 
-    def schedule(self, orders: list[str], rng: random.Random) -> list[tuple[str, int]]:
-        """A producer's events: each order's in sequence, ``window`` orders interleaved."""
-        waiting, active, out = list(orders), list[str](), list[tuple[str, int]]()
-        nexts: dict[str, int] = {}
-        while waiting or active:
-            while waiting and len(active) < self.ctx.number("window"):
-                order = waiting.pop(0)
-                active.append(order)
-                nexts[order] = 1
-            order = rng.choice(active)
-            out.append((order, nexts[order]))
-            nexts[order] += 1
-            if nexts[order] > len(EVENTS):
-                active.remove(order)
-        return out
-
     async def produce(self, name: str, orders: list[str]) -> None:
         ctx = self.ctx
         rng = random.Random(f"{ctx.number('seed')}:{name}")
-        todo = self.schedule(orders, rng)
+        todo = schedule(orders, ctx.number("window"), rng)
         while todo and not ctx.stopping.is_set():
             order, seq = todo.pop(0)
             self.plan.step()
@@ -435,6 +419,24 @@ class _Run:
             data={"orders": self.emitted},
         )  # fmt: skip
         await self.ctx.set_table(rows)
+
+
+def schedule(orders: list[str], window: int, rng: random.Random) -> list[tuple[str, int]]:
+    """A producer's events, (order, seq) in the order sent: each order's in sequence,
+    ``window`` orders under way at once, the next event drawn among them at random."""
+    waiting, active, out = list(orders), list[str](), list[tuple[str, int]]()
+    nexts: dict[str, int] = {}
+    while waiting or active:
+        while waiting and len(active) < window:
+            order = waiting.pop(0)
+            active.append(order)
+            nexts[order] = 1
+        order = rng.choice(active)
+        out.append((order, nexts[order]))
+        nexts[order] += 1
+        if nexts[order] > len(EVENTS):
+            active.remove(order)
+    return out
 
 
 def _parse(log: str) -> list[tuple[int, str, int]]:

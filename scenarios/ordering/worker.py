@@ -287,8 +287,8 @@ class Worker:
             )
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _apply_one(self, entry: str, entry_id: Any, event: tuple[str, int, str]) -> None:
-        order, seq, name = event
+    async def _begin(self, entry: str, order: str, seq: int, name: str) -> None:
+        """The worker's span for this event opens (it closes when the event is done with)."""
         await self.record(
             "invoke",
             "apply",
@@ -297,6 +297,10 @@ class Worker:
             note=f"{order} {name} (seq {seq})",
             data={"span": entry},
         )
+
+    async def _apply_one(self, entry: str, entry_id: Any, event: tuple[str, int, str]) -> None:
+        order, seq, name = event
+        await self._begin(entry, order, seq, name)
         await self._work()
         await self._apply(entry, order, seq, name)
         await self._crash_point(order, seq)
@@ -314,14 +318,7 @@ class Worker:
         """Under the order's ZooKeeper lock: apply only the next event in sequence."""
         order, seq, name = event
         lock = self._lock(order)
-        await self.record(
-            "invoke",
-            "apply",
-            key=order,
-            value=str(seq),
-            note=f"{order} {name} (seq {seq})",
-            data={"span": entry},
-        )
+        await self._begin(entry, order, seq, name)
         await lock.acquire(timeout=30)
         try:
             raw = await self.redis.hget(coordscope.order_key(self.run_id, order), "seq")
