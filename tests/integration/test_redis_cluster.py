@@ -324,6 +324,12 @@ async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
 
     compared = cli_in(state, "run", "lock-compare", "--set", "rounds=2", "--set", "redis_waiting=signal")
     assert compared.returncode == 0 and "HELD" in compared.stdout, compared.stdout + compared.stderr
+    # ordering: every key of a run carries its hash tag (streams, orders, marks: one slot),
+    # so its scripts and its workers' pipelines run on the cluster as on one node
+    ordered = cli_in(state, "run", "ordering", "--fault", "crash-before-ack", "--set", "dedup=off", "--quiet")
+    assert ordered.returncode == 1 and "applied twice" in ordered.stdout, ordered.stdout + ordered.stderr
+    ordered = cli_in(state, "run", "ordering", "--set", "orders=8", "--quiet")
+    assert ordered.returncode == 0 and "HELD" in ordered.stdout, ordered.stdout + ordered.stderr
     refused = cli_in(state, "run", "lock-redlock")
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
