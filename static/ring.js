@@ -82,12 +82,14 @@ function renderRingTitle(ring) {
     ? `${breached.length} breached: ${breached.slice(0, BREACHES_NAMED).join(", ")}`
       + (breached.length > BREACHES_NAMED ? ", …" : "")
     : "";
+  const split = ring.orders.filter(o => o.split.length).length;
   const box = $("#ring-title");
-  const key = JSON.stringify([how, total, bad]);
+  const key = JSON.stringify([how, total, bad, split]);
   if (box.dataset.key === key) return;
   box.dataset.key = key;
   box.replaceChildren(el("span", {class: "how"}, how), ` · ${total} orders`);
   if (bad) box.append(", ", el("span", {class: "tone-bad"}, bad));
+  if (split) box.append(", ", el("span", {class: "tone-warn"}, `${split} in two queues now`));
 }
 
 function drawRing(ring) {
@@ -207,12 +209,17 @@ function renderRingOrders(ring) {
     const owner = el("td", {class: "owner"});
     if (o.owner) owner.append(el("i", {class: `swatch ${ringColour(o.owner)}`}), o.owner);
     else owner.append(el("span", {class: "dim"}, "any worker"));
+    const moved = el("td", {class: "moved", title: o.moved}, o.moved ? `from ${o.moved.split(" -> ")[0]}` : "");
+    if (o.split.length) {  // its events not applied yet sit in two queues: two workers may race
+      moved.append(el("span", {class: "split", title: `events not applied yet in the queues of ${o.split.join(", ")}`},
+                      `in ${o.split.length} queues`));
+    }
     tr.replaceChildren(
       el("td", {class: "order", title: o.state ? `${o.order}: ${o.state}` : o.order}, o.order),
       applied,
       owner,
       // "before -> after": the owner column already says after
-      el("td", {class: "moved", title: o.moved}, o.moved ? `from ${o.moved.split(" -> ")[0]}` : ""),
+      moved,
     );
   });
   const more = $("#ring-more");

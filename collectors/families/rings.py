@@ -15,7 +15,9 @@ What the router writes (JSON in hash fields; untrusted, parsed leniently):
 of the ring, still draining their queue), ``queues`` (worker -> stream key),
 ``points`` (``[[point, worker index], ...]``: the virtual nodes on the 2^32
 circle), ``orders`` (``{order: [point, owner]}``), ``change`` (the last change:
-what, when, the orders it moved and the share they are).
+what, when, the orders it moved and the share they are), ``split`` (the orders
+whose events not applied yet sit in two queues or more, as routed, with those
+workers and since when: kept current by the run while it goes).
 
 An order's hash: ``state`` (the last event's name), ``seq``, and ``log`` — each
 application ``<seq> <worker> <t_ms> <entry id>``, ``;``-separated, in the order
@@ -92,6 +94,10 @@ class RingOrder:
     """"" | out-of-order | twice: the first breach of its sequence."""
     moved: str = ""
     """``before -> after`` when the last change of the ring moved it."""
+    split: tuple[str, ...] = ()
+    """The workers whose queues hold events of it not applied yet, when there are two or
+    more (as the run routed them): two workers may apply its events at once."""
+    split_since_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,10 @@ class Ring:
     @property
     def breached(self) -> int:
         return sum(1 for o in self.orders if o.breach)
+
+    @property
+    def split(self) -> int:
+        return sum(1 for o in self.orders if o.split)
 
 
 def _json(fields: dict[str, str], name: str, default: Any) -> Any:
@@ -209,8 +219,10 @@ class Rings(Family):
             for m in change.get("moved", [])
             if isinstance(m, list) and len(m) == 3
         }
+        splits = _json(fields, "split", {})
         ring_orders = []
         for order in sorted(set(placed) | set(orders), key=_order_rank):
+            split = splits.get(order) if isinstance(splits.get(order), dict) else {}
             where = placed.get(order)
             point = _int(where[0], -1) if isinstance(where, list) and where else -1
             owner = str(where[1]) if isinstance(where, list) and len(where) > 1 else ""
@@ -225,6 +237,8 @@ class Rings(Family):
                     state=rec_fact[1].fields.get("state", "") if rec_fact else "",
                     breach=next((a.breach for a in applied if a.breach), ""),
                     moved=moved.get(order, ""),
+                    split=tuple(str(w) for w in split.get("workers", []) if isinstance(w, str)),
+                    split_since_ms=_int(split.get("since_ms"), 0) or None,
                 )
             )
         owned: dict[str, int] = {}
@@ -380,6 +394,8 @@ def order_cell(o: RingOrder) -> Cell:
     parts.append((f"→ {o.owner}" if o.owner else "any worker", "dim"))
     if o.moved:
         parts.append((f"moved {o.moved}", "warn"))
+    if o.split:
+        parts.append((f"in {len(o.split)} queues: {', '.join(o.split)}", "warn"))
     by = " ".join(f"{a.seq}:{a.worker}" for a in o.applied)
     return pieces(*parts, title=by)
 
@@ -403,6 +419,8 @@ def _orders(r: Ring) -> Cell:
     parts: list[tuple[str, str] | str] = [f"{total} orders"]
     if r.breached:  # first: the TUI cuts the cell, and this is what it is for
         parts.append((f"{r.breached} breached", "bad"))
+    if r.split:
+        parts.append((f"{r.split} in two queues", "warn"))
     if idle:
         parts.append((f"{idle} not started", "dim"))
     return pieces(*parts)

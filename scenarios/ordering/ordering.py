@@ -355,11 +355,16 @@ class _Run:
         }
 
     async def watch(self) -> None:
-        """Mark a breach on the lanes the moment an order's log shows it."""
+        """Mark a breach on the lanes the moment an order's log shows it, and keep the ring's
+        account of the orders whose events sit in two queues current."""
         told: set[str] = set()
         while True:
             await asyncio.sleep(WATCH_EVERY_S)
-            for order, log in (await self.logs()).items():
+            logs = await self.logs()
+            done = {o: {s for s, _, _ in _parse(log)} for o, log in logs.items()}
+            async with self.lock:
+                await self.router.publish_split(self.store, done)
+            for order, log in logs.items():
                 applied = _parse(log)
                 found = sequence_breaches(s for s, _, _ in applied)
                 if order in told or not found:

@@ -76,6 +76,10 @@ class Router:
     change: RingChange | None = None
     sent: dict[str, dict[str, int]] = field(default_factory=dict)
     """order -> worker -> the last seq sent to that worker."""
+    queued: dict[str, dict[str, set[int]]] = field(default_factory=dict)
+    """order -> worker -> every seq sent to that worker."""
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What the store says is split now: order -> {"workers": [...], "since_ms": wall ms}."""
     _turn: Any = field(default_factory=count)
 
     def __post_init__(self) -> None:
@@ -99,7 +103,19 @@ class Router:
             if self.handoff == "drain":
                 worker = await self._drained(order, worker, store)
         self.sent.setdefault(order, {})[worker] = seq
+        self.queued.setdefault(order, {}).setdefault(worker, set()).add(seq)
         return worker
+
+    def split(self, applied: dict[str, set[int]]) -> dict[str, list[str]]:
+        """The orders whose events not applied yet sit in two queues or more (as routed), and
+        those workers: the window in which two workers may apply one order's events at once."""
+        out = {}
+        for order, by in self.queued.items():
+            done = applied.get(order, set())
+            holding = sorted(w for w, seqs in by.items() if seqs - done)
+            if len(holding) > 1:
+                out[order] = holding
+        return out
 
     async def _drained(self, order: str, owner: str, store: Redis) -> str:
         """The old owner while it still has events of ``order`` to apply, else ``owner``."""
@@ -170,7 +186,18 @@ class Router:
             "points": json.dumps(points, separators=(",", ":")),
             "orders": json.dumps(placed, separators=(",", ":")),
             "change": json.dumps(change),
+            "split": json.dumps(self.splits),
         }
+
+    async def publish_split(self, store: Redis, applied: dict[str, set[int]]) -> bool:
+        """Write which orders sit in two queues now, if that changed (True when it did)."""
+        now = {o: {"workers": ws, "since_ms": self.splits.get(o, {}).get("since_ms") or now_ms()}
+               for o, ws in self.split(applied).items()}  # fmt: skip
+        if {o: v["workers"] for o, v in now.items()} == {o: v["workers"] for o, v in self.splits.items()}:
+            return False
+        self.splits = now
+        await store.hset(self.key, "split", json.dumps(now))
+        return True
 
     async def publish(self, store: Redis) -> None:
         await store.hset(self.key, mapping=self.fields())  # type: ignore[arg-type]

@@ -244,3 +244,29 @@ def test_long_names_are_cut_in_the_middle_so_their_ends_still_differ() -> None:
     b = middle(coordscope.worker_queue_key(RUN, "worker-2"), 28)
     assert len(a) == 28 and a != b and a.endswith("worker-1") and "…" in a
     assert middle("jobs", 28) == "jobs"
+
+
+async def test_orders_in_two_queues_as_routed_and_as_the_screens_read_them() -> None:
+    class Store:
+        def __init__(self) -> None:
+            self.fields: dict[str, str] = {}
+
+        async def hset(self, key: str, name: str, value: str) -> None:
+            self.fields[name] = value
+
+    router = Router(RUN, "round-robin", ["worker-1", "worker-2", "worker-3"], 160, ORDERS[:2])
+    store = Store()
+    for order, seq in (("order-1", 1), ("order-1", 2), ("order-2", 1)):
+        await router.route_of(order, seq, store)  # type: ignore[arg-type]
+    assert router.split({}) == {"order-1": ["worker-1", "worker-2"]}  # order-2: one queue
+    assert router.split({"order-1": {1}}) == {}  # what worker-1 held is applied
+    assert await router.publish_split(store, {})  # type: ignore[arg-type]
+    assert not await router.publish_split(store, {})  # type: ignore[arg-type]  # unchanged: not written
+    state = state_with(router)
+    state.apply_key(hash_rec(router.key, {**router.fields(), "split": store.fields["split"]}))
+    ring = the_ring(state)
+    by = {o.order: o for o in ring.orders}
+    assert by["order-1"].split == ("worker-1", "worker-2") and by["order-2"].split == ()
+    assert ring.split == 1 and "in 2 queues: worker-1, worker-2" in order_cell(by["order-1"]).plain
+    assert await router.publish_split(store, {"order-1": {1, 2}})  # type: ignore[arg-type]
+    assert store.fields["split"] == "{}"

@@ -104,6 +104,8 @@ def title(ring: Ring) -> Text:
         names = [o.order for o in ring.orders if o.breach]
         listed = ", ".join(names[:BREACHES_NAMED]) + (", …" if len(names) > BREACHES_NAMED else "")
         text.append_text(safe(f", {ring.breached} breached: {listed}", "bold red"))
+    if ring.split:
+        text.append_text(safe(f", {ring.split} in two queues now", "bold yellow"))
     if ring.more_orders:
         text.append_text(safe(f" (the first {len(ring.orders)} listed)", "dim"))
     if ring.change:
