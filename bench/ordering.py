@@ -75,8 +75,13 @@ from redis.asyncio import Redis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.cluster_member import Member
-from bench.idempotency import ELSEWHERE, Stats, commandstats, cpu_seconds, delta, machine_busy_seconds
-from bench.queues import measure as measure_refresh
+
+try:
+    from bench.idempotency import ELSEWHERE, Stats, commandstats, cpu_seconds, delta, machine_busy_seconds
+    from bench.queues import measure as measure_refresh
+except ModuleNotFoundError:  # run as a file (python bench/ordering.py): its siblings are beside it
+    from idempotency import ELSEWHERE, Stats, commandstats, cpu_seconds, delta, machine_busy_seconds
+    from queues import measure as measure_refresh
 from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.sequence import missing, sequence_breaches
