@@ -55,7 +55,7 @@ def _worker(op: Op) -> str:
     return str(op.data.get("worker", op.actor))
 
 
-def _lane(consumer: str) -> str:
+def lane(consumer: str) -> str:
     """The worker's lane: every incarnation of a worker narrates on one."""
     return consumer.rpartition(".")[0] or consumer
 
@@ -81,13 +81,13 @@ def breaches(ops: Sequence[Op]) -> tuple[list[Breach], dict[str, int]]:
             op = done[b.position]
             if b.kind == "twice":
                 first = done[b.before]
-                workers = tuple(dict.fromkeys((_lane(_worker(first)), _lane(_worker(op)))))
+                workers = tuple(dict.fromkeys((lane(_worker(first)), lane(_worker(op)))))
                 text = f"{order} event {b.seq} applied twice (by {_worker(first)}, then by {_worker(op)})"
                 found.append(Breach("twice", order, b.seq, (first.index, op.index), workers, _at(op), text))
             else:
                 text = f"{order} event {b.seq} applied by {_worker(op)} before event {b.before}"
                 found.append(
-                    Breach("out-of-order", order, b.seq, (op.index,), (_lane(_worker(op)),), _at(op), text)
+                    Breach("out-of-order", order, b.seq, (op.index,), (lane(_worker(op)),), _at(op), text)
                 )
     found.sort(key=lambda b: (b.at_ms if b.at_ms is not None else 0, b.ops))
     for order, last in sorted(expected.items()):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,8 +46,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
-from collectors.runs import CHECKER, NEMESIS, RUNNER, Op, Verdict
-from collectors.sequence import sequence_breaches
+from collectors.runs import NEMESIS, RUNNER, Op, Verdict
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.kit.context import RunContext
 from scenarios.kit.faults import FaultPlan, with_helpers
@@ -56,13 +54,13 @@ from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
 from scenarios.kit.zk_lock import lock_path
 from scenarios.ordering import checker
+from scenarios.ordering.orders import read_back, watch
 from scenarios.ordering.router import Router
 from scenarios.ordering.worker import EVENTS, ROUTES
 
 ACTOR_FAULTS = ("retry-reorder", "crash-before-ack")
 NEMESIS_FAULTS = ("add-worker", "remove-worker", "kill-worker")
 MAX_WORKERS = 8
-WATCH_EVERY_S = 0.2
 
 SPEC = ScenarioSpec(
     name="ordering",
@@ -343,40 +341,7 @@ class _Run:
             NEMESIS, "info", "heal", value="kill-worker", note=f"{name} restarted: it claims what was pending"
         )
 
-    # ------------------------------------------------------------------ watching, draining, reading back
-
-    async def logs(self) -> dict[str, str]:
-        pipe = self.store.pipeline(transaction=False)
-        for order in self.orders:
-            pipe.hget(coordscope.order_key(self.ctx.run_id, order), "log")
-        replies = await pipe.execute()
-        return {
-            o: (r.decode(errors="replace") if r else "") for o, r in zip(self.orders, replies, strict=True)
-        }
-
-    async def watch(self) -> None:
-        """Mark a breach on the lanes the moment an order's log shows it, and keep the ring's
-        account of the orders whose events sit in two queues current."""
-        told: set[str] = set()
-        while True:
-            await asyncio.sleep(WATCH_EVERY_S)
-            logs = await self.logs()
-            done = {o: {s for s, _, _ in _parse(log)} for o, log in logs.items()}
-            async with self.lock:
-                await self.router.publish_split(self.store, done)
-            for order, log in logs.items():
-                applied = _parse(log)
-                found = sequence_breaches(s for s, _, _ in applied)
-                if order in told or not found:
-                    continue
-                told.add(order)
-                b = found[0]
-                seqs = " ".join(str(s) for s, _, _ in applied)
-                self.ctx.record(
-                    CHECKER, "info", "violation", key=order,
-                    value=json.dumps(sorted({w.split(".")[0] for _, w, _ in applied})),
-                    note=f"{order}: seq {b.seq} applied {b.kind.replace('-', ' ')} ({seqs})",
-                )  # fmt: skip
+    # ------------------------------------------------------------------ draining
 
     async def drained(self, workers: list[str], timeout_s: float) -> bool:
         """Wait until these workers' queues have nothing undelivered or pending."""
@@ -397,34 +362,6 @@ class _Run:
             await asyncio.sleep(0.1)
         return False
 
-    async def read_back(self) -> None:
-        """Every order's applications as the store holds them, into the judged history; and
-        the same as the run's table, which stays with the run once its keys are gone."""
-        logs = await self.logs()
-        rows = [["order", "applied (seq by consumer)", "owner", "breach"]]
-        for order in self.orders:
-            applied = _parse(logs[order])
-            found = sequence_breaches(s for s, _, _ in applied)
-            rows.append(
-                [
-                    order,
-                    " ".join(f"{s}:{w}" for s, w, _ in applied) or "nothing applied",
-                    self.router.owner(order) or "any",
-                    f"✘ {found[0].kind} (seq {found[0].seq})" if found else "",
-                ]
-            )
-            for seq, worker, t_ms in applied:
-                self.ctx.record(
-                    RUNNER, "ok", "applied", key=order, value=str(seq),
-                    note=f"{order} seq {seq} by {worker}", data={"seq": seq, "worker": worker, "at_ms": t_ms},
-                )  # fmt: skip
-        self.ctx.record(
-            RUNNER, "ok", "emitted", key=self.router.key,
-            note=f"{sum(self.emitted.values())} event(s) emitted",
-            data={"orders": self.emitted},
-        )  # fmt: skip
-        await self.ctx.set_table(rows)
-
 
 def schedule(orders: list[str], window: int, rng: random.Random) -> list[tuple[str, int]]:
     """A producer's events, (order, seq) in the order sent: each order's in sequence,
@@ -441,15 +378,6 @@ def schedule(orders: list[str], window: int, rng: random.Random) -> list[tuple[s
         nexts[order] += 1
         if nexts[order] > len(EVENTS):
             active.remove(order)
-    return out
-
-
-def _parse(log: str) -> list[tuple[int, str, int]]:
-    out = []
-    for entry in log.split(";"):
-        parts = entry.split()
-        if len(parts) >= 3 and parts[0].isdigit() and parts[2].lstrip("-").isdigit():
-            out.append((int(parts[0]), parts[1], int(parts[2])))
     return out
 
 
@@ -485,7 +413,7 @@ async def run(ctx: RunContext) -> None:
         ctx,
         r.plan.arm,
         [r.produce(p, mine) for p, mine in zip(r.producers, deal, strict=True)],
-        r.watch(),
+        watch(ctx, r.store, r.router, r.orders, r.lock),
         *(r.nemesis(f) for f in NEMESIS_FAULTS),
     )
     await asyncio.gather(*r.actions)
@@ -496,7 +424,7 @@ async def run(ctx: RunContext) -> None:
             RUNNER, "info", "drain", note=f"the queues did not empty within {ctx.number('drain_ms')} ms"
         )
     await ctx.services.stop_all()
-    await r.read_back()
+    await read_back(ctx, r.store, r.router, r.orders, r.emitted)
 
 
 SCENARIO = Scenario(spec=SPEC, run=run, check=check)
