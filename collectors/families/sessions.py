@@ -4,7 +4,9 @@ Joining: a Spring Session hash (``<ns>:sessions:<id>``) and its
 ``<ns>:sessions:expires:<id>`` shadow are one session — live while the
 shadow exists (its TTL is the idle timeout), expired or deleted once only
 the hash is left (its 5-minute grace). A connect-redis ``sess:<id>`` JSON
-string is a session on its own. A replica's copy is the master's session.
+string is a session on its own, and so is a Flask-Session, starsessions, by-name
+or by-pattern key (:mod:`collectors.layouts.session_stores`): each is gone when its
+key is deleted or expires. A replica's copy is the master's session.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collectors.families.base import (
     text,
 )
 from collectors.families.nodes import clock, keyspace
-from collectors.layouts import LayoutConfig, sessions
+from collectors.layouts import LayoutConfig, session_stores, sessions
 from collectors.layouts.facts import SessionFact, SessionShadowFact
 from collectors.records import KeyRecord, Store
 
@@ -44,6 +46,7 @@ class Session:
     created_ms: int | None = None
     last_access_ms: int | None = None
     max_inactive_s: int | None = None
+    encoding: str = ""
     state: str = "live"
     node: str = ""
     as_of_ms: int = 0
@@ -51,7 +54,9 @@ class Session:
 
 
 def _recognise(rec: KeyRecord, config: LayoutConfig) -> Any:
-    return sessions.recognise(rec, config.session_patterns)
+    return sessions.recognise(rec, config.session_patterns) or session_stores.recognise(
+        rec, config.session_patterns, config.lock_patterns
+    )
 
 
 class Sessions(Family):
@@ -106,6 +111,7 @@ class Sessions(Family):
             created_ms=fact.created_ms,
             last_access_ms=fact.last_access_ms,
             max_inactive_s=fact.max_inactive_s,
+            encoding=fact.encoding,
             state=state,
             node=node_id,
             as_of_ms=rec.read_at_ms,

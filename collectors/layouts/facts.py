@@ -41,6 +41,9 @@ class SessionFact:
     max_inactive_s: int | None = None
     group: str = ""
     """Sessions sharing a group and id join (Spring Session's namespace)."""
+    encoding: str = ""
+    """How the value was written (json, msgpack, pickle, hash), or why it is not shown
+    (``opaque, 412 bytes``)."""
 
 
 @dataclass(frozen=True)
