@@ -105,9 +105,9 @@ def _run(raw: bytes) -> Any:
         elif name == "MEMOIZE":
             memo[len(memo)] = stack[-1]
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = stack[-1]
+            memo[_index(arg)] = stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo[int(arg)])
+            stack.append(memo[_index(arg)])
         elif name == "POP":
             stack.pop()
         elif name == "POP_MARK":
@@ -168,3 +168,9 @@ def _fill(stack: list[Any], name: str) -> None:
             target.extend(items)
         else:
             raise Refused(name)
+
+
+def _index(arg: Any) -> int:
+    if isinstance(arg, (int, str)):
+        return int(arg)
+    raise Refused("memo index")

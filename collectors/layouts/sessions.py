@@ -79,8 +79,8 @@ def _json_session(rec: KeyRecord) -> Fact | None:
         data = json.loads(rec.value)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("cookie", {}), dict):
-        return None
+    if not isinstance(data, dict) or not isinstance(data.get("cookie"), dict):
+        return None  # not express-session's: the session_stores rules take it
     prefix, _, session_id = rec.key.partition(":")
     attributes = {str(k): _text(v) for k, v in data.items() if k != "cookie"}
     user = _user(attributes)
