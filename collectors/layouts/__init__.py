@@ -22,7 +22,8 @@ class LayoutConfig:
     token_heuristics: bool = True
     """Treat any token-like string with a TTL as a lock."""
     session_patterns: tuple[str, ...] = ("sess:*",)
-    """Glob patterns of JSON-string sessions (connect-redis)."""
+    """Glob patterns: a string or hash matching one is a session whatever its value or TTL
+    (connect-redis when it is JSON with express-session's cookie)."""
     mark_patterns: tuple[str, ...] = ()
     """Glob patterns of idempotency records (a key matching one is a mark)."""
     queue_patterns: tuple[str, ...] = ("*queue*", "*jobs*", "*tasks*")
