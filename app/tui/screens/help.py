@@ -24,7 +24,11 @@ Panels
   Locks      who holds each lock, its fencing token, the TTL counting down, who waits
              (and how often they poll); "where" shows each master's grant (■ agrees
              with the holder, □ differs) and whether its replicas have the key (✓/✗).
-  Sessions   Spring Session and connect-redis sessions: user, state, idle TTL.
+  Sessions   Spring Session, connect-redis, Flask-Session, starsessions, and keys named
+             like a session with a TTL: user, state, idle TTL, attributes.
+  Marks      idempotency marks: state, owner, lease and TTL counting down, the response.
+  Queues     streams (each group's pending entries, re-read every second), RQ, lists.
+  Rings      ordering runs: the hash ring, each worker's share, queue depth and pending.
   Nodes      every Redis node and ZooKeeper ensemble: status, the time of the last good
              data when it is down, events received (~coalesced), gaps resynced, and how
              changes reach us (keyspace notifications, scanning, watches).
