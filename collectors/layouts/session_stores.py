@@ -109,14 +109,14 @@ def _fact(rec: KeyRecord, layout: str, group: str, session_id: str) -> SessionFa
         size = rec.size or len(rec.value or b"")
         why = "truncated" if rec.truncated else "opaque"
         return SessionFact(session_id, layout, None, group=group, encoding=f"{why}, {size} bytes")
-    attributes = {str(k): _text(v) for k, v in data.items() if k not in HIDDEN}
+    attributes = {str(k): as_text(v) for k, v in data.items() if k not in HIDDEN}
     meta = data.get("__metadata__")
     meta = meta if isinstance(meta, dict) else {}
     lifetime = meta.get("lifetime")
     return SessionFact(
         session_id=session_id,
         layout=layout,
-        user=_user(attributes),
+        user=user_of(attributes),
         attributes=attributes,
         created_ms=_ms(meta.get("created")),
         last_access_ms=_ms(meta.get("last_access")),
@@ -139,14 +139,16 @@ def _field(raw: bytes) -> Any:
     return value if value is not None else display(raw)
 
 
-def _user(attributes: dict[str, str]) -> str | None:
+def user_of(attributes: dict[str, str]) -> str | None:
+    """The user a session's attributes name (the first common attribute for one)."""
     for name in USER_ATTRIBUTES:
         if attributes.get(name):
             return attributes[name]
     return None
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """An attribute's value as text (JSON for anything but a string)."""
     if isinstance(value, str):
         return value
     try:

@@ -23,6 +23,7 @@ from typing import Any
 
 from collectors.layouts import javaser
 from collectors.layouts.facts import AuxiliaryFact, Fact, SessionFact, SessionShadowFact
+from collectors.layouts.session_stores import as_text, user_of
 from collectors.records import KeyRecord, display
 
 SPRING_SESSION = re.compile(r"^(?P<ns>.+):sessions:(?P<id>[^:]+)$")
@@ -31,7 +32,6 @@ SPRING_AUX = re.compile(r"^(?P<ns>.+):(?P<role>expirations|index):.+$")
 SPRING_FIELDS = (b"creationTime", b"lastAccessedTime", b"maxInactiveInterval")
 ATTR_PREFIX = "sessionAttr:"
 PRINCIPAL = "org.springframework.session.FindByIndexNameSessionRepository.PRINCIPAL_NAME_INDEX_NAME"
-USER_ATTRIBUTES = ("user", "username", "userId", "user_id", "login")
 
 
 def recognise(rec: KeyRecord, json_patterns: tuple[str, ...] = ("sess:*",)) -> Fact | None:
@@ -56,11 +56,11 @@ def recognise(rec: KeyRecord, json_patterns: tuple[str, ...] = ("sess:*",)) -> F
 def _spring(rec: KeyRecord, namespace: str, session_id: str) -> SessionFact:
     values = {display(k): javaser.decode(v) for k, v in rec.fields.items()}
     attributes = {
-        name[len(ATTR_PREFIX) :]: _text(value)
+        name[len(ATTR_PREFIX) :]: as_text(value)
         for name, value in values.items()
         if name.startswith(ATTR_PREFIX)
     }
-    user = attributes.get(PRINCIPAL) or _user(attributes)
+    user = attributes.get(PRINCIPAL) or user_of(attributes)
     return SessionFact(
         session_id=session_id,
         layout="spring-session",
@@ -82,11 +82,11 @@ def _json_session(rec: KeyRecord) -> Fact | None:
     if not isinstance(data, dict) or not isinstance(data.get("cookie"), dict):
         return None  # not express-session's: the session_stores rules take it
     prefix, _, session_id = rec.key.partition(":")
-    attributes = {str(k): _text(v) for k, v in data.items() if k != "cookie"}
-    user = _user(attributes)
+    attributes = {str(k): as_text(v) for k, v in data.items() if k != "cookie"}
+    user = user_of(attributes)
     passport = data.get("passport")
     if user is None and isinstance(passport, dict) and passport.get("user") is not None:
-        user = _text(passport["user"])
+        user = as_text(passport["user"])
     return SessionFact(
         session_id=session_id or rec.key,
         layout="connect-redis",
@@ -94,19 +94,6 @@ def _json_session(rec: KeyRecord) -> Fact | None:
         attributes=attributes,
         group=prefix,
     )
-
-
-def _user(attributes: dict[str, str]) -> str | None:
-    for name in USER_ATTRIBUTES:
-        if attributes.get(name):
-            return attributes[name]
-    return None
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _int(value: Any) -> int | None:
