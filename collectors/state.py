@@ -48,28 +48,15 @@ def _unchanged(held: KeyRecord | ZNodeRecord, read: KeyRecord) -> bool:
     """Does this read of a key say what the one we hold said?"""
     if not isinstance(held, KeyRecord):
         return False
-    same = (
-        held.type,
-        held.value,
-        held.fields,
-        held.items,
-        held.entries,
-        held.size,
-        held.truncated,
-        held.groups,
-    ) == (
-        read.type,
-        read.value,
-        read.fields,
-        read.items,
-        read.entries,
-        read.size,
-        read.truncated,
-        read.groups,
-    )
+    same = _body(held) == _body(read)
     if not same or (held.expires_at_ms is None) != (read.expires_at_ms is None):
         return False
     return held.expires_at_ms is None or abs(held.expires_at_ms - (read.expires_at_ms or 0)) < EXPIRY_SLACK_MS
+
+
+def _body(rec: KeyRecord) -> tuple[object, ...]:
+    """What a read says of a key, but for when it was read (and so its TTL's remainder)."""
+    return (rec.type, rec.value, rec.fields, rec.items, rec.entries, rec.size, rec.truncated, rec.groups)
 
 
 @dataclass

@@ -222,6 +222,26 @@ function fillCell(td, cell) {
   if (td.title !== title) td.title = title;
 }
 
+// Rows kept by key (tr.dataset.id), in the order given: a new one made, a changed one
+// filled (every time when a row has no signature), a gone one removed. Never clear-and-refill.
+function syncRows(tbody, rows, fill, make = () => el("tr")) {
+  const keep = new Set(rows.map(r => r.key));
+  for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.id)) tr.remove();
+  const existing = new Map([...tbody.rows].map(tr => [tr.dataset.id, tr]));
+  let previous = null;
+  for (const row of rows) {
+    let tr = existing.get(row.key);
+    if (!tr) { tr = make(); tr.dataset.id = row.key; }
+    if (row.sig === undefined || tr.dataset.sig !== row.sig) {
+      if (row.sig !== undefined) tr.dataset.sig = row.sig;
+      fill(tr, row.item);
+    }
+    const want = previous ? previous.nextSibling : tbody.firstChild;
+    if (want !== tr) tbody.insertBefore(tr, want);
+    previous = tr;
+  }
+}
+
 // Update a family's table by row key: add new rows, update changed cells, remove stale rows.
 function syncTable(f) {
   const tbody = document.querySelector(`#${f.plural} tbody`);
@@ -231,25 +251,13 @@ function syncTable(f) {
   const sortKey = (e) => ((rows.get(e.id) || [])[sortAt]?.p || []).map(p => p[0]).join(" ") || e.id;
   items.sort((a, b) => sortKey(a).localeCompare(sortKey(b)) || String(a.id).localeCompare(String(b.id)));
   items = items.slice(0, S.show[f.kind] || MAX_ROWS);
-  const keep = new Set(items.map(i => i.id));
-  for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.id)) tr.remove();
-  const existing = new Map([...tbody.rows].map(tr => [tr.dataset.id, tr]));
-  let previous = null;
-  for (const item of items) {
-    let tr = existing.get(item.id);
+  const make = () => { const tr = el("tr"); tr.append(...f.columns.map(c => el("td", {class: c.key}))); return tr; };
+  syncRows(tbody, items.map(item => ({key: item.id, item})), (tr, item) => {
     const cells = rows.get(item.id) || f.columns.map(() => ({p: [["?"]]}));
-    if (!tr) {
-      tr = el("tr");
-      tr.dataset.id = item.id;
-      for (const c of f.columns) tr.appendChild(el("td", {class: c.key}));
-    }
     cells.forEach((cell, i) => { if (tr.cells[i]) fillCell(tr.cells[i], cell); });
     tr.classList.toggle("stale", !!item.stale);
     tr.classList.toggle("selected", !!S.selected && S.selected.kind === f.kind && S.selected.id === item.id);
-    const want = previous ? previous.nextSibling : tbody.firstChild;
-    if (want !== tr) tbody.insertBefore(tr, want);
-    previous = tr;
-  }
+  }, make);
   const count = $(`#count-${f.kind}`);
   const total = Math.max(S.totals[f.kind] ?? 0, S.entities[f.kind].size);
   const n = (x) => x.toLocaleString("en");

@@ -155,22 +155,6 @@ function orderDots(orders) {
   return dots.sort((a, b) => a[0] - b[0]).map(([, g]) => g);
 }
 
-// Rows kept by key: a new one is added, a changed cell redrawn, a gone one removed.
-function syncRows(tbody, rows, fill) {
-  const keep = new Set(rows.map(r => r.key));
-  for (const tr of [...tbody.rows]) if (!keep.has(tr.dataset.key)) tr.remove();
-  const existing = new Map([...tbody.rows].map(tr => [tr.dataset.key, tr]));
-  let previous = null;
-  for (const row of rows) {
-    let tr = existing.get(row.key);
-    if (!tr) { tr = el("tr"); tr.dataset.key = row.key; }
-    if (tr.dataset.sig !== row.sig) { tr.dataset.sig = row.sig; fill(tr, row.item); }
-    const want = previous ? previous.nextSibling : tbody.firstChild;
-    if (want !== tr) tbody.insertBefore(tr, want);
-    previous = tr;
-  }
-}
-
 const count = (n) => (n === null || n === undefined ? "?" : String(n));
 
 function renderRingWorkers(ring) {

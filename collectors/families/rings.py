@@ -10,7 +10,10 @@ the ring is rebuilt with its depth and pending entries (re-read every
 :data:`collectors.redis_streams.REFRESH_EVERY_S`, since ``XREADGROUP`` and
 ``XACK`` send no keyspace notification).
 
-What the router writes (JSON in hash fields; untrusted, parsed leniently):
+Both hashes are parsed once, when read, by the layout
+(:func:`collectors.layouts.coordscope.parse_ring`, :func:`~collectors.layouts.coordscope.parse_log`):
+a queue's change rebuilds the ring from facts already parsed. What the router writes
+(JSON in hash fields; untrusted, parsed leniently):
 ``route``, ``vnodes``, ``version``, ``workers`` (in the ring), ``leaving`` (out
 of the ring, still draining their queue), ``queues`` (worker -> stream key),
 ``points`` (``[[point, worker index], ...]``: the virtual nodes on the 2^32
@@ -26,8 +29,8 @@ applied — which :func:`collectors.sequence.sequence_breaches` judges.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collectors.families.base import (
@@ -42,24 +45,12 @@ from collectors.families.base import (
 )
 from collectors.families.nodes import clock, keyspace
 from collectors.layouts import coordscope
-from collectors.layouts.facts import OrderFact, RingFact
+from collectors.layouts.facts import Applied, OrderFact, RingFact
 from collectors.records import KeyRecord
 from collectors.redis_streams import REFRESH_EVERY_S
-from collectors.sequence import sequence_breaches
 
-RING_SIZE = 1 << 32
 ORDERS_SHOWN = 200
 """Orders listed on a ring (placed and with their sequences); the rest are counted."""
-
-
-@dataclass(frozen=True)
-class Applied:
-    seq: int
-    worker: str
-    t_ms: int
-    breach: str = ""
-    """"" | out-of-order | twice: whether applying it here broke the sequence (so each
-    screen marks the very application that did, not just the order)."""
 
 
 @dataclass(frozen=True)
@@ -129,37 +120,6 @@ class Ring:
         return sum(1 for o in self.orders if o.split)
 
 
-def _json(fields: dict[str, str], name: str, default: Any) -> Any:
-    try:
-        value = json.loads(fields.get(name, ""))
-    except ValueError:
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
-def _int(value: object, default: int = 0) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return default
-
-
-def parse_log(raw: str) -> tuple[Applied, ...]:
-    """An order's applications, in the order applied (garbage entries skipped)."""
-    out = []
-    for entry in raw.split(";"):
-        parts = entry.split()
-        if len(parts) >= 3 and parts[0].isdigit():
-            out.append(Applied(int(parts[0]), parts[1], _int(parts[2])))
-    return tuple(out)
-
-
-def judged(applied: tuple[Applied, ...]) -> tuple[Applied, ...]:
-    """The applications, each marked with the breach it made (if any)."""
-    kinds = {b.position: b.kind for b in sequence_breaches(a.seq for a in applied)}
-    return tuple(replace(a, breach=kinds.get(i, "")) for i, a in enumerate(applied))
-
-
 class Rings(Family):
     kind = "ring"
     plural = "rings"
@@ -183,7 +143,7 @@ class Rings(Family):
     def build(self, entity_id: str, members: list[Member]) -> Ring | None:
         view = self.view
         ring: tuple[str, RingFact] | None = None
-        orders: dict[str, tuple[KeyRecord, OrderFact]] = {}
+        orders: dict[str, OrderFact] = {}
         as_of = 0
         for node_id, key in sorted(members):
             if view.is_replica(node_id) and not view.down(view.group(node_id)):
@@ -195,78 +155,54 @@ class Rings(Family):
             if isinstance(fact, RingFact) and ring is None:
                 ring = (node_id, fact)
             elif isinstance(fact, OrderFact):
-                orders.setdefault(fact.order, (rec, fact))
+                orders.setdefault(fact.order, fact)
         if ring is None and not orders:
             return None
         node_id = ring[0] if ring else members[0][0]
-        fields = ring[1].fields if ring else {}
-        run = ring[1].run_id if ring else next(iter(orders.values()))[1].run_id
-        names = [str(w) for w in _json(fields, "workers", [])]
-        leaving = [str(w) for w in _json(fields, "leaving", []) if str(w) not in names]
-        queues = {str(k): str(v) for k, v in _json(fields, "queues", {}).items()}
-        raw_points = _json(fields, "points", [])
-        points = tuple(
-            sorted(
-                (_int(p[0]), _int(p[1]))
-                for p in raw_points
-                if isinstance(p, list) and len(p) == 2 and 0 <= _int(p[1], -1) < len(names)
-            )
-        )
-        placed = _json(fields, "orders", {})
-        change = _json(fields, "change", {})
-        moved = {
-            str(m[0]): f"{m[1]} -> {m[2]}"
-            for m in change.get("moved", [])
-            if isinstance(m, list) and len(m) == 3
-        }
-        splits = _json(fields, "split", {})
+        r = ring[1] if ring else RingFact(run_id=next(iter(orders.values())).run_id)
         ring_orders = []
-        for order in sorted(set(placed) | set(orders), key=_order_rank):
-            split = splits.get(order) if isinstance(splits.get(order), dict) else {}
-            where = placed.get(order)
-            point = _int(where[0], -1) if isinstance(where, list) and where else -1
-            owner = str(where[1]) if isinstance(where, list) and len(where) > 1 else ""
-            rec_fact = orders.get(order)
-            applied = judged(parse_log(rec_fact[1].fields.get("log", ""))) if rec_fact else ()
+        for order in sorted(set(r.placed) | set(orders), key=_order_rank):
+            point, owner = r.placed.get(order, (None, ""))
+            fact = orders.get(order)
+            applied = fact.applied if fact else ()
+            held, since = r.split.get(order, ((), None))
             ring_orders.append(
                 RingOrder(
                     order=order,
-                    point=point if point >= 0 else None,
+                    point=point,
                     owner=owner,
                     applied=applied,
-                    state=rec_fact[1].fields.get("state", "") if rec_fact else "",
+                    state=fact.state if fact else "",
                     breach=next((a.breach for a in applied if a.breach), ""),
-                    moved=moved.get(order, ""),
-                    split=tuple(str(w) for w in split.get("workers", []) if isinstance(w, str)),
-                    split_since_ms=_int(split.get("since_ms"), 0) or None,
+                    moved=r.moved.get(order, ""),
+                    split=held,
+                    split_since_ms=since,
                 )
             )
-        owned: dict[str, int] = {}
-        for o in ring_orders:
-            owned[o.owner] = owned.get(o.owner, 0) + 1
-        arcs = _arcs(points, len(names)) if points else None
+        owned = Counter(o.owner for o in ring_orders)
+        points = Counter(i for _, i in r.points)
         workers = []
-        for i, name in enumerate([*names, *leaving]):
-            queue = queues.get(name, "")
+        for i, name in enumerate([*r.workers, *r.leaving]):
+            queue = r.queues.get(name, "")
             if queue:
                 view.follow((self.kind, entity_id), (node_id, queue))
+            share = r.arcs[i] if i < len(r.arcs) else None
             workers.append(
-                self._worker(node_id, name, queue, arcs[i] if arcs and i < len(names) else None,
-                             sum(1 for _, w in points if w == i), owned.get(name, 0), name in leaving)
-            )  # fmt: skip
+                self._worker(node_id, name, queue, share, points[i], owned[name], name in r.leaving)
+            )
         return Ring(
             id=entity_id,
-            run=run,
-            route=fields.get("route", "?"),
-            version=_int(fields.get("version", "0")),
-            vnodes=_int(fields.get("vnodes", "0")),
+            run=r.run_id,
+            route=r.route,
+            version=r.version,
+            vnodes=r.vnodes,
             workers=tuple(workers),
-            points=points,
+            points=r.points,
             orders=tuple(ring_orders[:ORDERS_SHOWN]),
             more_orders=max(0, len(ring_orders) - ORDERS_SHOWN),
-            change=str(change.get("what", "")),
-            changed_ms=_int(change.get("at_ms"), 0) or None,
-            moved=len(moved),
+            change=r.change,
+            changed_ms=r.changed_ms,
+            moved=len(r.moved),
             node=view.group(node_id),
             as_of_ms=as_of,
             stale=view.stale(n for n, _ in members),
@@ -354,16 +290,6 @@ def _order_rank(order: str) -> tuple[str, int]:
     """order-2 before order-10."""
     stem, _, number = order.rpartition("-")
     return (stem, int(number)) if number.isdigit() else (order, 0)
-
-
-def _arcs(points: tuple[tuple[int, int], ...], workers: int) -> list[float]:
-    """Each worker's fraction of the circle (a point owns the arc up to itself)."""
-    arcs = [0] * workers
-    previous = points[-1][0] - RING_SIZE
-    for point, index in points:
-        arcs[index] += point - previous
-        previous = point
-    return [a / RING_SIZE for a in arcs]
 
 
 def share_text(share: float | None) -> str:

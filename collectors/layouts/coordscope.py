@@ -30,8 +30,11 @@ Redis
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
 from collectors.layouts.facts import (
+    Applied,
     AuxiliaryFact,
     Fact,
     LockFact,
@@ -45,6 +48,7 @@ from collectors.layouts.facts import (
     WaitersFact,
 )
 from collectors.records import KeyRecord, display
+from collectors.sequence import sequence_breaches
 
 PREFIX = "coordscope:"
 ZNODE_ROOT = "/coordscope"
@@ -244,12 +248,104 @@ def recognise_ordering(rec: KeyRecord) -> Fact | None:
     run_id, _, part = ours[1][1:].partition("}:")
     if not run_id or not part:
         return None
-    fields = {display(k): display(v) for k, v in rec.fields.items()}
     if part == "ring":
-        return RingFact(run_id=run_id, fields=fields)
+        return parse_ring(run_id, {display(k): display(v) for k, v in rec.fields.items()})
     if part.startswith("order:") and len(part) > len("order:"):
-        return OrderFact(run_id=run_id, order=part[len("order:") :], fields=fields)
+        return OrderFact(
+            run_id=run_id,
+            order=part[len("order:") :],
+            state=_field(rec, "state"),
+            applied=judged(parse_log(_field(rec, "log"))),
+        )
     return None
+
+
+RING_SIZE = 1 << 32
+
+
+def parse_ring(run_id: str, fields: dict[str, str]) -> RingFact:
+    """The router's hash (see :meth:`scenarios.ordering.router.Router.fields`), leniently:
+    what is not what it should be is left out, never fatal."""
+    workers = tuple(str(w) for w in _json(fields, "workers", []))
+    points = tuple(
+        sorted(
+            (p[0], p[1])
+            for p in _json(fields, "points", [])
+            if isinstance(p, list) and len(p) == 2 and all(_whole(x) for x in p) and 0 <= p[1] < len(workers)
+        )
+    )
+    placed: dict[str, tuple[int | None, str]] = {}
+    for order, where in _json(fields, "orders", {}).items():
+        if isinstance(where, list) and len(where) == 2:
+            placed[str(order)] = (where[0] if _whole(where[0]) and where[0] >= 0 else None, str(where[1]))
+    change = _json(fields, "change", {})
+    split: dict[str, tuple[tuple[str, ...], int | None]] = {}
+    for order, what in _json(fields, "split", {}).items():
+        if isinstance(what, dict):
+            since = what.get("since_ms")
+            held = tuple(str(w) for w in what.get("workers", []) if isinstance(w, str))
+            split[str(order)] = (held, since if _whole(since) else None)
+    version, vnodes, at = fields.get("version", ""), fields.get("vnodes", ""), change.get("at_ms")
+    return RingFact(
+        run_id=run_id,
+        route=fields.get("route", "?"),
+        version=int(version) if version.isdigit() else 0,
+        vnodes=int(vnodes) if vnodes.isdigit() else 0,
+        workers=workers,
+        leaving=tuple(str(w) for w in _json(fields, "leaving", []) if str(w) not in workers),
+        queues={str(k): str(v) for k, v in _json(fields, "queues", {}).items()},
+        points=points,
+        arcs=_arcs(points, len(workers)) if points else (),
+        placed=placed,
+        change=str(change.get("what", "")),
+        changed_ms=at if _whole(at) and at > 0 else None,
+        moved={
+            str(m[0]): f"{m[1]} -> {m[2]}"
+            for m in change.get("moved", [])
+            if isinstance(m, list) and len(m) == 3
+        },
+        split=split,
+    )
+
+
+def parse_log(raw: str) -> tuple[Applied, ...]:
+    """An order's log — ``<seq> <consumer> <t_ms> <entry id>`` per application, ``;`` apart,
+    in the order applied — garbage entries skipped."""
+    out = []
+    for entry in raw.split(";"):
+        parts = entry.split()
+        if len(parts) >= 3 and parts[0].isdigit() and parts[2].lstrip("-").isdigit():
+            out.append(Applied(int(parts[0]), parts[1], int(parts[2])))
+    return tuple(out)
+
+
+def judged(applied: tuple[Applied, ...]) -> tuple[Applied, ...]:
+    """The applications, each marked with the breach it made (if any)."""
+    kinds = {b.position: b.kind for b in sequence_breaches(a.seq for a in applied)}
+    return tuple(replace(a, breach=kinds.get(i, "")) for i, a in enumerate(applied))
+
+
+def _arcs(points: tuple[tuple[int, int], ...], workers: int) -> tuple[float, ...]:
+    """Each worker's fraction of the circle (a point owns the arc up to itself)."""
+    arcs = [0] * workers
+    previous = points[-1][0] - RING_SIZE
+    for point, index in points:
+        arcs[index] += point - previous
+        previous = point
+    return tuple(a / RING_SIZE for a in arcs)
+
+
+def _json(fields: dict[str, str], name: str, default: Any) -> Any:
+    """A JSON field of the type ``default`` has, else ``default``."""
+    try:
+        value = json.loads(fields.get(name, ""))
+    except ValueError:
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def recognise_transaction(rec: KeyRecord) -> Fact | None:

@@ -115,21 +115,56 @@ class AuxiliaryFact:
 
 
 @dataclass(frozen=True)
+class Applied:
+    """One application of an order's event, as the order's log says."""
+
+    seq: int
+    worker: str
+    """The consumer that applied it (``<worker>.<incarnation>``)."""
+    t_ms: int
+    breach: str = ""
+    """"" | out-of-order | twice: whether applying it here broke the sequence (so each
+    screen marks the very application that did, not just the order)."""
+
+
+@dataclass(frozen=True)
 class RingFact:
     """An ordering run's router: the hash ring it routes by (or its round-robin), as it
-    wrote it (its fields, untrusted text, parsed by the rings family)."""
+    wrote it — parsed once, when the key is read (its fields are untrusted text)."""
 
     run_id: str
-    fields: dict[str, str]
+    route: str = "?"
+    version: int = 0
+    vnodes: int = 0
+    workers: tuple[str, ...] = ()
+    """In the ring."""
+    leaving: tuple[str, ...] = ()
+    """Out of the ring, still draining their queues."""
+    queues: dict[str, str] = field(default_factory=dict)
+    """worker -> its stream's key."""
+    points: tuple[tuple[int, int], ...] = ()
+    """(point on the 2^32 circle, index into ``workers``), sorted by point."""
+    arcs: tuple[float, ...] = ()
+    """Each ring worker's fraction of the circle (empty: the route does not hash)."""
+    placed: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    """order -> (its point, the worker the ring sends it to; "" when any worker)."""
+    change: str = ""
+    changed_ms: int | None = None
+    moved: dict[str, str] = field(default_factory=dict)
+    """order -> ``before -> after``, for the orders the last change moved."""
+    split: dict[str, tuple[tuple[str, ...], int | None]] = field(default_factory=dict)
+    """order -> (the workers whose queues hold its events not applied yet, since when)."""
 
 
 @dataclass(frozen=True)
 class OrderFact:
-    """One order of an ordering run, as its events were applied."""
+    """One order of an ordering run, as its events were applied (its log parsed and
+    judged once, when the key is read)."""
 
     run_id: str
     order: str
-    fields: dict[str, str]
+    state: str = ""
+    applied: tuple[Applied, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -173,8 +173,6 @@ class _Run:
         self.plan = FaultPlan(ctx.number("fault_at"), list(ctx.faults), actor_faults=ACTOR_FAULTS)
         self.emitted: dict[str, int] = {}
         self.hosts = ""
-        self.started = 0
-        """Workers started so far (a new one is named after the count)."""
         self.lock = asyncio.Lock()
         """Held while the ring changes: one change at a time."""
         self.actions: list[asyncio.Task[None]] = []
@@ -192,7 +190,6 @@ class _Run:
         ]  # fmt: skip
 
     async def start_worker(self, name: str) -> None:
-        self.started += 1
         with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it is there already
             await self.store.xgroup_create(self.queue(name), coordscope.WORKER_GROUP, id="$", mkstream=True)
         await self.ctx.services.start(
@@ -300,7 +297,7 @@ class _Run:
         ctx = self.ctx
         if len(self.router.workers) + len(self.router.leaving) >= MAX_WORKERS:
             raise ScenarioError(f"{MAX_WORKERS} workers at most")
-        name = f"worker-{self.started + 1}"
+        name = f"worker-{len(ctx.services.services) + 1}"  # the run's processes are its workers
         ctx.record(NEMESIS, "info", "fault", value="add-worker", note=f"{name} joins")
         await ctx.set_actors([*ctx.actors[:-1], name, ctx.actors[-1]])
         await self.start_worker(name)

@@ -4,9 +4,9 @@ the ring's hash) and at the end (every application into the judged history, and 
 order's sequence as the run's table, which stays once the run's keys are gone).
 
 An order's log is parsed by the collectors' own reader
-(:func:`collectors.families.rings.parse_log`) and judged by the one judgement
-(:func:`collectors.sequence.sequence_breaches`): the run, the checker and both screens
-read the same thing the same way.
+(:func:`collectors.layouts.coordscope.parse_log`) and judged by the one judgement
+(:func:`collectors.layouts.coordscope.judged`, over :mod:`collectors.sequence`): the
+run, the checker and both screens read the same thing the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from collectors.families.rings import Applied, parse_log
 from collectors.layouts import coordscope
+from collectors.layouts.coordscope import judged, parse_log
+from collectors.layouts.facts import Applied
 from collectors.runs import CHECKER, RUNNER
-from collectors.sequence import sequence_breaches
 from scenarios.kit.context import RunContext
 from scenarios.ordering.checker import lane
 from scenarios.ordering.router import Router
@@ -30,13 +30,14 @@ TABLE_HEADER = ["order", "applied (seq by consumer)", "owner", "breach"]
 
 
 async def read_logs(store: Redis, run_id: str, orders: list[str]) -> dict[str, tuple[Applied, ...]]:
-    """Every order's applications, in the order applied (one pipelined round trip)."""
+    """Every order's applications, in the order applied and judged (one pipelined round trip)."""
     pipe = store.pipeline(transaction=False)
     for order in orders:
         pipe.hget(coordscope.order_key(run_id, order), "log")
     replies = await pipe.execute()
     return {
-        o: parse_log(r.decode(errors="replace") if r else "") for o, r in zip(orders, replies, strict=True)
+        o: judged(parse_log(r.decode(errors="replace") if r else ""))
+        for o, r in zip(orders, replies, strict=True)
     }
 
 
@@ -50,16 +51,15 @@ async def watch(ctx: RunContext, store: Redis, router: Router, orders: list[str]
         async with lock:
             await router.publish_split(store, {o: {a.seq for a in log} for o, log in logs.items()})
         for order, applied in logs.items():
-            found = sequence_breaches(a.seq for a in applied)
-            if order in told or not found:
+            b = next((a for a in applied if a.breach), None)
+            if order in told or b is None:
                 continue
             told.add(order)
-            b = found[0]
             seqs = " ".join(str(a.seq) for a in applied)
             ctx.record(
                 CHECKER, "info", "violation", key=order,
                 value=json.dumps(sorted({lane(a.worker) for a in applied})),
-                note=f"{order}: seq {b.seq} applied {b.kind.replace('-', ' ')} ({seqs})",
+                note=f"{order}: seq {b.seq} applied {b.breach.replace('-', ' ')} ({seqs})",
             )  # fmt: skip
 
 
@@ -87,10 +87,10 @@ async def read_back(
 
 
 def table_row(order: str, applied: tuple[Applied, ...], owner: Callable[[str], str]) -> list[str]:
-    found = sequence_breaches(a.seq for a in applied)
+    b = next((a for a in applied if a.breach), None)
     return [
         order,
         " ".join(f"{a.seq}:{a.worker}" for a in applied) or "nothing applied",
         owner(order) or "any",
-        f"✘ {found[0].kind} (seq {found[0].seq})" if found else "",
+        f"✘ {b.breach} (seq {b.seq})" if b else "",
     ]

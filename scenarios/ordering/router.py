@@ -74,10 +74,8 @@ class Router:
     leaving: list[str] = field(default_factory=list)
     ring: HashRing | None = None
     change: RingChange | None = None
-    sent: dict[str, dict[str, int]] = field(default_factory=dict)
-    """order -> worker -> the last seq sent to that worker."""
     queued: dict[str, dict[str, set[int]]] = field(default_factory=dict)
-    """order -> worker -> every seq sent to that worker."""
+    """order -> worker -> every seq sent to that worker (until a hand-off drained it)."""
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What the store says is split now: order -> {"workers": [...], "since_ms": wall ms}."""
     _turn: Any = field(default_factory=count)
@@ -102,7 +100,6 @@ class Router:
             worker = self.ring.node_for(order)
             if self.handoff == "drain":
                 worker = await self._drained(order, worker, store)
-        self.sent.setdefault(order, {})[worker] = seq
         self.queued.setdefault(order, {}).setdefault(worker, set()).add(seq)
         return worker
 
@@ -119,8 +116,8 @@ class Router:
 
     async def _drained(self, order: str, owner: str, store: Redis) -> str:
         """The old owner while it still has events of ``order`` to apply, else ``owner``."""
-        sent = self.sent.get(order, {})
-        others = {w: s for w, s in sent.items() if w != owner}
+        queued = self.queued.get(order, {})
+        others = {w: max(seqs) for w, seqs in queued.items() if w != owner and seqs}
         if not others:
             return owner
         raw = await store.hget(coordscope.order_key(self.run_id, order), "seq")
@@ -128,8 +125,8 @@ class Router:
         behind = [w for w, s in others.items() if s > applied]
         if behind:
             return str(max(behind, key=lambda w: others[w]))
-        for w in others:
-            sent.pop(w)
+        for w in others:  # handed off: no need to ask the store again
+            queued.pop(w)
         return owner
 
     def reshape(self, workers: list[str], what: str, t_ms: int) -> RingChange:

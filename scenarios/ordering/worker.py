@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -60,6 +59,7 @@ from starlette.routing import Route
 
 from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
+from collectors.layouts.coordscope import parse_ring
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.process import ServiceRuntime, parser
@@ -172,7 +172,7 @@ class Worker:
                 reply: Any = await self.redis.xreadgroup(
                     coordscope.WORKER_GROUP, self.consumer, {self.queue: ">"}, count=BATCH, block=BLOCK_MS
                 )
-                for _, entries in _streams(reply):
+                for _, entries in reply or ():  # RESP2 (scenarios' clients): [[stream, entries]]
                     await self.handle(entries)
             except (redis_errors.RedisError, OSError, KazooException, TimeoutError) as exc:
                 await self.record("info", "error", note=f"{type(exc).__name__}: {exc}"[:200])
@@ -355,20 +355,11 @@ class Worker:
         )  # fmt: skip
 
     async def _queues(self) -> list[str]:
-        raw = await self.redis.hget(coordscope.ring_key(self.run_id), "queues")
-        try:
-            queues = json.loads(raw or "{}")
-        except ValueError:
-            return []
-        names = json.loads(await self.redis.hget(coordscope.ring_key(self.run_id), "workers") or "[]")
-        return [str(queues[w]) for w in names if w in queues]
-
-
-def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
-    """``XREADGROUP``'s streams, in RESP2's shape (a list) or RESP3's (a map)."""
-    if isinstance(reply, dict):
-        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
-    return [(k, v) for k, v in reply or ()]
+        """The ring's workers' streams, as its hash says now (read as the collectors read it)."""
+        raw = await self.redis.hmget(coordscope.ring_key(self.run_id), ["queues", "workers"])
+        fields = {name: _text(value) for name, value in zip(("queues", "workers"), raw, strict=True) if value}
+        ring = parse_ring(self.run_id, fields)
+        return [ring.queues[w] for w in ring.workers if w in ring.queues]
 
 
 def _text(value: Any) -> str:

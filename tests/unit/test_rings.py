@@ -6,17 +6,10 @@ from __future__ import annotations
 import pytest
 
 from collectors.families.nodes import Node
-from collectors.families.rings import (
-    Applied,
-    Ring,
-    RingOrder,
-    Rings,
-    RingWorker,
-    judged,
-    order_cell,
-    parse_log,
-)
+from collectors.families.rings import Ring, RingOrder, Rings, RingWorker, order_cell
 from collectors.layouts import coordscope
+from collectors.layouts.coordscope import judged, parse_log
+from collectors.layouts.facts import Applied
 from collectors.records import KeyRecord, StreamConsumer, StreamGroup
 from collectors.sequence import missing, sequence_breaches
 from collectors.state import State
