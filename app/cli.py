@@ -18,6 +18,9 @@ import os
 import signal
 import socket
 import sys
+import termios
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -466,6 +469,7 @@ def _replay(args: argparse.Namespace) -> int:
         return _serve(core, args.host, args.port, args.token, f"replaying {args.file}")
     from app.tui.replay_app import ReplayApp
 
+    exit_on_hangup()
     ReplayApp(core).run()
     return EXIT_OK
 
@@ -508,10 +512,56 @@ def _serve(core: Core, host: str, port: int, given_token: str | None, what: str)
     return EXIT_OK
 
 
+def exit_on_hangup(cleanup: Callable[[], object] | None = None) -> None:
+    """When the terminal goes away, stop what this process started and exit.
+
+    Nothing can be drawn or read any more, and Textual does not end by itself on a
+    dead terminal: its writer thread dies on the first failed write, the next repaints
+    fill its bounded queue and block the event loop for good (textual#6692), while the
+    input thread spins on end-of-file (textual#6690) — a process left at 100% CPU, with
+    the demo's cluster still running. A handler on the event loop never runs then, and
+    a Python signal handler only runs in the main thread, the one blocked. And SIGHUP
+    does not always come: under ``make demo`` a closed tmux pane only leaves the
+    terminal hung up (every call on it fails with EIO).
+
+    So one thread of our own watches: SIGHUP is blocked in this thread, and so in every
+    thread started after it, and the watcher waits for it (``sigtimedwait``) while it
+    asks the terminal, once a second, for its attributes. On either, it points the
+    terminal's descriptors at /dev/null, runs ``cleanup`` (the demo stops the cluster it
+    started) and exits the process. A run it started stops too: its services and its
+    janitor notice its heartbeat stopping. Call it before any other thread starts."""
+    terminal = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+
+    def gone() -> bool:
+        if terminal is None:
+            return False
+        try:
+            termios.tcgetattr(terminal)
+        except (termios.error, OSError):
+            return True
+        return False
+
+    def watch() -> None:
+        while signal.sigtimedwait({signal.SIGHUP}, 1.0) is None and not gone():
+            pass
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+        if cleanup is not None:
+            with contextlib.suppress(Exception):
+                cleanup()
+        os._exit(128 + signal.SIGHUP)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    threading.Thread(target=watch, name="hangup", daemon=True).start()
+
+
 def _tui(settings: Settings) -> int:
     from app.core import Core
     from app.tui.app import CoordscopeApp
 
+    exit_on_hangup()
     CoordscopeApp(Core(settings)).run()
     return EXIT_OK
 
@@ -540,6 +590,7 @@ def _demo(args: argparse.Namespace) -> int:
     state = Path(args.state) if args.state else config.default_state_dir()
     cluster = LocalCluster(state)
     _, started = cluster.up()
+    exit_on_hangup(cluster.down if started else None)
     print("started the local cluster" if started else "using the running local cluster", flush=True)
     try:
         settings = _settings(args)

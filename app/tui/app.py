@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +21,10 @@ from app.tui.screens.help import HelpScreen
 from app.tui.screens.launcher import LauncherScreen, LaunchRequest
 from app.tui.screens.run_view import RunScreen
 from scenarios.kit.catalogue import ScenarioError
+
+STOPS = (signal.SIGTERM,)
+"""Told to stop: the app ends as on ``q`` (a closed terminal, SIGHUP, is the CLI's to handle:
+see ``app.cli.exit_on_hangup``)."""
 
 
 class Service(Protocol):
@@ -68,6 +74,11 @@ class CoordscopeApp(App[None]):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_mount(self) -> None:
+        # Told to stop (SIGTERM): end as on `q`, so that what it started is stopped.
+        loop = asyncio.get_running_loop()
+        for sig in STOPS:
+            with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (a test)
+                loop.add_signal_handler(sig, self.exit)
         if self.own_core:
             await self.core.start()
         for service in self._services:
@@ -80,6 +91,10 @@ class CoordscopeApp(App[None]):
         return DashboardScreen(self.model)
 
     async def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOPS:  # a second one while we stop ends the process at once
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
         if self._viewer is not None:
             self._viewer.close()
         for service in self._services:
