@@ -53,6 +53,7 @@ SPANS = {
     "pay": "request in flight",
     "handle": "handling a request",
     "apply": "applying an event",
+    "request": "request (coloured by the instance that served it)",
 }
 """What each kind of span on a lane means (the screens' legends, in this order)."""
 TICKS = {
@@ -73,6 +74,11 @@ TICKS = {
     "duplicate": "redelivery skipped",
     "requeue": "requeued (not next)",
     "claim": "claimed (XAUTOCLAIM)",
+    "login": "logged in",
+    "logout": "logged out (by the user)",
+    "kicked": "logged out by the app",
+    "expired": "session expired (TTL end)",
+    "leak": "saw another's session",
 }
 """What each kind of tick on a lane means."""
 
@@ -88,9 +94,16 @@ def legend(lanes: Iterable[Lane], verdict: Verdict | None = None) -> list[tuple[
     line = [VERDICT_LINE] if verdict is not None and not verdict.holds and verdict.at_ms is not None else []
     return (
         [("span", k, v) for k, v in SPANS.items() if k in spans]
+        + [("tone", t, f"served by {t}") for t in tones(lanes)]
         + [("tick", k, v) for k, v in TICKS.items() if k in ticks]
         + line
     )
+
+
+def tones(lanes: Iterable[Lane]) -> list[str]:
+    """The instances that served the lanes' requests, sorted: a span's colour is its
+    instance's place in this list (the same on every screen)."""
+    return sorted({s.tone for lane in lanes for s in lane.spans if s.tone})
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class Span:
     """None while it is still open."""
     label: str = ""
     outcome: str = ""
+    tone: str = ""
+    """Who served it (an app instance): the screens colour the span by it."""
 
 
 @dataclass(frozen=True)
@@ -234,10 +249,12 @@ class _LaneBuilder:
         self.close(kind, at, "superseded", sid)
         self.open[(kind, sid)] = (at, label)
 
-    def close(self, kind: str, at: int, outcome: str, sid: str = "") -> None:
+    def close(self, kind: str, at: int, outcome: str, sid: str = "", tone: str = "") -> None:
         if (kind, sid) in self.open:
             start, label = self.open.pop((kind, sid))
-            self.spans.append(Span(kind=kind, start_ms=start, end_ms=at, label=label, outcome=outcome))
+            self.spans.append(
+                Span(kind=kind, start_ms=start, end_ms=at, label=label, outcome=outcome, tone=tone)
+            )
 
     def close_all(self, at: int, outcome: str) -> None:
         for kind, sid in list(self.open):
@@ -319,7 +336,7 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
             b.close("release", op.t_ms, op.kind)
             b.close("hold", op.t_ms, "released" if op.kind == "ok" else "lost")
         else:
-            b.close(op.f, op.t_ms, op.kind, sid)
+            b.close(op.f, op.t_ms, op.kind, sid, str(op.data.get("served_by", "")))
             if op.f == "write":
                 kind = {"ok": "write", "fail": "rejected"}.get(op.kind, "write?")
                 b.ticks.append(Tick(kind=kind, at_ms=op.t_ms, label=op.note))

@@ -8,6 +8,7 @@ from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
 from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
 from scenarios.ordering import ordering
+from scenarios.sessions import session
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -19,6 +20,7 @@ SCENARIOS: dict[str, Scenario] = {
         lock_compare.SCENARIO,
         payment.SCENARIO,
         ordering.SCENARIO,
+        session.SCENARIO,
     )
 }
 

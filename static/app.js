@@ -529,6 +529,7 @@ function drawLanes(run, root) {
     for (const t of lane.ticks) end = Math.max(end, t.at_ms);
   }
   const height = AXIS_H + lanes.length * LANE_H + 6;
+  const tones = toneIndex(run);
   root.setAttribute("width", width);
   root.setAttribute("height", height);
   root.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -558,8 +559,10 @@ function drawLanes(run, root) {
       const x1 = x(s.start_ms), x2 = x(endT);
       const geo = spanGeometry(s.kind, y);
       const rect = svg("rect", {x: x1, y: geo.y, width: Math.max(1.5, x2 - x1), height: geo.h,
-                                class: `span span-${s.kind} outcome-${s.outcome || "open"}`});
-      rect.append(svg("title", {}, `${s.kind} ${s.label} ${s.start_ms}–${open ? "…" : s.end_ms} ms ${s.outcome}`));
+                                class: `span span-${s.kind} outcome-${s.outcome || "open"}` +
+                                       (s.tone in tones ? ` tone-${tones[s.tone]}` : "")});
+      const by = s.tone ? ` served by ${s.tone}` : "";
+      rect.append(svg("title", {}, `${s.kind} ${s.label} ${s.start_ms}–${open ? "…" : s.end_ms} ms ${s.outcome}${by}`));
       parts.push(rect);
       if (s.kind === "hold" && s.label && x2 - x1 > 36) {
         parts.push(svg("text", {x: x1 + 3, y: geo.y + geo.h - 4, class: "span-label"}, s.label));
@@ -580,12 +583,21 @@ function drawLanes(run, root) {
   renderLegend(run);
 }
 
+// Each instance that served a request gets a colour: its place among the run's tones.
+const TONES = 6;
+function toneIndex(run) {
+  const out = {};
+  (run.legend || []).filter(l => l[0] === "tone").forEach(([, name], i) => { out[name] = i % TONES; });
+  return out;
+}
+
 function spanGeometry(kind, y) {
   switch (kind) {
     case "hold": return {y: y + 4, h: 13};
     case "lease": case "suspended": case "lost": return {y: y + 19, h: 4};
     case "wait": return {y: y + 8, h: 5};
     case "pause": return {y: y + 2, h: 17};
+    case "request": return {y: y + 6, h: 9};
     default: return {y: y + 9, h: 4};
   }
 }
@@ -593,7 +605,11 @@ function spanGeometry(kind, y) {
 function tickPath(kind, x, y) {
   if (kind === "granted" || kind === "refused") return `M${x} ${y + 6} L${x + 3} ${y + 9} L${x} ${y + 12} L${x - 3} ${y + 9} Z`;
   if (kind === "violation") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
-  if (["rejected", "crash", "lost", "error", "mismatch"].includes(kind)) return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (kind === "login") return `M${x - 5} ${y} H${x + 4} M${x + 4} ${y} l-4 -4 M${x + 4} ${y} l-4 4`;
+  if (kind === "logout") return `M${x + 5} ${y} H${x - 4} M${x - 4} ${y} l4 -4 M${x - 4} ${y} l4 4`;
+  if (kind === "expired") return `M${x - 5} ${y - 6} h10 L${x - 5} ${y + 6} h10 Z`;  // an hourglass
+  if (kind === "leak") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
+  if (["rejected", "crash", "lost", "error", "mismatch", "kicked"].includes(kind)) return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
   if (kind === "charge") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;  // a square: money moved
   if (kind === "replay" || kind === "replayed") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
   if (kind === "emit") return `M${x - 2} ${y - 2} h4 v4 h-4 Z`;  // a small dot: an event sent
@@ -614,10 +630,11 @@ function renderLegend(run) {
   const key = (run.legend || []).map(l => l.join(":")).join("|");
   if (box.dataset.key === key) return;
   box.dataset.key = key;
+  const tones = toneIndex(run);
   box.replaceChildren(...(run.legend || []).map(([what, kind, meaning]) => {
     const s = el("span", {class: "legend-item"});
     const cls = what === "span" ? (kind === "fault" ? "fault-window" : `span-${kind}`)
-      : what === "line" ? "violation-swatch" : `tick-${kind}`;
+      : what === "line" ? "violation-swatch" : what === "tone" ? `tone-${tones[kind]}` : `tick-${kind}`;
     s.append(el("i", {class: "swatch " + cls}), document.createTextNode(meaning));
     return s;
   }));

@@ -83,6 +83,7 @@ class Services(Family):
         Column("status", "status", lambda s: status(s.status)),
         Column("requests", "requests", lambda s: text(s.requests)),
         Column("last", "last request", _last, limit=40),
+        Column("detail", "detail", lambda s: text(s.detail or None), limit=36),
         Column("run", "run", lambda s: text(s.run, "dim"), limit=24),
     )
 

@@ -22,6 +22,12 @@ Redis
     ``coordscope:ordering:{<run>}:q:<worker>``  stream  a worker's queue (consumer group ``workers``)
     ``coordscope:ordering:{<run>}:order:<order>``  hash  the order as applied: state, seq, applied, log
     ``coordscope:mark:{<run>}:<order>#<seq>``  hash  an event's applied mark (``dedup=on``)
+    ``coordscope:session:{<run>}:sessions:<id>``  hash  the session run's sessions in Spring
+                                            Session's layout, its namespace ``coordscope:session:{<run>}``
+                                            (with ``…:sessions:expires:<id>``, ``…:expirations:<minute>``
+                                            and ``…:index:…PRINCIPAL_NAME_INDEX_NAME:<user>``)
+    ``coordscope:session:{<run>}:container:<id>``  string  a container-coupled session: one opaque
+                                            blob (``store=container``), PX the idle timeout
     ``coordscope:run:<id>``         hash    a scenario run: scenario, params, faults, status, verdict
     ``coordscope:history:<id>``     stream  the run's operations, one JSON ``op`` field each
     ``coordscope:commands:<id>``    list    faults requested for a running run
@@ -126,6 +132,18 @@ def event_mark_key(run_id: str, order: str, seq: int) -> str:
 
 WORKER_GROUP = "workers"
 """The consumer group on every worker's queue."""
+
+
+def session_namespace(run_id: str) -> str:
+    """The Spring Session namespace of a session run (its keys share the run's slot)."""
+    return f"{PREFIX}session:{slot_tagged(run_id)}"
+
+
+CONTAINER_SESSION = "container"
+
+
+def container_session_key(run_id: str, session_id: str) -> str:
+    return f"{session_namespace(run_id)}:{CONTAINER_SESSION}:{session_id}"
 
 
 def service_key(run_id: str, name: str) -> str:

@@ -67,5 +67,43 @@ def decode(raw: bytes) -> str | int | bool | None:
 
 
 def _modified_utf8(raw: bytes) -> str:
-    # Java's modified UTF-8 encodes NUL as C0 80; everything else we meet is plain UTF-8.
-    return raw.replace(b"\xc0\x80", b"\x00").decode("utf-8", errors="backslashreplace")
+    # Java's modified UTF-8: NUL is C0 80, an astral character two encoded surrogates
+    raw = raw.replace(b"\xc0\x80", b"\x00")
+    try:
+        text = raw.decode("utf-8", errors="surrogatepass")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="backslashreplace")
+    return text.encode("utf-16-be", "surrogatepass").decode("utf-16-be", errors="replace")
+
+
+# ---------------------------------------------------------------- writing (Spring Session's values)
+
+_LONG = bytes.fromhex(
+    "7372000e6a6176612e6c616e672e4c6f6e673b8be490cc8f23df0200014a000576616c7565"
+    "787200106a6176612e6c616e672e4e756d62657286ac951d0b94e08b0200007870"
+)
+_INTEGER = bytes.fromhex(
+    "737200116a6176612e6c616e672e496e746567657212e2a0a4f781873802000149000576616c7565"
+    "787200106a6176612e6c616e672e4e756d62657286ac951d0b94e08b0200007870"
+)
+
+
+def encode_long(value: int) -> bytes:
+    """A ``java.lang.Long`` as ``ObjectOutputStream`` writes it (Spring Session's times)."""
+    return MAGIC + _LONG + struct.pack(">q", value)
+
+
+def encode_int(value: int) -> bytes:
+    """A ``java.lang.Integer`` (Spring Session's ``maxInactiveInterval``)."""
+    return MAGIC + _INTEGER + struct.pack(">i", value)
+
+
+def encode_string(value: str) -> bytes:
+    """A ``java.lang.String`` in Java's modified UTF-8 (NUL as C0 80, astral characters as
+    two encoded surrogates)."""
+    units = value.encode("utf-16-be", "surrogatepass")
+    body = "".join(chr(int.from_bytes(units[i : i + 2], "big")) for i in range(0, len(units), 2))
+    raw = body.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
+    if len(raw) < 0x10000:
+        return MAGIC + bytes([TC_STRING]) + struct.pack(">H", len(raw)) + raw
+    return MAGIC + bytes([TC_LONGSTRING]) + struct.pack(">Q", len(raw)) + raw

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
@@ -28,19 +29,25 @@ class CleanupPlan:
 
     keys: dict[str, list[str]] = field(default_factory=dict)
     """Redis URL -> keys."""
+    patterns: dict[str, list[str]] = field(default_factory=dict)
+    """Redis URL -> glob patterns (``SCAN MATCH``) of keys whose names the run cannot know
+    ahead: the session ids its app instances draw."""
     znodes: list[tuple[str, str]] = field(default_factory=list)
     """(ZooKeeper hosts, path) — removed with everything under it."""
     schemas: list[tuple[str, str]] = field(default_factory=list)
     """(PostgreSQL conninfo, schema) — dropped with everything in it."""
 
     def to_json(self) -> str:
-        return json.dumps({"keys": self.keys, "znodes": self.znodes, "schemas": self.schemas})
+        return json.dumps(
+            {"keys": self.keys, "patterns": self.patterns, "znodes": self.znodes, "schemas": self.schemas}
+        )
 
     @classmethod
     def from_json(cls, raw: str) -> CleanupPlan:
         data = json.loads(raw or "{}")
         return cls(
             keys={str(k): [str(x) for x in v] for k, v in dict(data.get("keys", {})).items()},
+            patterns={str(k): [str(x) for x in v] for k, v in dict(data.get("patterns", {})).items()},
             znodes=[(str(h), str(p)) for h, p in data.get("znodes", [])],
             schemas=[(str(d), str(s)) for d, s in data.get("schemas", [])],
         )
@@ -61,10 +68,35 @@ async def carry_out(plan: CleanupPlan) -> None:
         finally:
             with contextlib.suppress(Exception):
                 await client.aclose()
+    for url, patterns in plan.patterns.items():
+        client = redis_client(RedisTarget.from_url(url))
+        try:
+            for pattern in patterns:
+                await _delete_matching(client, pattern)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
     for hosts, path in plan.znodes:
         await remove_tree(hosts, path)
     for dsn, schema in plan.schemas:
         await drop_schema(dsn, schema)
+
+
+async def _delete_matching(client: Redis, pattern: str) -> None:
+    """Every key matching ``pattern``, deleted in batches (retried while the node restarts)."""
+    for _ in range(20):
+        try:
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await client.delete(*batch)
+                    batch.clear()
+            if batch:
+                await client.delete(*batch)
+            return
+        except (redis_errors.RedisError, OSError):
+            await asyncio.sleep(0.25)
 
 
 async def remove_tree(hosts: str, path: str) -> None:

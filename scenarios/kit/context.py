@@ -146,6 +146,14 @@ class RunContext:
             self.plan.keys.setdefault(url, []).append(key)
         self.plan_changed.set()
 
+    def cleanup_matching(self, node_id: str, pattern: str) -> None:
+        """Delete every key matching this glob when the run ends (names drawn at random by
+        its processes); the pattern must be ours: under ``coordscope:``."""
+        if not pattern.startswith(coordscope.PREFIX) or pattern[len(coordscope.PREFIX) :][:1] in ("", "*"):
+            raise ValueError(f"scenarios delete only theirs, under {coordscope.PREFIX}<name>: {pattern!r}")
+        self.plan.patterns.setdefault(self.env.target(node_id).url, []).append(pattern)
+        self.plan_changed.set()
+
     def cleanup_znode(self, hosts: str, path: str) -> None:
         if not (path == coordscope.ZNODE_ROOT or path.startswith(coordscope.ZNODE_ROOT + "/")):
             raise ValueError(f"scenarios write only under {coordscope.ZNODE_ROOT}: {path!r}")

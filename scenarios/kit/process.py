@@ -68,6 +68,8 @@ class ServiceRuntime:
         self.requests = 0
         self.last_request = ""
         self.last_request_ms = 0
+        self.detail = ""
+        """A word on its state, shown with it (an app instance's sessions in memory)."""
         self.stopping = asyncio.Event()
         self.stop_reason = ""
 
@@ -92,6 +94,7 @@ class ServiceRuntime:
             "last_request": self.last_request,
             "last_request_ms": str(self.last_request_ms),
             "run": self.run_id,
+            "detail": self.detail,
         }
 
     async def _beat(self, status: str, first: bool = False) -> None:
@@ -99,7 +102,6 @@ class ServiceRuntime:
         fields = self._fields(status)
         if first:
             fields["started_ms"] = fields["alive_ms"]
-            fields["detail"] = ""
         pipe.hset(self.key, mapping=dict(fields))  # type: ignore[arg-type]
         pipe.pexpire(self.key, REGISTRATION_TTL_MS)
         pipe.hmget(coordscope.run_key(self.run_id), ["status", "alive_ms"])

@@ -5,7 +5,8 @@ crash), ``─`` waiting/polling, ``▒`` paused; ticks on top: ``●`` a write
 accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash, ``⚡`` a session
 lost. Row 2: ``▀`` the lease (TTL) the store granted; ``┄`` the ZooKeeper
 session SUSPENDED, ``╳`` LOST; ``┊`` where the verdict found the invariant broken.
-Fault windows shade every lane red.
+A request's bar takes the colour of the instance that served it (the legend names
+them). Fault windows shade every lane red.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ SPAN_STYLE = {
     "pay": ("─", "#8fa3b8"),
     "handle": ("━", "#5fa8a0"),
     "apply": ("━", "#c9a44a"),
+    "request": ("━", "#8fa3b8"),
 }
+TONES = ("#4a8fe7", "#e0a040", "#5fbf6f", "#c678dd", "#56b6c2", "#d7c45a")
+"""A request's colour: the instance that served it (its place in the run's tones)."""
 OTHER_SPAN = ("╌", "#6b7785")
 """Any other operation in flight (a read, a write, a release)."""
 LOST_STYLE = "#d05050"
@@ -62,6 +66,11 @@ TICKS = {
     "duplicate": ("≡", "bold cyan"),
     "requeue": ("↩", "yellow"),
     "claim": ("⇲", "bold magenta"),
+    "login": ("→", "bold green"),
+    "logout": ("←", "bold #8fa3b8"),
+    "kicked": ("⊘", "bold red"),
+    "expired": ("⌛", "bold yellow"),
+    "leak": ("‼", "bold red"),
 }
 
 
@@ -87,6 +96,8 @@ class Lanes(Widget):
                 char, style = "  ", f"on {FAULT_BG}"
             elif what == "line":
                 char, style = VERDICT_LINE
+            elif what == "tone":
+                char, style = "━", self._tone(kind)
             else:
                 char, style = (
                     SPAN_STYLE.get(kind, OTHER_SPAN) if what == "span" else TICKS.get(kind, ("•", "white"))
@@ -98,6 +109,10 @@ class Lanes(Widget):
                 lines.append(Text(" " * LABEL, no_wrap=True))
             lines[-1].append_text(item)
         return lines
+
+    def _tone(self, instance: str) -> str:
+        tones = [kind for what, kind, _ in (self.run.legend if self.run else ()) if what == "tone"]
+        return TONES[tones.index(instance) % len(TONES)] if instance in tones else OTHER_SPAN[1]
 
     def _lanes(self) -> list[Lane]:
         return [lane for lane in (self.run.lanes if self.run else ()) if lane.actor != "runner"]
@@ -146,6 +161,8 @@ class Lanes(Widget):
                     char, style = SPAN_STYLE.get(kind, OTHER_SPAN)
                     if kind == "hold" and s.outcome in ("lost", "crashed"):
                         style = LOST_STYLE
+                    elif s.tone:
+                        style = self._tone(s.tone)
                     stop = s.end_ms if s.end_ms is not None else (now_t or end)
                     row = 1 if kind in UNDER else 0
                     for c in range(col(s.start_ms), col(stop) + 1):
