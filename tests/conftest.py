@@ -169,6 +169,15 @@ async def run_scenario(
     return await runner.wait(started.id)
 
 
+def running(pid: int) -> bool:
+    """Is this process alive (a zombie is not)?"""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def cli(info: ClusterInfo, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``coordscope ARGS...`` as a user runs it, on the test cluster."""
     return cli_in(info.state_dir, *args, timeout=timeout)

@@ -47,10 +47,29 @@ class Session:
     last_access_ms: int | None = None
     max_inactive_s: int | None = None
     encoding: str = ""
+    served_by: str | None = None
+    """The instance that served the session's last request, where the app records it."""
     state: str = "live"
     node: str = ""
     as_of_ms: int = 0
     stale: bool = False
+
+
+SERVED_BY = ("servedBy", "served_by", "instance")
+"""Attribute names an app may record its serving instance under (ours: ``servedBy``)."""
+
+
+def _short(name: str) -> str:
+    """A Java constant's name without its class (Spring's principal attribute)."""
+    return name.rsplit(".", 1)[-1] if name.startswith(("org.", "com.", "java.")) else name
+
+
+def _attributes(s: Session) -> Any:
+    if s.attributes:
+        return text(" ".join(f"{_short(k)}={v}" for k, v in s.attributes.items()))
+    if "bytes" in s.encoding:  # unreadable by design (a container's blob) or refused
+        return text(f"‹{s.encoding}›", "dim")
+    return text(None)
 
 
 def _recognise(rec: KeyRecord, config: LayoutConfig) -> Any:
@@ -73,14 +92,10 @@ class Sessions(Family):
         Column("layout", "layout", lambda s: text(s.layout)),
         Column("user", "user", lambda s: text(s.user)),
         Column("state", "state", lambda s: status(s.state)),
+        Column("served", "served by", lambda s: text(s.served_by)),
         Column("ttl", "idle TTL", lambda s: countdown(s.expires_at_ms, s.ttl_ms)),
         Column("last", "last access", lambda s: text(clock(s.last_access_ms))),
-        Column(
-            "attrs",
-            "attributes",
-            lambda s: text(" ".join(f"{k}={v}" for k, v in s.attributes.items())),
-            limit=40,
-        ),
+        Column("attrs", "attributes", _attributes, limit=40),
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
@@ -112,6 +127,7 @@ class Sessions(Family):
             last_access_ms=fact.last_access_ms,
             max_inactive_s=fact.max_inactive_s,
             encoding=fact.encoding,
+            served_by=next((fact.attributes[a] for a in SERVED_BY if fact.attributes.get(a)), None),
             state=state,
             node=node_id,
             as_of_ms=rec.read_at_ms,

@@ -146,6 +146,14 @@ def container_session_key(run_id: str, session_id: str) -> str:
     return f"{session_namespace(run_id)}:{CONTAINER_SESSION}:{session_id}"
 
 
+def parse_container_session(key: str) -> str | None:
+    """The session id of a container blob's key (``…session:{<run>}:container:<id>``)."""
+    head, sep, session_id = key.rpartition(f":{CONTAINER_SESSION}:")
+    if not sep or not session_id or ":" in session_id or not head.startswith(f"{PREFIX}session:{{"):
+        return None
+    return session_id if head.endswith("}") else None
+
+
 def service_key(run_id: str, name: str) -> str:
     return f"{PREFIX}service:{run_id}:{name}"
 

@@ -10,6 +10,9 @@ Spring Session (indexed repository), namespace ``spring:session`` by default:
     ``<ns>:expirations:<minute>``   set    cleanup bucket (auxiliary)
     ``<ns>:index:<index>:<value>``  set    principal index (auxiliary)
 
+coordscope's container-coupled sessions (the session run's ``store=container``):
+    ``coordscope:session:{<run>}:container:<id>``  string  one opaque blob, PX idle
+
 connect-redis (express-session):
     ``sess:<id>``  string  JSON ``{"cookie": {...}, <attributes>}``, EX ttl
 """
@@ -21,7 +24,7 @@ import json
 import re
 from typing import Any
 
-from collectors.layouts import javaser
+from collectors.layouts import coordscope, javaser
 from collectors.layouts.facts import AuxiliaryFact, Fact, SessionFact, SessionShadowFact
 from collectors.layouts.session_stores import as_text, user_of
 from collectors.records import KeyRecord, display
@@ -41,6 +44,12 @@ def recognise(rec: KeyRecord, json_patterns: tuple[str, ...] = ("sess:*",)) -> F
         if m and not key.endswith(":expires"):
             return _spring(rec, m["ns"], m["id"])
     if rec.type == "string":
+        container = coordscope.parse_container_session(key)
+        if container is not None:
+            # one blob only its container reads: opaque by design, its size is all there is
+            why = "truncated" if rec.truncated else "opaque"
+            return SessionFact(container, "container", None, group=key[: -len(container) - 1],
+                               encoding=f"{why} container blob, {rec.size} bytes")  # fmt: skip
         m = SPRING_SHADOW.match(key)
         if m:
             return SessionShadowFact(session_id=m["id"], group=m["ns"])
@@ -48,7 +57,7 @@ def recognise(rec: KeyRecord, json_patterns: tuple[str, ...] = ("sess:*",)) -> F
             return _json_session(rec)
     if rec.type == "set":
         m = SPRING_AUX.match(key)
-        if m and ("spring" in m["ns"] or m["role"] == "expirations"):
+        if m and ("spring" in m["ns"] or m["role"] == "expirations" or PRINCIPAL in key):
             return AuxiliaryFact(library="spring-session", role=m["role"])
     return None
 

@@ -122,6 +122,9 @@ class Balancer:
     backends: list[Backend]
     sticky: bool = False
     check_ms: int = 300
+    owner: str = ""
+    """The run it belongs to, on its command line (``-L``, its peer name, unused otherwise): a
+    run's janitor signals only processes whose command line names the run."""
     proc: asyncio.subprocess.Process | None = field(default=None, init=False)
 
     @property
@@ -144,8 +147,9 @@ class Balancer:
         cfg.write_text(config(self.port, self.backends, str(self.socket_path), self.sticky, self.check_ms))
         log = open(self.folder / "haproxy.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         try:
+            owner = ["-L", self.owner] if self.owner else []
             self.proc = await asyncio.create_subprocess_exec(
-                HAPROXY, "-f", str(cfg), "-db",
+                HAPROXY, "-f", str(cfg), "-db", *owner,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         finally:

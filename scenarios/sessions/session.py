@@ -203,6 +203,7 @@ async def run(ctx: RunContext) -> None:
         [Backend(s.name, "127.0.0.1", s.port) for s in services],
         sticky=store == "sticky",
         check_ms=ctx.number("check_ms"),
+        owner=ctx.run_id,
     )
     await balancer.start()
     world = _World(ctx, balancer, services, node, ctx.client(node))

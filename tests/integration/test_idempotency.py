@@ -22,7 +22,7 @@ from collectors.families.runs import Run
 from collectors.families.services import Service
 from collectors.runs import RUN_SOURCE
 from scenarios.kit.database import schema_for
-from tests.conftest import cli, observing, run_scenario, until, wait_until
+from tests.conftest import cli, observing, run_scenario, running, until, wait_until
 
 FAST = {"orders": "3", "timeout_ms": "600", "lease_ms": "1200", "mark_ttl_ms": "2500", "backoff_ms": "150"}
 
@@ -74,14 +74,6 @@ def leftovers(info: ClusterInfo, run_id: str = "") -> tuple[list[bytes], list[st
         rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,))
         schemas = [str(row[0]) for row in rows]
     return keys, schemas
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def test_services_marks_and_charges_show_while_a_run_goes(
