@@ -72,6 +72,13 @@ def _attributes(s: Session) -> Any:
     return text(None)
 
 
+def _due(fact: SessionFact) -> int:
+    """When a Spring session expires by its own fields (0 when they do not say)."""
+    if fact.last_access_ms is None or not fact.max_inactive_s:
+        return 0
+    return fact.last_access_ms + fact.max_inactive_s * 1000
+
+
 def _recognise(rec: KeyRecord, config: LayoutConfig) -> Any:
     return sessions.recognise(rec, config.session_patterns) or session_stores.recognise(
         rec, config.session_patterns, config.lock_patterns
@@ -111,8 +118,16 @@ class Sessions(Family):
         if fact.layout == "spring-session":
             if shadow is not None:
                 ttl, expires = shadow[1].ttl_ms, shadow[1].expires_at_ms
+            elif fact.max_inactive_s == 0:
+                state = "deleted"
+            elif _due(fact) > self.view.now():
+                # the hash is written first, its shadow a moment later (and with notifications
+                # off, found later still): by its own fields the session is live until then
+                expires = _due(fact)
+                ttl = expires - self.view.now()
+                self.view.recheck((self.kind, entity_id), expires)
             else:
-                state = "deleted" if fact.max_inactive_s == 0 else "expired"
+                state = "expired"
         return Session(
             id=entity_id,
             store="redis",
