@@ -64,9 +64,20 @@ def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1] if name.startswith(("org.", "com.", "java.")) else name
 
 
+PRINCIPAL_NAME = "PRINCIPAL_NAME_INDEX_NAME"
+
+
+def _all(s: Session) -> str:
+    return " ".join(f"{k}={v}" for k, v in s.attributes.items())
+
+
 def _attributes(s: Session) -> Any:
+    # the serving instance has its own column, and Spring's principal repeats the user
+    shown = {k: v for k, v in s.attributes.items() if k not in SERVED_BY and not k.endswith(PRINCIPAL_NAME)}
+    if shown:
+        return text(" ".join(f"{_short(k)}={v}" for k, v in shown.items()), title=_all(s))
     if s.attributes:
-        return text(" ".join(f"{_short(k)}={v}" for k, v in s.attributes.items()))
+        return text(None, title=_all(s))
     if "bytes" in s.encoding:  # unreadable by design (a container's blob) or refused
         return text(f"‹{s.encoding}›", "dim")
     return text(None)
@@ -119,7 +130,7 @@ class Sessions(Family):
             if shadow is not None:
                 ttl, expires = shadow[1].ttl_ms, shadow[1].expires_at_ms
             elif fact.max_inactive_s == 0:
-                state = "deleted"
+                state, ttl, expires = "deleted", None, None  # the hash's TTL is its grace, not idle
             elif _due(fact) > self.view.now():
                 # the hash is written first, its shadow a moment later (and with notifications
                 # off, found later still): by its own fields the session is live until then
@@ -127,7 +138,7 @@ class Sessions(Family):
                 ttl = expires - self.view.now()
                 self.view.recheck((self.kind, entity_id), expires)
             else:
-                state = "expired"
+                state, ttl, expires = "expired", None, None
         return Session(
             id=entity_id,
             store="redis",
