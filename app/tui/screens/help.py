@@ -24,11 +24,13 @@ Panels
   Locks      who holds each lock, its fencing token, the TTL counting down, who waits
              (and how often they poll); "where" shows each master's grant (■ agrees
              with the holder, □ differs) and whether its replicas have the key (✓/✗).
-  Sessions   Spring Session, connect-redis, Flask-Session, starsessions, and keys named
-             like a session with a TTL: user, state, idle TTL, attributes.
+  Sessions   Spring Session, connect-redis, Flask-Session, starsessions, a container's
+             opaque blob (its size), and keys named like a session with a TTL: user,
+             state, the instance that served it last, idle TTL, attributes.
   Marks      idempotency marks: state, owner, lease and TTL counting down, the response.
   Queues     streams (each group's pending entries, re-read every second), RQ, lists.
   Rings      ordering runs: the hash ring, each worker's share, queue depth and pending.
+  Services   a run's processes (app instances, workers, HAProxy with its servers' state).
   Nodes      every Redis node and ZooKeeper ensemble: status, the time of the last good
              data when it is down, events received (~coalesced), gaps resynced, and how
              changes reach us (keyspace notifications, scanning, watches).
@@ -37,6 +39,8 @@ Panels
 Run view lanes
   █ hold   ─ waiting   ▒ paused   ▀ lease (TTL)   red shading: a fault window
   ● write accepted   ✗ write rejected (fencing)   ▲ violation   ✖ crash
+  ━ a request, coloured by the instance that served it   → login   ← logout
+  ⊘ logged out by the app   ⌛ session expired   (the legend under the lanes says all)
 
 Press any key to close.
 """
