@@ -45,7 +45,7 @@ from redis.asyncio import Redis
 from collectors.layouts import coordscope
 from collectors.runs import NEMESIS, RUNNER, Verdict
 from collectors.targets import free_port
-from scenarios.kit.balancer import Backend, Balancer
+from scenarios.kit.balancer import Backend, Balancer, BalancerError
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.kit.clients import redis_client
 from scenarios.kit.context import RunContext
@@ -184,8 +184,11 @@ class _Browser:
 
 
 async def run(ctx: RunContext) -> None:
-    if "redis-restart-no-persistence" in ctx.faults and ctx.env.cluster is None:
-        raise ScenarioError("redis-restart-no-persistence restarts a server of the local cluster")
+    if "redis-restart-no-persistence" in ctx.faults and (ctx.env.cluster is None or ctx.env.redis_cluster):
+        raise ScenarioError(
+            "redis-restart-no-persistence restarts the session node of the local cluster "
+            "(not on a Redis Cluster: its replicas would take over)"
+        )
     store = ctx.choice("store")
     node = ctx.env.masters[0]
     instances = [f"app-{i + 1}" for i in range(ctx.number("instances"))]
@@ -205,7 +208,10 @@ async def run(ctx: RunContext) -> None:
         check_ms=ctx.number("check_ms"),
         owner=ctx.run_id,
     )
-    await balancer.start()
+    try:
+        await balancer.start()
+    except BalancerError as exc:
+        raise ScenarioError(str(exc)) from None
     world = _World(ctx, balancer, services, node, ctx.client(node))
     ctx.at_end(lambda: _restore_notifications(world))
     control = ctx.client(ctx.env.control_node)
@@ -347,6 +353,11 @@ async def _fault(world: _World, user: str, browser: _Browser, fault: str) -> Non
     elif fault == "notifications-off":
         await _notifications_off(world)
     elif fault == "redis-restart-no-persistence":
+        if ctx.env.cluster is None or ctx.env.redis_cluster:
+            ctx.record(
+                NEMESIS, "info", "fault-refused", value=fault, note="needs the local cluster's session node"
+            )
+            return
         await outage(ctx, fault, world.store_node, 100, healed=f"{world.store_node} restarted empty")
     elif fault == "rotate-id":
         await _rotate(world, user, browser)
@@ -451,7 +462,11 @@ async def _expired_at(world: _World, key: str, timeout_s: float) -> tuple[float 
 
 
 def _notification_nodes(world: _World) -> list[str]:
+    """The session node and its replicas (on a Redis Cluster every node: the sessions' slot
+    may be on any primary, and its replicas have a feed of their own)."""
     env = world.ctx.env
+    if env.redis_cluster:
+        return [t.id for t in env.redis]
     return [world.store_node, *(r for r, m in env.replicas.items() if m == world.store_node)]
 
 

@@ -330,6 +330,16 @@ async def test_lock_redis_runs_on_the_cluster_and_the_collectors_see_its_lock(
     assert ordered.returncode == 1 and "applied twice" in ordered.stdout, ordered.stdout + ordered.stderr
     ordered = cli_in(state, "run", "ordering", "--set", "orders=8", "--quiet")
     assert ordered.returncode == 0 and "HELD" in ordered.stdout, ordered.stdout + ordered.stderr
+    # session: Spring Session's keys share the run's hash tag; the expiry is watched by polling
+    # (a keyspace event comes from whichever primary holds the slot)
+    sessions = cli_in(state, "run", "session", "--fault", "kill-instance", "--quiet")
+    assert sessions.returncode == 0 and "HELD" in sessions.stdout, sessions.stdout + sessions.stderr
+    sessions = cli_in(
+        state, "run", "session", "--set", "store=container", "--set", "idle_s=2", "--fault", "expire"
+    )
+    assert sessions.returncode == 0 and "polling found it gone" in sessions.stdout, (
+        sessions.stdout + sessions.stderr
+    )
     refused = cli_in(state, "run", "lock-redlock")
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1
