@@ -113,6 +113,9 @@ class ZkTarget:
     the server has it; False keeps one-shot watches, re-armed on every read."""
     roles_interval_s: float = 1.0
     """How often each server of the connect string is asked its role (``srvr``)."""
+    session_timeout_s: float = 10.0
+    """The collector's session timeout: how long a server may be away (a restart) before
+    the collector's session, and its watch, must be set up anew."""
 
     @property
     def servers(self) -> tuple[tuple[str, int], ...]:

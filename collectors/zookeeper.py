@@ -131,7 +131,7 @@ class ZkCollector:
         self._bridge = KazooBridge(asyncio.get_running_loop())
         client = PersistentWatchClient(
             hosts=self.target.hosts,
-            timeout=10.0,
+            timeout=self.target.session_timeout_s,
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 2.0},
         )
         self._client = client

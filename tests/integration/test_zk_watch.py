@@ -179,7 +179,9 @@ async def test_the_watch_survives_a_server_restart_on_the_same_session(
     setup.create(path, b"0", makepath=True)
     setup.stop()
     setup.close()
-    async with collecting(cluster) as (collector, state):
+    # a session that outlives a slow JVM restart on a loaded machine (the test is about the
+    # watch on a surviving session; expiry has its own test below)
+    async with collecting(cluster, session_timeout_s=40.0) as (collector, state):
         client = collector.client
         assert client is not None
         session = client.client_id[0]
