@@ -36,16 +36,33 @@ class Reply:
 
 
 class Http:
-    def __init__(self, connections: int = 64) -> None:
+    """A client of its own: its connections and its cookie jar (a user's browser keeps the
+    cookies its replies set: a session's, a balancer's stickiness)."""
+
+    def __init__(self, connections: int = 64, cookies: dict[str, str] | None = None) -> None:
         self._client = httpx.AsyncClient(
             trust_env=False,  # loopback only: never through a proxy from the environment
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            cookies=cookies,
         )
 
     async def post(self, service: Service | str, path: str, body: dict[str, Any], timeout_s: float) -> Reply:
+        return await self._send("POST", service, path, body, timeout_s)
+
+    async def get(self, service: Service | str, path: str, timeout_s: float) -> Reply:
+        return await self._send("GET", service, path, None, timeout_s)
+
+    def cookie(self, name: str) -> str | None:
+        """A cookie a reply set (and the next request sends)."""
+        value = self._client.cookies.get(name)
+        return str(value) if value is not None else None
+
+    async def _send(
+        self, method: str, service: Service | str, path: str, body: dict[str, Any] | None, timeout_s: float
+    ) -> Reply:
         address = service.address if isinstance(service, Service) else service
         try:
-            resp = await self._client.post(f"http://{address}{path}", json=body, timeout=timeout_s)
+            resp = await self._client.request(method, f"http://{address}{path}", json=body, timeout=timeout_s)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             return Reply(None, {}, "refused")
         except httpx.TimeoutException:

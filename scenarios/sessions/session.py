@@ -39,7 +39,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2 as httpx
 from redis.asyncio import Redis
 
 from collectors.layouts import coordscope
@@ -50,7 +49,7 @@ from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpe
 from scenarios.kit.clients import redis_client
 from scenarios.kit.context import RunContext
 from scenarios.kit.faults import FaultPlan, with_helpers
-from scenarios.kit.http import Reply
+from scenarios.kit.http import Http, Reply
 from scenarios.kit.nemesis import outage
 from scenarios.kit.scenario import Scenario
 from scenarios.kit.services import Service
@@ -60,6 +59,7 @@ from scenarios.sessions.stores import STORES, ContainerStore, SpringStore
 
 FAULTS = ("kill-instance", "expire", "notifications-off", "redis-restart-no-persistence", "rotate-id")
 BALANCER = "haproxy"
+REQUEST_TIMEOUT_S = 5.0
 
 SPEC = ScenarioSpec(
     name="session",
@@ -146,43 +146,6 @@ class _World:
         return self.ctx.number("idle_s") * 1000
 
 
-class _Browser:
-    """One user's browser: its own cookies (the session's, HAProxy's SERVERID)."""
-
-    def __init__(self, address: str, cookies: dict[str, str] | None = None) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=f"http://{address}", trust_env=False, cookies=cookies, timeout=5.0
-        )
-
-    async def call(self, path: str, body: dict[str, Any] | None = None) -> Reply:
-        try:
-            if path == "browse":
-                resp = await self.client.get("/browse")
-            else:
-                resp = await self.client.post(f"/{path}", json=body or {})
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            return Reply(None, {}, "refused")
-        except httpx.TimeoutException:
-            return Reply(None, {}, "timeout")
-        except httpx.TransportError as exc:
-            return Reply(None, {}, f"lost ({type(exc).__name__})")
-        try:
-            data = resp.json()
-        except ValueError:
-            data = {"text": resp.text[:200]}
-        if not isinstance(data, dict):
-            data = {"value": data}
-        data.setdefault("instance", resp.headers.get("X-Served-By", BALANCER))
-        return Reply(resp.status_code, data)
-
-    @property
-    def session_id(self) -> str | None:
-        return session_of_cookie(self.client.cookies.get(COOKIE))
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
 async def run(ctx: RunContext) -> None:
     if "redis-restart-no-persistence" in ctx.faults and (ctx.env.cluster is None or ctx.env.redis_cluster):
         raise ScenarioError(
@@ -241,7 +204,7 @@ async def run(ctx: RunContext) -> None:
 
 async def _user(world: _World, user: str, plan: FaultPlan) -> None:
     ctx = world.ctx
-    browser = _Browser(world.balancer.address)
+    browser = Http(connections=2)
     think = random.Random(f"{ctx.number('seed')}:{user}")  # users drift apart: each meets every instance
     world.counts[user] = {"ok": 0, "kicked": 0, "instances": set(), "cart": 0, "in": False}
     try:
@@ -264,7 +227,7 @@ async def _user(world: _World, user: str, plan: FaultPlan) -> None:
         await browser.aclose()
 
 
-async def _login(world: _World, user: str, browser: _Browser, rotate: bool = False) -> Reply:
+async def _login(world: _World, user: str, browser: Http, rotate: bool = False) -> Reply:
     body = {"user": user, "rotate": rotate}
     for _ in range(20):  # an unanswered login (a restart, a 503) is tried again
         reply = await _request(world, user, browser, "login", body)
@@ -275,13 +238,16 @@ async def _login(world: _World, user: str, browser: _Browser, rotate: bool = Fal
 
 
 async def _request(
-    world: _World, user: str, browser: _Browser, path: str, body: dict[str, Any] | None = None
+    world: _World, user: str, browser: Http, path: str, body: dict[str, Any] | None = None
 ) -> Reply:
     ctx = world.ctx
     world.requests += 1
     span = f"{user}#{world.requests}"
     ctx.record(user, "invoke", "request", key=path, note=path, data={"span": span})
-    reply = await browser.call(path, body)
+    if path == "browse":
+        reply = await browser.get(world.balancer.address, "/browse", REQUEST_TIMEOUT_S)
+    else:
+        reply = await browser.post(world.balancer.address, f"/{path}", body or {}, REQUEST_TIMEOUT_S)
     served = str(reply.body.get("instance", BALANCER)) if reply.status is not None else ""
     data: dict[str, Any] = {"span": span, "served_by": served, "code": reply.status}
     count = world.counts.setdefault(user, {"ok": 0, "kicked": 0, "instances": set(), "cart": 0, "in": False})
@@ -321,27 +287,14 @@ async def _request(
         return reply
     if reply.status is not None:
         error = str(reply.body.get("error") or reply.body.get("text", ""))[:80]
-        ctx.record(
-            user,
-            "fail",
-            "request",
-            key=path,
-            note=f"{reply.status} {error}".strip(),
-            data=data | {"tick": "error"},
-        )
+        kind, note, tick = "fail", f"{reply.status} {error}".strip(), "error"
     else:
-        ctx.record(
-            user,
-            "info",
-            "request",
-            key=path,
-            note=f"no reply ({reply.error})",
-            data=data | {"tick": "timeout"},
-        )
+        kind, note, tick = "info", f"no reply ({reply.error})", "timeout"
+    ctx.record(user, kind, "request", key=path, note=note, data=data | {"tick": tick})
     return reply
 
 
-async def _fault(world: _World, user: str, browser: _Browser, fault: str) -> None:
+async def _fault(world: _World, user: str, browser: Http, fault: str) -> None:
     ctx = world.ctx
     if fault == "kill-instance":
         victim = world.last_served.get(user) or world.services[0].name
@@ -386,10 +339,10 @@ def _ttl_key(world: _World, session_id: str) -> str | None:
     return None
 
 
-async def _expire(world: _World, user: str, browser: _Browser) -> None:
+async def _expire(world: _World, user: str, browser: Http) -> None:
     """The user goes idle past the timeout; the session's key expiring is watched."""
     ctx = world.ctx
-    session_id = browser.session_id
+    session_id = session_of_cookie(browser.cookie(COOKIE))
     key = _ttl_key(world, session_id) if session_id else None
     wait_s = world.idle_ms / 1000 + 1
     ctx.record(NEMESIS, "info", "fault", value="expire", note=f"{user} goes idle for {wait_s:g} s")
@@ -522,7 +475,7 @@ async def _restore_notifications(world: _World, wait: bool = False) -> None:
         ctx.record(RUNNER, "info", "notifications", note=note)
 
 
-async def _rotate(world: _World, user: str, browser: _Browser) -> None:
+async def _rotate(world: _World, user: str, browser: Http) -> None:
     """Log out, visit anonymously, log in again: does the pre-login id still open the session?"""
     ctx = world.ctx
     rotate = ctx.choice("rotate") == "on"
@@ -539,7 +492,7 @@ async def _rotate(world: _World, user: str, browser: _Browser) -> None:
     login = await _login(world, user, browser, rotate=rotate)
     after = str(login.body.get("session", "")) if login.ok else ""
     if before:
-        attacker = _Browser(world.balancer.address, {COOKIE: cookie_value(before)})
+        attacker = Http(connections=1, cookies={COOKIE: cookie_value(before)})
         try:
             await _request(world, checker.ATTACKER, attacker, "browse")
         finally:
