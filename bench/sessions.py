@@ -33,8 +33,12 @@ with a live heartbeat keeps the instances up while it measures.
    round each first, not counted. Reported: each store's median requests/s and its
    median per-round ratio to the ceiling, the median of the per-round ratios redis /
    local (goal >= 0.7), p50 / p99 latency per request at the client (every round of a
-   store pooled), and CPU per request by process (``/proc/<pid>/task/*/schedstat``):
-   on a small machine the rate is set by CPU.
+   store pooled), and CPU per request by process (``/proc/<pid>/task/*/schedstat``,
+   over the timed requests alone): on a small machine the rate is set by CPU, and the
+   client (httpx, about 0.6 ms of CPU a request) shares the cores with the servers, so
+   the report also gives the servers' CPU per request alone (instances, HAProxy,
+   Redis) — their local / redis is what the rate ratio would be, CPU-bound, with the
+   client on another machine.
 
    After every round it checks what it measured: every reply a 200 naming the user
    and the session it logged in with, every cart holding exactly the items that user
@@ -60,14 +64,18 @@ with a live heartbeat keeps the instances up while it measures.
      ``state == "expired"``, after its TTL end; and its extra cost on top of Redis's
      event, per session.
 
-   Every session must be seen live, then expired, by the viewer within
-   ``EXPIRY_WAIT_S`` of its TTL end (else it fails, exit 1).
+   Both listen in this process, at once, on the same sessions (the per-session
+   difference is paired). The app instances are stopped and part 1's keys deleted
+   first. With notifications on, the collector does not scan, so it does not trigger
+   the lazy expiry itself. Every session must be seen live, then expired, by the viewer
+   and have its ``expired`` event within ``EXPIRY_WAIT_S`` of its TTL end (else it
+   fails, exit 1).
 
 Everything written (``coordscope:session:{<run>}:*`` on ``redis-1``) is deleted at the
 end. Every loop is bounded in count and time; the instances, HAProxy and the cluster
 are stopped by PID, on Ctrl-C or an error too.
 
-    .venv/bin/python bench/sessions.py [--quick] [--rounds 6] [--requests 3000] [--container]
+    .venv/bin/python bench/sessions.py [--quick] [--rounds 10] [--requests 3000] [--container]
 """
 
 from __future__ import annotations
@@ -104,7 +112,7 @@ from scenarios.kit.clients import redis_client
 from scenarios.kit.history import RunRecord
 from scenarios.kit.services import Service, ServiceSet
 from scenarios.locks.measure import percentile
-from scenarios.sessions.stores import USER, SessionData, SpringStore, now_ms
+from scenarios.sessions.stores import GRACE_S, USER, SessionData, SpringStore, now_ms
 
 MODULE = "scenarios.sessions.app"
 INSTANCES = 3
@@ -122,6 +130,7 @@ EXPIRY_WAIT_S = 15.0
 SYNC_TIMEOUT_S = 20.0
 
 TICKS = os.sysconf("SC_CLK_TCK")
+CLIENT = "bench client (this process)"
 ELSEWHERE = "the rest of the machine"
 """Busy CPU time not spent by any process above: other programs, and interrupts."""
 
@@ -262,17 +271,20 @@ def _body(resp: httpx.Response) -> dict[str, Any]:
 
 
 async def drive(
-    address: str, prefix: str, requests: int, seconds: float, users: int
+    address: str, prefix: str, requests: int, seconds: float, users: int, meter: Meter
 ) -> tuple[int, list[float], float, list[str], list[set[str]]]:
     """``users`` browsers, logged in, taking requests 0, 1, 2, ... in turn: at most
     ``requests``, and none started after ``seconds``. Returns (the requests sent, their
-    latencies in ms, the seconds it took, what went wrong, the instances each user met)."""
+    latencies in ms, the seconds it took, what went wrong, the instances each user met).
+    ``meter`` reads the CPU clocks around the requests alone (a client's creation, with its
+    TLS context, and the logins would weigh on a short round)."""
     browsers = [User(f"{prefix}u{c}", address) for c in range(users)]
     latencies: list[float] = []
     failures: list[str] = []
     try:
         await asyncio.gather(*(b.login() for b in browsers))
         taken = itertools.count()
+        meter.start()
         started = time.perf_counter()
         deadline = started + seconds
 
@@ -286,6 +298,7 @@ async def drive(
 
         await asyncio.gather(*(browse(b) for b in browsers))
         took = time.perf_counter() - started
+        meter.stop()
     finally:
         await asyncio.gather(*(b.aclose() for b in browsers), return_exceptions=True)
     return len(latencies), latencies, took, failures, [b.instances for b in browsers]
@@ -309,6 +322,25 @@ def machine_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+class Meter:
+    """CPU seconds of each group of processes, and of the rest of the machine, between
+    :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._busy = 0.0
+        self._cpu: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._busy = machine_busy_seconds()
+        self._cpu = {g: cpu_seconds(pids()) for g, pids in self.groups.items()}
+
+    def stop(self) -> None:
+        self.cpu = {g: cpu_seconds(pids()) - self._cpu[g] for g, pids in self.groups.items()}
+        self.cpu[ELSEWHERE] = max(0.0, machine_busy_seconds() - self._busy - sum(self.cpu.values()))
 
 
 # ---------------------------------------------------------------------- the lab
@@ -351,7 +383,7 @@ class Lab:
         self._record = RunRecord(self.control, self.run_id)
         self._heartbeat: asyncio.Task[None] | None = None
         self.groups: dict[str, Callable[[], list[int]]] = {
-            "bench client (this process)": lambda: [os.getpid()],
+            CLIENT: lambda: [os.getpid()],
             "app instances": lambda: [],  # the side's own, set per round
             "haproxy": lambda: [],
             f"{self.store_node.name} (the sessions)": _pid(self.store_node),
@@ -436,13 +468,10 @@ class Lab:
             "app instances": lambda: [s.pid for s in side.services if s.pid],
             "haproxy": lambda: [side.balancer.pid] if side.balancer and side.balancer.pid else [],
         }
-        busy0 = machine_busy_seconds()
-        cpu0 = {g: cpu_seconds(p()) for g, p in pids.items()}
+        meter = Meter(pids)
         sent, latencies, took, failures, met = await drive(
-            side.address, f"{side.name}-r{n}-", args.requests, args.seconds, args.users
+            side.address, f"{side.name}-r{n}-", args.requests, args.seconds, args.users, meter
         )
-        cpu = {g: cpu_seconds(p()) - cpu0[g] for g, p in pids.items()}
-        cpu[ELSEWHERE] = max(0.0, machine_busy_seconds() - busy0 - sum(cpu.values()))
         if failures:
             raise BenchError(f"{side.label}: {len(failures)} of {sent} requests failed: {failures[:3]}")
         if not sent:
@@ -462,7 +491,7 @@ class Lab:
                 f"({', '.join(sorted(seen))}; the side has {', '.join(sorted(every))})"
             )
         side.served += [len(m) for m in met]
-        side.rounds.append(Round(sent, took, latencies, cpu))
+        side.rounds.append(Round(sent, took, latencies, meter.cpu))
         return side.rounds[-1].rate
 
 
@@ -511,13 +540,15 @@ class Expiry:
     extra_ms: list[float]
     """The viewer after Redis's event, per session."""
     notify: str
-    hz: str
+    hz: int
+    with_ttl: int
+    """Keys with a TTL on the node once every session was written (the expiry cycle samples them)."""
 
 
 async def expiry(lab: Lab, info: ClusterInfo, count: int) -> Expiry:
     store = SpringStore(lab.store, lab.run_id)
     flags = str(next(iter((await lab.store.config_get("notify-keyspace-events")).values()), ""))
-    hz = str(next(iter((await lab.store.config_get("hz")).values()), "?"))
+    hz = int(str(next(iter((await lab.store.config_get("hz")).values()), 10)))
     if not ("A" in flags or "x" in flags) or "E" not in flags:
         raise BenchError(f"{lab.store_node.name} sends no expired events (notify-keyspace-events {flags!r})")
     obs = Observatory(info.redis_targets(), info.zk_targets(), postgres=info.pg_targets())
@@ -598,6 +629,9 @@ async def expiry(lab: Lab, info: ClusterInfo, count: int) -> Expiry:
                 raise BenchError(f"{store.expires_key(data.id)} has no TTL right after the write ({pttl})")
             ttl_end[data.id] = (t0 + t1) / 2 * 1000 + pttl
             await asyncio.sleep(WRITE_SPREAD_S / count)
+        keyspace: dict[str, Any] = await lab.store.info("keyspace")
+        db = keyspace.get(f"db{lab.store_target.db}", {})
+        with_ttl = int(db.get("expires", 0)) if isinstance(db, dict) else 0
         deadline = time.monotonic() + (max(ttl_end.values()) - time.time() * 1000) / 1000 + EXPIRY_WAIT_S
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), max(0.0, deadline - time.monotonic()))
@@ -629,6 +663,7 @@ async def expiry(lab: Lab, info: ClusterInfo, count: int) -> Expiry:
         [expired_seen[s] - raw_seen[s] for s in ttl_end],
         flags,
         hz,
+        with_ttl,
     )
 
 
@@ -701,15 +736,30 @@ def report(load: Load, exp: Expiry, args: argparse.Namespace) -> None:
     )
     print("CPU per request, ms (all of it shares this machine's cores):")
     cpu = {name: side.cpu_ms_per_request() for name, side in sides.items()}
-    width = max(9, *(len(n) for n in sides))
+    width = max(len(n) for n in sides) + 2
     line("", "".join(f"{n:>{width}}" for n in sides))
     for group in cpu["redis"]:
         line(group, "".join(f"{c.get(group, 0.0):>{width}.3f}" for c in cpu.values()))
     line("the whole machine", "".join(f"{sum(c.values()):>{width}.3f}" for c in cpu.values()))
+    server = {n: sum(v for g, v in c.items() if g not in (CLIENT, ELSEWHERE)) for n, c in cpu.items()}
+    line(
+        "the servers alone (instances, HAProxy, Redis)",
+        "".join(f"{x:>{width}.3f}" for x in server.values())
+        + f"   local / redis {server['local'] / server['redis']:.2f}",
+    )
+    print(
+        "  (the client shares the cores: were it on another machine, the CPU-bound rate ratio "
+        "redis / local would be about the servers' local / redis)"
+    )
     print(
         f"session expiry on {load.store_node} (hz {exp.hz}, notify-keyspace-events {exp.notify!r}): "
         f"{exp.sessions} Spring sessions written over {WRITE_SPREAD_S:g} s, idle "
         f"{'/'.join(str(s) for s in exp.idle_s)} s, never touched again; after each one's TTL end:"
+    )
+    print(
+        f"  ({exp.with_ttl} keys with a TTL on {load.store_node}, the sessions' shadows and hashes (idle + "
+        f"{GRACE_S} s); every {1000 / exp.hz:g} ms Redis's expiry cycle samples 20 keys with a TTL, "
+        "and samples again only if more than 1 in 10 of them had expired)"
     )
     line("raw ceiling: Redis's expired event for the shadow key", spread(exp.raw_ms))
     line("the viewer (Observatory + Bus) shows the session expired", spread(exp.viewer_ms))
@@ -719,14 +769,14 @@ def report(load: Load, exp: Expiry, args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (well under a minute)")
-    parser.add_argument("--rounds", type=int, help="alternating rounds of each store (6; quick: 3)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds of each store (10; quick: 3)")
     parser.add_argument("--requests", type=int, help="at most this many per round (3000; quick: 800)")
     parser.add_argument("--seconds", type=float, help="at most this long per round (8; quick: 3)")
     parser.add_argument("--users", type=int, default=16, help="concurrent users (16)")
     parser.add_argument("--sessions", type=int, help="sessions whose expiry is timed (100; quick: 30)")
     parser.add_argument("--container", action="store_true", help="store=container too")
     args = parser.parse_args()
-    rounds, requests, seconds, sessions = (3, 800, 3.0, 30) if args.quick else (6, 3000, 8.0, 100)
+    rounds, requests, seconds, sessions = (3, 800, 3.0, 30) if args.quick else (10, 3000, 8.0, 100)
     args.rounds = args.rounds or rounds
     args.requests = args.requests or requests
     args.seconds = args.seconds or seconds

@@ -11,6 +11,7 @@ Nothing here executes or instantiates anything: it reads bytes.
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 from collectors.records import display
@@ -88,6 +89,10 @@ _INTEGER = bytes.fromhex(
 )
 
 
+_ASTRAL = re.compile(rb"[\xf0-\xf4]")
+"""The lead byte of a 4-byte UTF-8 sequence: a character outside the BMP."""
+
+
 def encode_long(value: int) -> bytes:
     """A ``java.lang.Long`` as ``ObjectOutputStream`` writes it (Spring Session's times)."""
     return MAGIC + _LONG + struct.pack(">q", value)
@@ -101,9 +106,12 @@ def encode_int(value: int) -> bytes:
 def encode_string(value: str) -> bytes:
     """A ``java.lang.String`` in Java's modified UTF-8 (NUL as C0 80, astral characters as
     two encoded surrogates)."""
-    units = value.encode("utf-16-be", "surrogatepass")
-    body = "".join(chr(int.from_bytes(units[i : i + 2], "big")) for i in range(0, len(units), 2))
-    raw = body.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
+    raw = value.encode("utf-8", "surrogatepass")
+    if _ASTRAL.search(raw):  # rare: each astral character as its two surrogates, encoded
+        units = value.encode("utf-16-be", "surrogatepass")
+        body = "".join(chr(int.from_bytes(units[i : i + 2], "big")) for i in range(0, len(units), 2))
+        raw = body.encode("utf-8", "surrogatepass")
+    raw = raw.replace(b"\x00", b"\xc0\x80")
     if len(raw) < 0x10000:
         return MAGIC + bytes([TC_STRING]) + struct.pack(">H", len(raw)) + raw
     return MAGIC + bytes([TC_LONGSTRING]) + struct.pack(">Q", len(raw)) + raw

@@ -319,3 +319,17 @@ def test_user_zk_pattern() -> None:
     config = LayoutConfig(zk_lock_patterns=(r"^worker-(?P<seq>\d{10})$",))
     fact = recognise_zk_lock("/jobs", [znode("/jobs/worker-0000000003", b"w3")], config)
     assert fact is not None and fact.layout == "pattern" and fact.holders[0].ident == "w3"
+
+
+def test_java_values_are_written_as_object_output_stream_writes_them() -> None:
+    """Spring Session's bytes (captured from Java, ../shared/research/layouts.md) and back."""
+    assert javaser.encode_string("alice").hex() == "aced0005740005616c696365"
+    assert javaser.encode_int(1800).hex().endswith("7870" + "00000708")
+    assert javaser.encode_long(1795673100000)[-8:] == (1795673100000).to_bytes(8, "big")
+    # modified UTF-8: NUL as C0 80, an astral character as its two surrogates (CESU-8)
+    assert javaser.encode_string("a\x00").hex() == "aced00057400036 1c080".replace(" ", "")
+    assert javaser.encode_string("😀").hex() == "aced0005740006eda0bdedb880"
+    for value in ("alice", "a\x00b", "😀 é ü", "x" * 70_000, "é" * 40_000):
+        assert javaser.decode(javaser.encode_string(value)) == value
+    assert javaser.encode_string("x" * 70_000)[4] == javaser.TC_LONGSTRING
+    assert javaser.decode(javaser.encode_long(-5)) == -5 and javaser.decode(javaser.encode_int(0)) == 0
