@@ -69,14 +69,9 @@ class App:
         return resp
 
     async def current(self, request: Request) -> SessionData | None:
+        """The request's session, touched (last access now, served by this instance)."""
         session_id = session_of_cookie(request.cookies.get(COOKIE))
-        return await self.store.load(session_id) if session_id else None
-
-    async def touch(self, data: SessionData, changed: set[str]) -> None:
-        old = data.last_ms
-        data.last_ms = now_ms()
-        data.attrs[SERVED_BY] = self.name
-        await self.store.save(data, changed | {SERVED_BY}, old_last_ms=old)
+        return await self.store.touch(session_id, {SERVED_BY: self.name}) if session_id else None
 
     def new_session(self) -> SessionData:
         now = now_ms()
@@ -91,8 +86,6 @@ class App:
         if data is None:
             data = self.new_session()
             await self.store.save(data, set(data.attrs), new=True)
-        else:
-            await self.touch(data, set())
         return self.reply(self.state(data), session=data)
 
     async def login(self, request: Request) -> JSONResponse:
@@ -111,8 +104,8 @@ class App:
             if body.get("rotate"):
                 await self.store.rotate(data, str(uuid.uuid4()))
             data.attrs[USER] = user
-            data.attrs.pop(CART, None)
-            await self.touch(data, {USER})
+            data.attrs.pop(CART, None)  # a new login starts with an empty cart
+            await self.store.save(data, {USER, CART}, old_last_ms=data.last_ms)
         return self.reply({**self.state(data), "before": before}, session=data)
 
     async def browse(self, request: Request) -> JSONResponse:
@@ -120,7 +113,6 @@ class App:
         data = await self.current(request)
         if data is None or not data.user:
             return self.reply({"error": "not logged in"}, 401)
-        await self.touch(data, set())
         return self.reply(self.state(data), session=data)
 
     async def cart(self, request: Request) -> JSONResponse:
@@ -131,7 +123,7 @@ class App:
         if data is None or not data.user:
             return self.reply({"error": "not logged in"}, 401)
         data.attrs[CART] = ",".join([*data.cart, item])
-        await self.touch(data, {CART})
+        await self.store.set_attributes(data, {CART})
         return self.reply(self.state(data), session=data)
 
     async def logout(self, request: Request) -> JSONResponse:

@@ -30,7 +30,7 @@ import json
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -82,6 +82,13 @@ class Store(Protocol):
         """Write what changed: on a new session everything, else ``lastAccessedTime`` and
         the attributes named in ``changed``."""
 
+    async def touch(self, session_id: str, attrs: dict[str, str]) -> SessionData | None:
+        """A request's read: the session, its ``lastAccessedTime`` moved to now and these
+        attributes set — or None (missing, expired, deleted), untouched."""
+
+    async def set_attributes(self, data: SessionData, names: set[str]) -> None:
+        """Write these attributes of a session just touched (a removed one is deleted)."""
+
     async def delete(self, data: SessionData) -> None: ...
 
     async def rotate(self, data: SessionData, new_id: str) -> None:
@@ -89,6 +96,17 @@ class Store(Protocol):
 
     def held(self) -> int | None:
         """Sessions in this process's memory (None: they live in Redis)."""
+
+
+async def touch_by_load(store: Store, session_id: str, attrs: dict[str, str]) -> SessionData | None:
+    """``touch`` as a read, then a write (the stores whose session is one value)."""
+    data = await store.load(session_id)
+    if data is None:
+        return None
+    old, data.last_ms = data.last_ms, now_ms()
+    data.attrs.update(attrs)
+    await store.save(data, set(attrs), old_last_ms=old)
+    return data
 
 
 class LocalStore:
@@ -108,6 +126,12 @@ class LocalStore:
         self, data: SessionData, changed: set[str], new: bool = False, old_last_ms: int = 0
     ) -> None:
         self.sessions[data.id] = SessionData(**{**asdict(data), "attrs": dict(data.attrs)})
+
+    async def touch(self, session_id: str, attrs: dict[str, str]) -> SessionData | None:
+        return await touch_by_load(self, session_id, attrs)
+
+    async def set_attributes(self, data: SessionData, names: set[str]) -> None:
+        await self.save(data, names)
 
     async def delete(self, data: SessionData) -> None:
         self.sessions.pop(data.id, None)
@@ -161,6 +185,12 @@ class ContainerStore:
     ) -> None:
         await self.redis.set(self.key(data.id), encode_blob(data), px=data.idle_s * 1000)
 
+    async def touch(self, session_id: str, attrs: dict[str, str]) -> SessionData | None:
+        return await touch_by_load(self, session_id, attrs)
+
+    async def set_attributes(self, data: SessionData, names: set[str]) -> None:
+        await self.save(data, names)
+
     async def delete(self, data: SessionData) -> None:
         await self.redis.delete(self.key(data.id))
 
@@ -176,6 +206,48 @@ class ContainerStore:
         return None
 
 
+TOUCH = """
+-- KEYS: the session's hash, its shadow. ARGV: now (ms), lastAccessedTime (a Java Long),
+-- the namespace, the bucket member (a Java String "expires:<id>"), then attribute/value pairs.
+-- Returns {1 if touched, the hash as it was}: a session that is missing, deleted
+-- (maxInactiveInterval 0), expired or unreadable is returned as read and not touched.
+local fields = redis.call('HGETALL', KEYS[1])
+local last, idle
+for i = 1, #fields, 2 do
+  if fields[i] == 'lastAccessedTime' then last = fields[i + 1] end
+  if fields[i] == 'maxInactiveInterval' then idle = fields[i + 1] end
+end
+local function number(raw, n)  -- a Java Long (n = 8) or Integer (4): its last n bytes
+  if not raw or #raw < n + 4 or string.sub(raw, 1, 4) ~= '\\172\\237\\0\\5' then return nil end
+  local v = 0
+  for i = #raw - n + 1, #raw do v = v * 256 + string.byte(raw, i) end
+  return v
+end
+last, idle = number(last, 8), number(idle, 4)
+local now = tonumber(ARGV[1])
+if not last or not idle or idle <= 0 or idle >= 2147483648 or now - last >= idle * 1000 then
+  return {0, fields}
+end
+local function bucket(expires)
+  return ARGV[3] .. ':expirations:' .. string.format('%.0f', (math.floor(expires / 60000) + 1) * 60000)
+end
+local set = {'lastAccessedTime', ARGV[2]}
+for i = 5, #ARGV do set[#set + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(set))
+local old, new = bucket(last + idle * 1000), bucket(now + idle * 1000)
+if old ~= new then redis.call('SREM', old, ARGV[4]) end
+redis.call('APPEND', KEYS[2], '')
+redis.call('EXPIRE', KEYS[2], idle)
+redis.call('EXPIRE', KEYS[1], idle + 300)
+redis.call('SADD', new, ARGV[4])
+return {1, fields}
+"""
+"""A request's touch in Spring Session's layout, in one round trip: the writes of ``save``
+(``lastAccessedTime`` and the attributes) and of ``onExpirationUpdated`` (the minute bucket,
+the shadow's and the hash's TTLs), only for a session that is live by its own fields. The
+bucket keys are named from the namespace, in the session's slot (the run's hash tag)."""
+
+
 def expiry_bucket(expires_ms: int) -> int:
     """Spring Session's minute bucket: the minute after the session expires."""
     return (expires_ms // 60_000 + 1) * 60_000
@@ -185,6 +257,7 @@ class SpringStore:
     def __init__(self, redis: Redis, run_id: str) -> None:
         self.redis = redis
         self.ns = session_namespace(run_id)
+        self._touch = redis.register_script(TOUCH)
 
     def hash_key(self, session_id: str) -> str:
         return f"{self.ns}:sessions:{session_id}"
@@ -199,27 +272,42 @@ class SpringStore:
         return f"{self.ns}:index:{PRINCIPAL}:{user}"
 
     async def load(self, session_id: str) -> SessionData | None:
-        raw = await self.redis.hgetall(self.hash_key(session_id))
-        if not raw:
+        data = _parse(session_id, await self.redis.hgetall(self.hash_key(session_id)))
+        return None if data is None or data.expired(now_ms()) else data
+
+    async def touch(self, session_id: str, attrs: dict[str, str]) -> SessionData | None:
+        """One round trip: :data:`TOUCH` reads the hash and, unless the session is expired or
+        deleted, sends what ``save`` + ``onExpirationUpdated`` send for a touch."""
+        now = now_ms()
+        pairs: list[str | bytes] = []
+        for name, value in attrs.items():
+            pairs += [ATTR_PREFIX + name, javaser.encode_string(value)]
+        touched, flat = await self._touch(
+            keys=[self.hash_key(session_id), self.expires_key(session_id)],
+            args=[
+                now,
+                javaser.encode_long(now),
+                self.ns,
+                javaser.encode_string(f"expires:{session_id}"),
+                *pairs,
+            ],
+        )
+        data = _parse(session_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        if not touched or data is None or data.expired(now):
             return None
-        values = {_text(k): javaser.decode(v if isinstance(v, bytes) else v.encode()) for k, v in raw.items()}
-        created, last, idle = (
-            values.get(n) for n in ("creationTime", "lastAccessedTime", "maxInactiveInterval")
-        )
-        if not all(isinstance(v, int) for v in (created, last, idle)):
-            return None  # not a session this store can use: as good as none
-        data = SessionData(
-            id=session_id,
-            created_ms=int(created),  # type: ignore[arg-type]
-            last_ms=int(last),  # type: ignore[arg-type]
-            idle_s=int(idle),  # type: ignore[arg-type]
-            attrs={
-                name[len(ATTR_PREFIX) :]: str(value)
-                for name, value in values.items()
-                if name.startswith(ATTR_PREFIX) and value is not None and name != ATTR_PREFIX + PRINCIPAL
-            },
-        )
-        return None if data.expired(now_ms()) else data
+        data.last_ms = now
+        data.attrs.update(attrs)
+        return data
+
+    async def set_attributes(self, data: SessionData, names: set[str]) -> None:
+        present = {ATTR_PREFIX + n: javaser.encode_string(data.attrs[n]) for n in names if n in data.attrs}
+        gone = [ATTR_PREFIX + n for n in names if n not in data.attrs]
+        pipe = self.redis.pipeline(transaction=True)
+        if present:
+            pipe.hset(self.hash_key(data.id), mapping=present)  # type: ignore[arg-type]
+        if gone:
+            pipe.hdel(self.hash_key(data.id), *gone)
+        await pipe.execute()
 
     async def save(
         self, data: SessionData, changed: set[str], new: bool = False, old_last_ms: int = 0
@@ -234,6 +322,8 @@ class SpringStore:
             fields[ATTR_PREFIX + PRINCIPAL] = javaser.encode_string(data.user)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.hash_key(data.id), mapping=fields)  # type: ignore[arg-type]
+        if removed := [ATTR_PREFIX + n for n in changed if n not in data.attrs]:
+            pipe.hdel(self.hash_key(data.id), *removed)  # removeAttribute: the field goes
         if USER in changed and data.user:
             pipe.sadd(self.index_key(data.user), javaser.encode_string(data.id))
         self._expiry(pipe, data, None if new else old_last_ms)
@@ -288,6 +378,27 @@ class SpringStore:
 
     def held(self) -> int | None:
         return None
+
+
+def _parse(session_id: str, raw: dict[Any, Any]) -> SessionData | None:
+    """A Spring session hash as read (``HGETALL``), or None when it is not one we can use."""
+    if not raw:
+        return None
+    values = {_text(k): javaser.decode(v if isinstance(v, bytes) else v.encode()) for k, v in raw.items()}
+    created, last, idle = (values.get(n) for n in ("creationTime", "lastAccessedTime", "maxInactiveInterval"))
+    if not all(isinstance(v, int) for v in (created, last, idle)):
+        return None  # not a session this store can use: as good as none
+    return SessionData(
+        id=session_id,
+        created_ms=int(created),  # type: ignore[arg-type]
+        last_ms=int(last),  # type: ignore[arg-type]
+        idle_s=int(idle),  # type: ignore[arg-type]
+        attrs={
+            name[len(ATTR_PREFIX) :]: str(value)
+            for name, value in values.items()
+            if name.startswith(ATTR_PREFIX) and value is not None and name != ATTR_PREFIX + PRINCIPAL
+        },
+    )
 
 
 def _text(raw: bytes | str) -> str:

@@ -65,6 +65,18 @@ async def test_spring_session_layout_byte_for_byte(cluster: ClusterInfo) -> None
         assert [javaser.decode(m) for m in r.smembers(store.index_key("alice"))] == [SESSION_ID]
         loaded = await store.load(SESSION_ID)
         assert loaded is not None and loaded.attrs == {"user": "alice", "servedBy": "app-2"}
+        # a request's touch (one script): last access now, the attribute set, both TTLs renewed
+        r.expire(store.expires_key(SESSION_ID), 5)
+        touched = await store.touch(SESSION_ID, {"servedBy": "app-3"})
+        assert (
+            touched is not None and touched.last_ms >= data.last_ms and touched.attrs["servedBy"] == "app-3"
+        )
+        h = r.hgetall(store.hash_key(SESSION_ID))
+        assert javaser.decode(h[b"lastAccessedTime"]) == touched.last_ms
+        assert javaser.decode(h[b"sessionAttr:servedBy"]) == "app-3"
+        assert 1795 <= r.ttl(store.expires_key(SESSION_ID)) <= 1800
+        assert r.sismember(store.bucket_key(touched.last_ms + 1800_000), member)
+        loaded = touched
         # changeSessionId: RENAME of the hash and its shadow, the index follows
         await store.rotate(loaded, "new-id")
         assert not r.exists(store.hash_key(SESSION_ID), store.expires_key(SESSION_ID))
@@ -77,6 +89,16 @@ async def test_spring_session_layout_byte_for_byte(cluster: ClusterInfo) -> None
         assert 0 < r.ttl(store.hash_key("new-id")) <= 300
         assert not r.exists(store.index_key("alice"))
         assert await store.load("new-id") is None
+        # a deleted session is not revived by a request: read, left as it is
+        assert await store.touch("new-id", {"servedBy": "app-1"}) is None
+        assert not r.exists(store.expires_key("new-id"))
+        assert javaser.decode(r.hget(store.hash_key("new-id"), "sessionAttr:servedBy") or b"") == "app-3"
+        # nor an expired one (its idle timeout passed by its own fields), nor a missing one
+        stale = SessionData("stale", now_ms() - 10_000, now_ms() - 5_000, 2, {"user": "bob"})
+        await store.save(stale, {"user"}, new=True)
+        assert await store.touch("stale", {"servedBy": "app-1"}) is None
+        assert javaser.decode(r.hget(store.hash_key("stale"), "lastAccessedTime") or b"") == stale.last_ms
+        assert await store.touch("missing", {}) is None
     finally:
         for key in r.scan_iter("coordscope:session:{layout-test}:*"):
             r.delete(key)
