@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.locks
 	$(BIN)/python -m bench.idempotency
 	$(BIN)/python -m bench.ordering
+	$(BIN)/python -m bench.sessions
 	$(BIN)/python -m bench.scale
 
 $(STAMP): pyproject.toml

@@ -63,6 +63,7 @@ from collectors.targets import PostgresTarget
 from scenarios.idempotency import ledger
 from scenarios.idempotency.marks import mark_key
 from scenarios.kit.clients import redis_client
+from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.database import connect, create_schema, schema_for
 from scenarios.kit.history import RunRecord
 from scenarios.kit.http import Http
@@ -84,8 +85,6 @@ command a script runs inside (``hset``, ``pexpire``, ``time``...)."""
 NOT_COUNTED = ("info", "replconf")
 """Our own snapshots, and the replica's acknowledgements."""
 
-TICKS = os.sysconf("SC_CLK_TCK")
-ELSEWHERE = "the rest of the machine"
 """Busy CPU time not spent by any process above: other programs, and interrupts (some of
 them our own network traffic's). Much of it means another program disturbed the run."""
 
@@ -234,25 +233,6 @@ def delta(after: Stats, before: Stats) -> Stats:
     return out
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """Time on a CPU of these processes, every thread, in seconds (``schedstat`` counts ns;
-    ``stat``'s utime and stime count 10 ms ticks, too coarse for a short round)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent busy (every core, every process, interrupts)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICKS
-
-
 async def check_ledger(db: PostgresTarget, schema: str, prefix: str, orders: list[str]) -> None:
     """Every order sent in the round is charged exactly once, and no other order of it is."""
     query = sql.SQL(
@@ -383,15 +363,14 @@ class Lab:
         await self.control.aclose()
 
     async def _measure(self, side: Side, pay: Pay, prefix: str, payments: int) -> list[str]:
-        busy0 = machine_busy_seconds()
-        cpu0 = {g: cpu_seconds(pids()) for g, pids in self.groups.items()}
+        meter = Meter(self.groups)
+        meter.start()
         stats0 = await commandstats(self.marks)
         orders, latencies, took, failures = await drive(
             pay, prefix, payments, self.args.seconds, self.args.clients
         )
         stats1 = await commandstats(self.marks)
-        cpu = {g: cpu_seconds(pids()) - cpu0[g] for g, pids in self.groups.items()}
-        cpu[ELSEWHERE] = max(0.0, machine_busy_seconds() - busy0 - sum(cpu.values()))
+        cpu = meter.stop()
         if failures:
             raise BenchError(
                 f"{side.label}: {len(failures)} of {len(orders)} payments failed: {failures[:3]}"

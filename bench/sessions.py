@@ -91,7 +91,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,7 @@ from collectors.observatory import Observatory
 from collectors.targets import RedisTarget, free_port
 from scenarios.kit.balancer import Backend, Balancer
 from scenarios.kit.clients import redis_client
+from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
 from scenarios.kit.services import Service, ServiceSet
 from scenarios.locks.measure import percentile
@@ -129,9 +130,7 @@ EXPIRY_WAIT_S = 15.0
 """How long after its TTL end a session must be seen expired."""
 SYNC_TIMEOUT_S = 20.0
 
-TICKS = os.sysconf("SC_CLK_TCK")
 CLIENT = "bench client (this process)"
-ELSEWHERE = "the rest of the machine"
 """Busy CPU time not spent by any process above: other programs, and interrupts."""
 
 LABELS = {
@@ -305,42 +304,6 @@ async def drive(
 
 
 # ---------------------------------------------------------------------- CPU
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """Time on a CPU of these processes, every thread, in seconds (``schedstat``, ns)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
-def machine_busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICKS
-
-
-class Meter:
-    """CPU seconds of each group of processes, and of the rest of the machine, between
-    :meth:`start` and :meth:`stop`."""
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = groups
-        self._busy = 0.0
-        self._cpu: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-
-    def start(self) -> None:
-        self._busy = machine_busy_seconds()
-        self._cpu = {g: cpu_seconds(pids()) for g, pids in self.groups.items()}
-
-    def stop(self) -> None:
-        self.cpu = {g: cpu_seconds(pids()) - self._cpu[g] for g, pids in self.groups.items()}
-        self.cpu[ELSEWHERE] = max(0.0, machine_busy_seconds() - self._busy - sum(self.cpu.values()))
 
 
 # ---------------------------------------------------------------------- the lab

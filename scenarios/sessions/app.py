@@ -12,7 +12,9 @@ Routes (every reply is JSON naming the ``instance`` that served it, and carries 
   the user, the cart, the session id;
 - ``POST /logout`` — the session deleted, the cookie cleared.
 
-The session cookie is Spring Session's: ``SESSION``, the id in base64. Each request
+The session cookie is Spring Session's: ``SESSION``, the id in base64. With
+``store=redis`` every instance also runs Spring's minute job (the ended minute's
+expiry bucket read and deleted), as a Spring Session application does. Each request
 touches the session (``lastAccessedTime``) and records which instance served it in
 the ``servedBy`` attribute, so the sessions panel shows it for readable layouts.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -33,7 +37,17 @@ from starlette.routing import Route
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.process import ServiceRuntime, parser
-from scenarios.sessions.stores import CART, SERVED_BY, STORES, USER, SessionData, Store, now_ms, store_for
+from scenarios.sessions.stores import (
+    CART,
+    SERVED_BY,
+    STORES,
+    USER,
+    SessionData,
+    SpringStore,
+    Store,
+    now_ms,
+    store_for,
+)
 
 COOKIE = "SESSION"
 
@@ -180,8 +194,16 @@ async def main() -> None:
 
     beating: list[asyncio.Task[None]] = []
 
+    async def clean_every_minute(store: SpringStore) -> None:
+        while not rt.stopping.is_set():
+            await asyncio.sleep(60 - time.time() % 60 + 0.01)  # at second 0 of every minute
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await store.clean_expired(now_ms())
+
     async def on_start() -> None:
         beating.append(asyncio.create_task(beat_detail()))
+        if isinstance(app.store, SpringStore):
+            beating.append(asyncio.create_task(clean_every_minute(app.store)))
 
     async def on_close() -> None:
         for task in beating:

@@ -99,6 +99,11 @@ async def test_spring_session_layout_byte_for_byte(cluster: ClusterInfo) -> None
         assert await store.touch("stale", {"servedBy": "app-1"}) is None
         assert javaser.decode(r.hget(store.hash_key("stale"), "lastAccessedTime") or b"") == stale.last_ms
         assert await store.touch("missing", {}) is None
+        # Spring's minute job: the ended minute's bucket read, its sessions' shadows read, deleted
+        due = stale.last_ms + 2000
+        assert r.sismember(store.bucket_key(due), javaser.encode_string("expires:stale"))
+        assert await store.clean_expired(expiry_bucket(due)) >= 1
+        assert not r.exists(store.bucket_key(due))
     finally:
         for key in r.scan_iter("coordscope:session:{layout-test}:*"):
             r.delete(key)
