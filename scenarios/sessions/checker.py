@@ -133,7 +133,7 @@ def _findings(ops: Sequence[Op], users: Mapping[str, _User]) -> list[str]:
         out.append(f"{name}: served by {where}{extra}")
     for op in ops:
         if (op.f == "expire" and op.actor != RUNNER) or (
-            op.actor == RUNNER and op.f in ("notifications", "old-id") and op.note
+            op.actor == RUNNER and op.f in ("notifications", "old-id", "fault-unused") and op.note
         ):
             out.append(op.note)
     return out

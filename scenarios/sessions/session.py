@@ -190,6 +190,9 @@ async def run(ctx: RunContext) -> None:
     try:
         work = [_user(world, u, plan) for u in users]
         await with_helpers(ctx, plan.arm, work, _balancer_beat(world, control), _table_beat(world))
+        for fault in [*plan.armed, *plan.scheduled]:  # user-1 was done before it came due
+            ctx.record(RUNNER, "info", "fault-unused", value=fault,
+                       note=f"{fault} came after user-1's last request: not applied")  # fmt: skip
         await _restore_notifications(world, wait=True)
     finally:
         for task in world.down.values():

@@ -111,3 +111,20 @@ def test_request_spans_take_the_instance_as_their_tone_and_the_legend_names_them
     drawn = lanes(h.ops)
     assert [(s.kind, s.tone) for s in drawn[0].spans] == [("request", "app-2"), ("request", "app-1")]
     assert [(w, k) for w, k, _ in legend(drawn) if w == "tone"] == [("tone", "app-1"), ("tone", "app-2")]
+
+
+def test_what_the_run_noticed_is_in_the_findings() -> None:
+    h = H().req(0, 5, "u1", "login", 200)
+    for f, note in (("fault-unused", "expire came after user-1's last request: not applied"),
+                    ("notifications", "keyspace notifications were off for 3.0 s")):  # fmt: skip
+        h.ops.append(Op(index=len(h.ops), t_ms=9, actor=RUNNER, kind="info", f=f, note=note))
+    h.ops.append(
+        Op(index=len(h.ops), t_ms=9, actor="u1", kind="info", f="expire", note="expired 40 ms after")
+    )
+    v = check(h.ops, PARAMS)
+    assert v.holds
+    assert v.findings[1:] == (
+        "expire came after user-1's last request: not applied",
+        "keyspace notifications were off for 3.0 s",
+        "expired 40 ms after",
+    )
