@@ -113,7 +113,8 @@ from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
 from scenarios.kit.services import Service, ServiceSet
 from scenarios.locks.measure import percentile
-from scenarios.sessions.stores import GRACE_S, USER, SessionData, SpringStore, now_ms
+from scenarios.sessions.spring import SpringStore
+from scenarios.sessions.stores import GRACE_S, USER, SessionData, now_ms
 
 MODULE = "scenarios.sessions.app"
 INSTANCES = 3

@@ -30,6 +30,7 @@ import uuid
 from typing import Any
 
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -37,16 +38,17 @@ from starlette.routing import Route
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.process import ServiceRuntime, parser
+from scenarios.sessions.spring import SpringStore
 from scenarios.sessions.stores import (
     CART,
     SERVED_BY,
     STORES,
     USER,
+    ContainerStore,
+    LocalStore,
     SessionData,
-    SpringStore,
     Store,
     now_ms,
-    store_for,
 )
 
 COOKIE = "SESSION"
@@ -147,6 +149,14 @@ class App:
             await self.store.delete(data)
         return self.reply({"user": data.user if data else None, "session": data.id if data else None},
                           clear=True)  # fmt: skip
+
+
+def store_for(name: str, redis: Redis | None, run_id: str) -> Store:
+    if name in ("local", "sticky"):
+        return LocalStore()
+    if redis is None:
+        raise ValueError(f"store={name} keeps sessions in Redis: give --redis")
+    return ContainerStore(redis, run_id) if name == "container" else SpringStore(redis, run_id)
 
 
 async def _json(request: Request) -> dict[str, Any]:

@@ -12,14 +12,8 @@ from collectors.families.sessions import Session
 from collectors.layouts import javaser
 from collectors.layouts.sessions import PRINCIPAL
 from scenarios.kit.clients import redis_client as async_client
-from scenarios.sessions.stores import (
-    BLOB_MAGIC,
-    ContainerStore,
-    SessionData,
-    SpringStore,
-    expiry_bucket,
-    now_ms,
-)
+from scenarios.sessions.spring import SpringStore, expiry_bucket
+from scenarios.sessions.stores import BLOB_MAGIC, ContainerStore, SessionData, now_ms
 from tests.conftest import observing, until
 
 LONG = (
