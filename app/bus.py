@@ -52,6 +52,10 @@ class Batch(list[Event]):
     text: str | None = None
     low: int = 0
     """The lowest sequence number in it."""
+    totals: dict[str, int] | None = None
+    """How many of each kind the state held right after these events (taken at the flush:
+    counted when the text is made, a viewer that sends it late would be told totals of a
+    later state, and take a kind it holds whole for a partial one)."""
 
 
 Delivery = Snapshot | Batch
@@ -126,7 +130,9 @@ class Viewer:
             while self._queue:
                 batch = self._queue.popleft()
                 if batch.low <= self._after_seq:  # partly in the snapshot already
-                    batch = Batch(e for e in batch if e.seq > self._after_seq)
+                    rest = Batch(e for e in batch if e.seq > self._after_seq)
+                    rest.totals = batch.totals
+                    batch = rest
                 if batch:
                     return batch
             self._ready.clear()
@@ -178,10 +184,11 @@ class Bus:
 
     def batch_text(self, batch: Batch) -> str:
         """A batch as one JSON message, made once: ``{"type": "batch", "events": [...],
-        "totals": {...}}`` (how many of each kind the state holds now)."""
+        "totals": {...}}`` (how many of each kind the state held right after them)."""
         if batch.text is None:
             events = ",".join(self.encoded(e) for e in batch)
-            totals = json.dumps({PLURAL[k]: n for k, n in self.state.counts().items()})
+            counts = batch.totals if batch.totals is not None else self.state.counts()
+            totals = json.dumps({PLURAL[k]: n for k, n in counts.items()})
             batch.text = f'{{"type":"batch","v":{SCHEMA_VERSION},"events":[{events}],"totals":{totals}}}'
         return batch.text
 
@@ -245,6 +252,7 @@ class Bus:
             latest[key] = event
         batch = Batch(sorted(latest.values(), key=lambda e: e.seq) + logs)
         batch.low = min(e.seq for e in batch)
+        batch.totals = self.state.counts()
         for viewer in list(self._viewers):
             viewer._push(batch)
 

@@ -158,3 +158,23 @@ async def test_a_wire_snapshot_is_encoded_once_per_state_but_always_tells_the_ti
     assert json.loads(bus.wire_snapshot_state())["at_ms"] == 600_000
     bus.state.apply_key(key("acct:2:lock", f"{2:032x}"))
     assert len(json.loads(bus.wire_snapshot())["locks"]) == 2  # a new state, a new encoding
+
+
+async def test_a_batch_sent_late_tells_the_totals_of_its_own_moment() -> None:
+    """A viewer whose sender comes round late must not be told a later state's totals with an
+    earlier state's events: the page would count a lock it has not been sent yet, take the
+    kind for partial, and ignore that lock's upsert when it comes (seen on a loaded CI)."""
+    bus = Bus(Observatory([], []), interval_s=0.0)
+    viewer = bus.subscribe()
+    assert isinstance(await viewer.get(), Snapshot)
+    bus.state.apply_key(key("acct:1:lock", "0" * 32))
+    bus.flush()
+    bus.state.apply_key(key("acct:2:lock", "0" * 32))  # after the flush, before the send
+    batch = await asyncio.wait_for(viewer.get(), 1)
+    assert isinstance(batch, list)
+    sent = json.loads(bus.batch_text(batch))
+    assert [e["lock"]["name"] for e in sent["events"] if e["type"] == "lock.upserted"] == ["acct:1:lock"]
+    assert sent["totals"]["locks"] == 1  # not 2: the second lock comes with the next batch
+    bus.flush()
+    later = json.loads(bus.batch_text(await asyncio.wait_for(viewer.get(), 1)))  # type: ignore[arg-type]
+    assert later["totals"]["locks"] == 2
