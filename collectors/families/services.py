@@ -78,12 +78,14 @@ class Services(Family):
     columns = (
         Column("name", "service", lambda s: text(s.name, "bold", title=s.run)),
         Column("role", "role", lambda s: text(s.role), limit=16),
+        Column("status", "status", lambda s: status(s.status)),
+        # what it says of itself (HAProxy's servers, sessions in memory, why it was killed)
+        # before what any process has: it must not be the column a narrow screen cuts
+        Column("detail", "detail", lambda s: text(s.detail or None), limit=34),
+        Column("requests", "requests", lambda s: text(s.requests)),
+        Column("last", "last request", _last, limit=32),
         Column("address", "address", lambda s: text(s.address)),
         Column("pid", "pid", lambda s: text(s.pid)),
-        Column("status", "status", lambda s: status(s.status)),
-        Column("requests", "requests", lambda s: text(s.requests)),
-        Column("last", "last request", _last, limit=40),
-        Column("detail", "detail", lambda s: text(s.detail or None), limit=36),
         Column("run", "run", lambda s: text(s.run, "dim"), limit=24),
     )
 
