@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -448,7 +448,19 @@ def line(label: str, value: str) -> None:
     print(f"  {label:<56}{value}")
 
 
-def rates(side: Side) -> str:
+class Rated(Protocol):
+    """A side of a benchmark: its rounds' rates and every latency."""
+
+    @property
+    def median_rate(self) -> float: ...
+    @property
+    def rates(self) -> list[float]: ...
+    @property
+    def latencies(self) -> list[float]: ...
+
+
+def rates(side: Rated) -> str:
+    """A side's median rate, its rounds' range, and p50 / p99 latency (the sessions benchmark's too)."""
     lat = side.latencies
     return (
         f"{side.median_rate:7,.0f}/s  (rounds {min(side.rates):,.0f}-{max(side.rates):,.0f})  "

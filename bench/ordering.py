@@ -77,15 +77,16 @@ from app.cluster import ClusterInfo, LocalCluster
 from app.cluster_member import Member
 
 try:
-    from bench.idempotency import ELSEWHERE, Stats, commandstats, cpu_seconds, delta, machine_busy_seconds
+    from bench.idempotency import Stats, commandstats, delta
     from bench.queues import measure as measure_refresh
 except ModuleNotFoundError:  # run as a file (python bench/ordering.py): its siblings are beside it
-    from idempotency import ELSEWHERE, Stats, commandstats, cpu_seconds, delta, machine_busy_seconds
+    from idempotency import Stats, commandstats, delta
     from queues import measure as measure_refresh
 from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.sequence import missing, sequence_breaches
 from scenarios.kit.clients import redis_client
+from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
 from scenarios.kit.services import ServiceSet, runs_dir
 from scenarios.ordering.hash_ring import DEFAULT_VNODES, HashRing, key_point
@@ -499,8 +500,8 @@ class Lab:
         rng = random.Random(n)  # every side of a round gets the same events in the same order
         plans = [schedule(mine, args.window, rng) for mine in deal]
         groups = {**self.groups, CONSUMERS: side.pids}
-        busy0 = machine_busy_seconds()
-        cpu0 = {g: cpu_seconds(pids()) for g, pids in groups.items()}
+        meter = Meter(groups)
+        meter.start()
         stats0 = await commandstats(self.store)
         t0 = time.perf_counter()
         lasts = await asyncio.gather(
@@ -516,8 +517,7 @@ class Lab:
         await drained(self.store, side, last, args.timeout)
         took = time.perf_counter() - t0
         stats1 = await commandstats(self.store)
-        cpu = {g: cpu_seconds(pids()) - cpu0[g] for g, pids in groups.items()}
-        cpu[ELSEWHERE] = max(0.0, machine_busy_seconds() - busy0 - sum(cpu.values()))
+        cpu = meter.stop()
         events = sum(len(p) for p in plans)
         commands = delta(stats1, stats0)
         if side.dedup is not None:

@@ -108,6 +108,11 @@ from collectors.layouts.coordscope import session_namespace
 from collectors.observatory import Observatory
 from collectors.targets import RedisTarget, free_port
 from scenarios.kit.balancer import Backend, Balancer
+
+try:
+    from bench.idempotency import rates
+except ModuleNotFoundError:  # run as a file (python bench/sessions.py): its siblings are beside it
+    from idempotency import rates
 from scenarios.kit.clients import redis_client
 from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
@@ -651,14 +656,6 @@ async def bench(info: ClusterInfo, args: argparse.Namespace) -> tuple[Load, Expi
 
 def line(label: str, value: str) -> None:
     print(f"  {label:<70}{value}")
-
-
-def rates(side: Side) -> str:
-    lat = side.latencies
-    return (
-        f"{side.median_rate:7,.0f}/s  (rounds {min(side.rates):,.0f}-{max(side.rates):,.0f})  "
-        f"p50 {percentile(lat, 50):5.2f} ms  p99 {percentile(lat, 99):6.2f} ms"
-    )
 
 
 def spread(values: list[float]) -> str:
