@@ -2,7 +2,10 @@
 
 PostgreSQL has no change feed for what coordination cares about (prepared
 transactions, who waits on whose locks, sessions idle in a transaction), so
-it is polled, every ``every_s`` seconds, and the node says so. Read-only: a
+it is polled, every ``every_s`` seconds, and the node says so. Each prepared
+transaction (whoever prepared it) and each session idle in a transaction is a
+record of the state (:mod:`collectors.layouts.postgres_xacts`), shown in the
+transactions panel with its age; one that ended is dropped at the next poll. Read-only: a
 plain connection that runs ``SELECT``s and nothing else. A server that stops
 answering is shown down with the time of its last good read.
 """
@@ -19,10 +22,44 @@ from typing import Any
 import psycopg
 
 from collectors.families.nodes import Node
+from collectors.layouts import postgres_xacts
+from collectors.records import KeyRecord
 from collectors.state import State, now_ms
 from collectors.targets import PostgresTarget
 
 POLL_S = 2.0
+LISTED = 500
+"""At most this many prepared transactions, and as many idle sessions, per poll."""
+PREPARED_SQL = f"""
+SELECT p.gid, (extract(epoch FROM p.prepared) * 1000)::bigint, p.owner, p.database,
+       p.transaction::text,
+       (SELECT count(*) FROM pg_locks l WHERE l.pid IS NULL AND l.virtualtransaction = v.vx),
+       (SELECT string_agg(DISTINCT c.relname, ',') FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+         WHERE l.pid IS NULL AND l.virtualtransaction = v.vx),
+       (SELECT string_agg(DISTINCT w.pid::text, ',') FROM pg_locks w
+         WHERE NOT w.granted AND (
+           (w.locktype = 'transactionid' AND w.transactionid = p.transaction)
+           OR (w.relation IS NOT NULL AND w.relation IN (
+             SELECT h.relation FROM pg_locks h
+              WHERE h.pid IS NULL AND h.virtualtransaction = v.vx AND h.relation IS NOT NULL))))
+  FROM pg_prepared_xacts p
+  LEFT JOIN LATERAL (
+    SELECT l.virtualtransaction AS vx FROM pg_locks l
+     WHERE l.locktype = 'transactionid' AND l.transactionid = p.transaction AND l.pid IS NULL LIMIT 1
+  ) v ON true
+ ORDER BY p.prepared LIMIT {LISTED}
+"""
+"""A prepared transaction: its gid, when (ms), owner, database, xid, the locks it holds
+(``pg_locks`` keeps a prepared transaction's locks under the virtual transaction of the
+session that prepared it, with no pid: found through the lock on its own xid), the
+tables they are on (those of the database we are connected to), and the backends
+waiting on them: on its xid (a row it changed) or on a table it locked."""
+IDLE_SQL = f"""
+SELECT pid, usename, datname, (extract(epoch FROM xact_start) * 1000)::bigint, left(query, 80)
+  FROM pg_stat_activity
+ WHERE state IN ('idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()
+ ORDER BY xact_start LIMIT {LISTED}
+"""
 CONNECT_TIMEOUT_S = 2
 ANSWER_S = 4.0
 """A poll unanswered this long: the server is shown down."""
@@ -45,6 +82,8 @@ class PgCollector:
         self.synced = asyncio.Event()
         """Set once the server has been read (or found down) once."""
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._held: set[bytes] = set()
+        """The records of prepared transactions and idle sessions the state holds from us."""
 
     async def run(self) -> None:
         """Poll every ``every_s``, one query at a time. A query that does not answer is
@@ -107,7 +146,37 @@ class PgCollector:
         )
         if was != "up":
             self._state.log("info", self.target.id, f"up ({self._node.role}, PostgreSQL {version})")
+        await self._transactions(conn)
         self._publish()
+
+    async def _transactions(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Every prepared transaction and every session idle in a transaction, as records
+        of the state (one per gid, one per backend); those gone since the last poll dropped."""
+        read_at = now_ms()
+        records: dict[bytes, KeyRecord] = {}
+        cur = await conn.execute(PREPARED_SQL)
+        for gid, since, owner, database, xid, locks, relations, waiters in await cur.fetchall():
+            fields = {"gid": gid, "since_ms": since, "owner": owner, "database": database, "xid": xid,
+                      "locks": locks, "relations": relations, "waiters": waiters}  # fmt: skip
+            raw = postgres_xacts.prepared_key(str(gid))
+            records[raw] = self._record(raw, postgres_xacts.PREPARED, fields, read_at)
+        cur = await conn.execute(IDLE_SQL)
+        for pid, user, database, since, query in await cur.fetchall():
+            fields = {"pid": pid, "user": user, "database": database, "since_ms": since, "query": query}
+            raw = postgres_xacts.idle_key(int(pid))
+            records[raw] = self._record(raw, postgres_xacts.IDLE, fields, read_at)
+        for raw in self._held - records.keys():
+            self._state.drop_key(self.target.id, raw, "ended")
+        for rec in records.values():
+            self._state.apply_key(rec)
+        self._held = set(records)
+
+    def _record(self, raw: bytes, kind: str, fields: dict[str, Any], read_at: int) -> KeyRecord:
+        values = {k.encode(): ("" if v is None else str(v)).encode() for k, v in fields.items()}
+        return KeyRecord(
+            node=self.target.id, raw_key=raw, type=kind, ttl_ms=None, read_at_ms=read_at,
+            fields=values, size=len(values), cause="scan",
+        )  # fmt: skip
 
     def _down(self, why: str) -> None:
         if self._node.status != "down":

@@ -205,8 +205,15 @@ function fillCell(td, cell) {
   if (String(td.dataset.until ?? "") !== String(until)) {
     if (until === "") delete td.dataset.until; else td.dataset.until = until;
   }
+  const since = cell.s ?? "";  // an age: counts up
+  if (String(td.dataset.since ?? "") !== String(since)) {
+    if (since === "") delete td.dataset.since; else td.dataset.since = since;
+  }
   const key = JSON.stringify(cell.p);
-  if (until !== "") {
+  if (since !== "") {
+    const text = fmtMs(Math.max(0, serverNow() - since));
+    if (td.textContent !== text || td.dataset.key !== "") { td.textContent = text; td.dataset.key = ""; }
+  } else if (until !== "") {
     const left = until - serverNow();
     const text = fmtMs(left);
     if (td.textContent !== text || td.dataset.key !== "") { td.textContent = text; td.dataset.key = ""; }
@@ -713,6 +720,10 @@ function tick() {
     const text = fmtMs(left);
     if (td.textContent !== text) td.textContent = text;
     td.classList.toggle("ttl-low", left < 1000);
+  }
+  for (const td of document.querySelectorAll("[data-since]")) {
+    const text = fmtMs(Math.max(0, serverNow() - Number(td.dataset.since)));
+    if (td.textContent !== text) td.textContent = text;
   }
   const run = S.entities.run.get(S.selectedRun);
   if (run && run.status === "running" && !S.paused) { S.dirty.add("run"); schedule(); }

@@ -51,6 +51,8 @@ def render(cell: Cell, limit: int = 0, now: int | None = None) -> Text:
     if cell.until_ms is not None:
         left = cell.until_ms - (now if now is not None else now_ms())
         return safe(fmt_ms(left), "bold yellow" if left < 1000 else "")
+    if cell.since_ms is not None:
+        return safe(fmt_ms(max(0, (now if now is not None else now_ms()) - cell.since_ms)), "bold")
     out = Text(no_wrap=True, overflow="ellipsis")
     for i, piece in enumerate(cell.pieces):
         if i:

@@ -64,6 +64,8 @@ class Cell:
     until_ms: int | None = None
     """A countdown: the screens show the time left until this wall-clock ms (the pieces
     are what to show when it is unknown)."""
+    since_ms: int | None = None
+    """A count-up: the screens show the time since this wall-clock ms (an age)."""
 
     @property
     def plain(self) -> str:
@@ -75,6 +77,8 @@ class Cell:
             body["t"] = self.title
         if self.until_ms is not None:
             body["u"] = self.until_ms
+        if self.since_ms is not None:
+            body["s"] = self.since_ms
         return body
 
 
@@ -105,6 +109,13 @@ def countdown(expires_at_ms: int | None, ttl_ms: int | None = None) -> Cell:
     if expires_at_ms is None:
         return text(fmt_ms(ttl_ms) if ttl_ms is not None else None)
     return Cell(pieces=(Piece("–", "dim"),), until_ms=expires_at_ms)
+
+
+def age(since_ms: int | None) -> Cell:
+    """Time since ``since_ms``, counting up on the screens (``–`` when unknown)."""
+    if since_ms is None:
+        return text(None)
+    return Cell(pieces=(Piece("–", "dim"),), since_ms=since_ms)
 
 
 def fmt_ms(ms: int | None) -> str:
@@ -144,6 +155,8 @@ STATUS_TONE = {
     "STALE": "bad",
     "FAILED": "bad",
     "EXPIRED": "dim",
+    "PREPARED (in doubt)": "bad",
+    "IDLE IN TRANSACTION": "warn",
 }
 
 

@@ -1,8 +1,10 @@
 """Transactions: where each distributed transaction stands, branch by branch.
 
 coordscope's own scenarios keep a transaction's state in ``coordscope:txn:<id>``
-(protocol, state, branches); later layouts (a coordinator's log in ZooKeeper,
-prepared transactions in PostgreSQL) join here too.
+(protocol, state, branches). The PostgreSQL collector adds every prepared transaction
+— a branch in doubt, whoever prepared it, with its age, the locks it holds and who
+waits on them — and every session idle in a transaction
+(:mod:`collectors.layouts.postgres_xacts`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from collectors.families.base import Column, Family, Member, own, prefer_master, status, text
-from collectors.layouts import coordscope
+from collectors.families.base import Column, Family, Member, age, own, prefer_master, status, text
+from collectors.layouts import coordscope, postgres_xacts
 from collectors.layouts.facts import TransactionFact
 from collectors.records import KeyRecord
 
@@ -31,6 +33,8 @@ class Transaction:
     state: str
     branches: tuple[Branch, ...] = ()
     layout: str = "coordscope"
+    since_ms: int | None = None
+    """Since when it stands so: its age counts up on the screens."""
     node: str = ""
     as_of_ms: int = 0
     stale: bool = False
@@ -42,18 +46,28 @@ class Transactions(Family):
     title = "Transactions"
     entity = Transaction
     facts = (TransactionFact,)
-    recognisers = (own(coordscope.recognise_transaction),)
+    recognisers = (own(coordscope.recognise_transaction), own(postgres_xacts.recognise))
     sort = "id"
     empty = "no transactions"
     columns = (
         Column("id", "transaction", lambda t: text(t.id), limit=30),
         Column("protocol", "protocol", lambda t: text(t.protocol)),
         Column("state", "state", lambda t: status(t.state)),
+        Column("age", "age", lambda t: age(t.since_ms)),
         Column(
             "branches",
             "branches",
-            lambda t: text(" ".join(f"{b.id}:{b.state}" for b in t.branches)),
+            lambda t: text(
+                " ".join(f"{b.id}:{b.state}" for b in t.branches),
+                title="\n".join(f"{b.id}: {b.state} {b.detail}" for b in t.branches),
+            ),
             limit=50,
+        ),
+        Column(
+            "detail",
+            "detail",
+            lambda t: text("; ".join(b.detail for b in t.branches if b.detail) or None),
+            limit=60,
         ),
     )
 
@@ -70,6 +84,8 @@ class Transactions(Family):
             protocol=fact.protocol,
             state=fact.state,
             branches=tuple(Branch(id=b, state=s, detail=d) for b, s, d in fact.branches),
+            layout=fact.layout,
+            since_ms=fact.since_ms,
             node=node_id,
             as_of_ms=rec.read_at_ms,
             stale=self.view.stale(n for n, _ in members),

@@ -81,6 +81,9 @@ class TransactionFact:
     state: str
     branches: tuple[tuple[str, str, str], ...] = ()
     """(branch id, state, detail)."""
+    since_ms: int | None = None
+    """Since when it stands so (a prepared transaction's prepare: its age counts up)."""
+    layout: str = "coordscope"
 
 
 @dataclass(frozen=True)

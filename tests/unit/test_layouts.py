@@ -333,3 +333,52 @@ def test_java_values_are_written_as_object_output_stream_writes_them() -> None:
         assert javaser.decode(javaser.encode_string(value)) == value
     assert javaser.encode_string("x" * 70_000)[4] == javaser.TC_LONGSTRING
     assert javaser.decode(javaser.encode_long(-5)) == -5 and javaser.decode(javaser.encode_int(0)) == 0
+
+
+def test_a_prepared_transaction_and_an_idle_session_are_transactions_of_the_postgres_layout() -> None:
+    from collectors.layouts import postgres_xacts
+    from collectors.layouts.facts import TransactionFact
+
+    def rec(kind: str, raw: bytes, **fields: str) -> KeyRecord:
+        values = {k.encode(): v.encode() for k, v in fields.items()}
+        return KeyRecord(node="postgres-1", raw_key=raw, type=kind, ttl_ms=None, read_at_ms=1, fields=values)
+
+    prepared = postgres_xacts.recognise(
+        rec(
+            postgres_xacts.PREPARED,
+            postgres_xacts.prepared_key("t-1"),
+            gid="t-1",
+            since_ms="1000",
+            owner="app",
+            database="bank",
+            xid="77",
+            locks="3",
+            relations="accounts,accounts_pkey",
+            waiters="4242",
+        )
+    )
+    assert isinstance(prepared, TransactionFact)
+    assert (prepared.txn_id, prepared.state, prepared.since_ms, prepared.layout) == (
+        "pg:postgres-1:t-1",
+        "PREPARED (in doubt)",
+        1000,
+        "postgres",
+    )
+    assert prepared.branches == (
+        ("bank", "PREPARED", "owner app, xid 77, 3 lock(s) on accounts,accounts_pkey; waiting on it: 4242"),
+    )
+    idle = postgres_xacts.recognise(
+        rec(
+            postgres_xacts.IDLE,
+            postgres_xacts.idle_key(31),
+            pid="31",
+            user="bob",
+            database="bank",
+            since_ms="",
+            query="SELECT 1",
+        )
+    )
+    assert isinstance(idle, TransactionFact) and idle.txn_id == "pg:postgres-1:pid 31"
+    assert idle.state == "IDLE IN TRANSACTION" and idle.since_ms is None
+    assert idle.branches[0][2] == "pid 31, user bob, last: SELECT 1"
+    assert postgres_xacts.recognise(rec("hash", b"pg_prepared_xacts/x")) is None  # Redis keys are not these

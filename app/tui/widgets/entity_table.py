@@ -92,11 +92,11 @@ class EntityTable(DataTable[Text]):
             self.sort(self._sort_column, key=lambda cell: cell.plain.lower())
 
     def tick(self) -> None:
-        """Redraw the countdown cells (TTLs, leases)."""
+        """Redraw the cells that count (TTLs and leases down, ages up)."""
         now = now_ms()
         for row_id, cells in self._cells.items():
             for i, cell in enumerate(cells):
-                if cell.until_ms is None:
+                if cell.until_ms is None and cell.since_ms is None:
                     continue
                 text = render(cell, self._columns[i].limit, now)
                 plain = self._rows[row_id]
