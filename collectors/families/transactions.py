@@ -40,6 +40,11 @@ class Transaction:
     stale: bool = False
 
 
+def _detail(t: Transaction) -> Any:
+    detail = "; ".join(b.detail for b in t.branches if b.detail)
+    return text(detail or None, title=detail)
+
+
 class Transactions(Family):
     kind = "transaction"
     plural = "transactions"
@@ -51,7 +56,6 @@ class Transactions(Family):
     empty = "no transactions"
     columns = (
         Column("id", "transaction", lambda t: text(t.id), limit=30),
-        Column("protocol", "protocol", lambda t: text(t.protocol)),
         Column("state", "state", lambda t: status(t.state)),
         Column("age", "age", lambda t: age(t.since_ms)),
         Column(
@@ -61,14 +65,12 @@ class Transactions(Family):
                 " ".join(f"{b.id}:{b.state}" for b in t.branches),
                 title="\n".join(f"{b.id}: {b.state} {b.detail}" for b in t.branches),
             ),
-            limit=50,
+            limit=30,
         ),
-        Column(
-            "detail",
-            "detail",
-            lambda t: text("; ".join(b.detail for b in t.branches if b.detail) or None),
-            limit=60,
-        ),
+        # what a branch holds and who waits on it: before the protocol, which a narrow
+        # screen may cut
+        Column("detail", "detail", lambda t: _detail(t), limit=56),
+        Column("protocol", "protocol", lambda t: text(t.protocol), limit=26),
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
