@@ -13,8 +13,10 @@
   folder, ``myid`` and client port; ``server.N=127.0.0.1:peerPort:electionPort``
   lines naming all of them), watched as one target by a connect string listing
   every server;
-- ``postgres-1``, PostgreSQL, the business database (see :mod:`app.local_postgres`:
-  run as root, its data lives outside the state folder, which links to it);
+- ``postgres-1`` and ``postgres-2``, PostgreSQL: the business database, and a second
+  server for the participants of a distributed transaction (see
+  :mod:`app.local_postgres`: run as root, their data lives outside the state folder,
+  which links to it);
 
 each on 127.0.0.1 on a free port, with its files in the state folder. What
 it started is recorded in ``<state>/cluster.json``; ``up`` again finds it
@@ -86,6 +88,9 @@ connect and sync with a leader, and fall out after 5 ticks without it."""
 REDIS_DATA_FILES = ("dump.rdb", "temp-*.rdb", "appendonly.aof*", "appendonlydir", "temp-*.aof")
 """What a Redis server would load, or half-wrote, in its folder."""
 STOP_SIGNALS = {"postgres": local_postgres.STOP_SIGNAL}
+PG_NAMES = ("postgres-1", "postgres-2")
+"""Two PostgreSQL servers: a distributed transaction's participants are two databases,
+so that a participant's crash is a real crash of one of them."""
 """How ``down`` asks a member to stop (SIGTERM unless named here)."""
 
 
@@ -272,8 +277,8 @@ class LocalCluster:
         if jar is None:
             raise ClusterError("ZooKeeper not found: install it with `sudo apt-get install zookeeper`")
         base = self.state_dir.resolve()
-        pg_home = local_postgres.folder(base, "postgres-1")
-        pg_binaries = local_postgres.bindir(pg_home)
+        pg_homes = [local_postgres.folder(base, name) for name in PG_NAMES]
+        pg_binaries = local_postgres.bindir(pg_homes[0])
         local_postgres.system_user()  # as root: is there a user to run it as?
         members: list[Member] = []
         used: set[int] = set()
@@ -303,17 +308,18 @@ class LocalCluster:
             ids = range(1, zk_servers + 1)
             peers = tuple(f"server.{i}={HOST}:{port()}:{port()}" for i in ids)
             members += [_zk_member(java, jar, base, f"zookeeper-{i}", port(), peers, i) for i in ids]
-        pg_port = port()
-        members.append(
-            Member(
-                name="postgres-1",
-                kind="postgres",
-                port=pg_port,
-                role="database",
-                dir=str(pg_home),
-                argv=local_postgres.argv(pg_binaries, pg_home, pg_port),
+        for name, pg_home in zip(PG_NAMES, pg_homes, strict=True):
+            pg_port = port()
+            members.append(
+                Member(
+                    name=name,
+                    kind="postgres",
+                    port=pg_port,
+                    role="database",
+                    dir=str(pg_home),
+                    argv=local_postgres.argv(pg_binaries, pg_home, pg_port),
+                )
             )
-        )
         return ClusterInfo(state_dir=str(base), members=tuple(members))
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""PostgreSQL in the local cluster: ``postgres-1``, the business database.
+"""PostgreSQL in the local cluster: ``postgres-1``, the business database, and ``postgres-2``.
 
 Scenarios keep business data here (a ledger, accounts, XA participants, outbox
 tables); coordination state stays in Redis and ZooKeeper.

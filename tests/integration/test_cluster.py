@@ -33,17 +33,25 @@ def test_up_twice_reuses_and_down_stops_exactly_those_pids(
     try:
         assert started
         names = [m.name for m in info.members]
-        assert names == ["redis-1", "redis-2", "redis-3", "replica-1", "zookeeper", "postgres-1"]
-        assert len({m.port for m in info.members}) == 6
+        assert names == [
+            "redis-1",
+            "redis-2",
+            "redis-3",
+            "replica-1",
+            "zookeeper",
+            "postgres-1",
+            "postgres-2",
+        ]
+        assert len({m.port for m in info.members}) == 7
         pg = info.member("postgres-1")
         assert (pg.kind, pg.role) == ("postgres", "database")
         assert any(line.split()[:2] == ["postgres-1", "postgres"] for line in info.describe())
         assert main(["status", "--state", str(state)]) == 0
         status = capsys.readouterr().out
-        assert any(
-            line.split()[:2] == ["postgres-1", "postgres"] and "running" in line
-            for line in status.splitlines()
-        )
+        for name in ("postgres-1", "postgres-2"):
+            assert any(
+                line.split()[:2] == [name, "postgres"] and "running" in line for line in status.splitlines()
+            ), status
         if os.geteuid() == 0:  # run as the postgres user, on a folder it can reach and owns
             assert os.readlink(state / "postgres-1") == pg.dir
             assert Path(pg.dir).stat().st_uid == Path(pg.cwd).stat().st_uid == _uid("postgres")
@@ -232,7 +240,7 @@ def test_a_redis_member_that_once_synced_as_a_replica_starts_empty(
 
 
 def _pg(info: ClusterInfo, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-    (target,) = info.pg_targets()
+    target = info.pg_targets()[0]  # postgres-1
     return psycopg.connect(target.dsn, connect_timeout=5, autocommit=autocommit)
 
 

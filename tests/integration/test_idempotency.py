@@ -68,7 +68,7 @@ def leftovers(info: ClusterInfo, run_id: str = "") -> tuple[list[bytes], list[st
         found = r.scan_iter(f"coordscope:*{run_id}*")
         keys += [k for k in found if k.split(b":")[1] in (b"mark", b"service", b"cleanup")]
         r.close()
-    (pg,) = info.pg_targets()
+    pg = info.pg_targets()[0]  # postgres-1, the business database
     pattern = schema_for(run_id) if run_id else "coordscope\\_%"
     with psycopg.connect(pg.dsn) as conn:
         rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,))

@@ -183,7 +183,15 @@ def test_cli_state_json_shows_third_party_locks(cluster: ClusterInfo) -> None:
     (found,) = [lk for lk in state["locks"] if lk["name"] == "acct:7:lock"]
     assert found["holder"] == lock.local.token.decode() and found["layout"] == "redis-py"
     nodes = {n["id"]: n for n in state["nodes"]}
-    assert set(nodes) == {"redis-1", "redis-2", "redis-3", "replica-1", "zookeeper", "postgres-1"}
+    assert set(nodes) == {
+        "redis-1",
+        "redis-2",
+        "redis-3",
+        "replica-1",
+        "zookeeper",
+        "postgres-1",
+        "postgres-2",
+    }
     assert nodes["postgres-1"]["status"] == "up" and "polled" in nodes["postgres-1"]["feed"]
     lock.release()
 

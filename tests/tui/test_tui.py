@@ -63,7 +63,7 @@ async def test_dashboard_lists_nodes_and_a_third_party_lock_live(
     tui: tuple[Harness, Pilot[None]], cluster: ClusterInfo
 ) -> None:
     app, pilot = tui
-    await rendered(pilot, lambda: table(app, "nodes").row_count == 6, "six nodes")
+    await rendered(pilot, lambda: table(app, "nodes").row_count == 7, "seven nodes")
     assert set(column(table(app, "nodes"), "id")) == {
         "redis-1",
         "redis-2",
@@ -71,6 +71,7 @@ async def test_dashboard_lists_nodes_and_a_third_party_lock_live(
         "replica-1",
         "zookeeper",
         "postgres-1",
+        "postgres-2",
     }
     lock = redis_client(cluster).lock("acct:42:lock", timeout=30)
     assert lock.acquire(blocking=False)

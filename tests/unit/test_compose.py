@@ -151,6 +151,7 @@ def test_the_ensemble_profile_is_the_ensemble_up_starts(
         "redis-3",
         "replica-1",
         "postgres-1",
+        "postgres-2",
     }  # the rest of the cluster is the default one
     for m in ours:
         service = ensemble_services[m.name]
@@ -171,16 +172,19 @@ def test_the_ensemble_profile_is_the_ensemble_up_starts(
 def test_postgres_allows_prepared_transactions_alike(
     services: dict[str, dict[str, Any]], plan: ClusterInfo
 ) -> None:
-    (m,) = (m for m in plan.members if m.kind == "postgres")
-    ours = _pg_settings(m.argv)
-    theirs = _pg_settings(_command(services[m.name]))
-    assert {k: v for k, v in ours.items() if k not in PG_WHERE} == theirs == local_postgres.SETTINGS
-    assert int(theirs["max_prepared_transactions"]) > 0
-    assert ours["listen_addresses"] == "127.0.0.1" and ours["unix_socket_directories"] == ""
-    env = services[m.name]["environment"]
-    assert env["POSTGRES_USER"] == local_postgres.USER
-    assert env["POSTGRES_DB"] == local_postgres.DATABASE
-    assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust"  # as initdb --auth=trust
+    servers = [m for m in plan.members if m.kind == "postgres"]
+    assert [m.name for m in servers] == ["postgres-1", "postgres-2"]  # two participants
+    for m in servers:
+        ours = _pg_settings(m.argv)
+        theirs = _pg_settings(_command(services[m.name]))
+        assert {k: v for k, v in ours.items() if k not in PG_WHERE} == theirs == local_postgres.SETTINGS
+        assert int(theirs["max_prepared_transactions"]) > 0
+        assert ours["listen_addresses"] == "127.0.0.1" and ours["unix_socket_directories"] == ""
+        env = services[m.name]["environment"]
+        assert env["POSTGRES_USER"] == local_postgres.USER
+        assert env["POSTGRES_DB"] == local_postgres.DATABASE
+        assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust"  # as initdb --auth=trust
+    assert len({_host_port(services[m.name]) for m in servers}) == 2
 
 
 def test_the_docker_config_file_names_every_member(
@@ -236,7 +240,8 @@ def test_the_redis_cluster_profile_is_the_cluster_up_starts(
     servers = {n: s for n, s in cluster_services.items() if _command(s)[0] == "redis-server"}
     assert sorted(servers) == [m.name for m in ours] == [f"cluster-{i}" for i in range(1, 7)]
     # instead of the independent masters and their replica; ZooKeeper and PostgreSQL stay
-    assert {m.name for m in cluster_plan.members} - {m.name for m in ours} == {"zookeeper", "postgres-1"}
+    rest = {m.name for m in cluster_plan.members} - {m.name for m in ours}
+    assert rest == {"zookeeper", "postgres-1", "postgres-2"}
     for m in ours:
         mine = _options(m.argv)
         theirs = _options(_command(servers[m.name]))
