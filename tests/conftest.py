@@ -169,6 +169,10 @@ async def run_scenario(
     return await runner.wait(started.id)
 
 
+LOCAL_NODES = ("redis-1", "redis-2", "redis-3", "replica-1", "zookeeper", "postgres-1", "postgres-2")
+"""What ``coordscope up`` starts by default, in its order."""
+
+
 def running(pid: int) -> bool:
     """Is this process alive (a zombie is not)?"""
     try:

@@ -21,7 +21,7 @@ from app import local_postgres
 from app.cli import main
 from app.cluster import ClusterError, ClusterInfo, LocalCluster, Member, alive
 from app.cluster_member import processes_of, processes_under
-from tests.conftest import redis_client, run_scenario, wait_until
+from tests.conftest import LOCAL_NODES, redis_client, run_scenario, wait_until
 
 
 def test_up_twice_reuses_and_down_stops_exactly_those_pids(
@@ -33,16 +33,8 @@ def test_up_twice_reuses_and_down_stops_exactly_those_pids(
     try:
         assert started
         names = [m.name for m in info.members]
-        assert names == [
-            "redis-1",
-            "redis-2",
-            "redis-3",
-            "replica-1",
-            "zookeeper",
-            "postgres-1",
-            "postgres-2",
-        ]
-        assert len({m.port for m in info.members}) == 7
+        assert names == list(LOCAL_NODES)
+        assert len({m.port for m in info.members}) == len(LOCAL_NODES)
         pg = info.member("postgres-1")
         assert (pg.kind, pg.role) == ("postgres", "database")
         assert any(line.split()[:2] == ["postgres-1", "postgres"] for line in info.describe())

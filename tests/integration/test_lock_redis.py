@@ -13,7 +13,16 @@ from collectors.layouts import coordscope
 from collectors.state import now_ms
 from scenarios.locks.redis_lock import Grant, RedisLock
 from scenarios.runner import Environment, LocalRun, Runner
-from tests.conftest import cli, eventually, observing, redis_client, run_scenario, settings_for, until
+from tests.conftest import (
+    LOCAL_NODES,
+    cli,
+    eventually,
+    observing,
+    redis_client,
+    run_scenario,
+    settings_for,
+    until,
+)
 
 FAST = {"rounds": "3", "hold_ms": "60", "ttl_ms": "600", "poll_ms": "20"}
 
@@ -183,15 +192,7 @@ def test_cli_state_json_shows_third_party_locks(cluster: ClusterInfo) -> None:
     (found,) = [lk for lk in state["locks"] if lk["name"] == "acct:7:lock"]
     assert found["holder"] == lock.local.token.decode() and found["layout"] == "redis-py"
     nodes = {n["id"]: n for n in state["nodes"]}
-    assert set(nodes) == {
-        "redis-1",
-        "redis-2",
-        "redis-3",
-        "replica-1",
-        "zookeeper",
-        "postgres-1",
-        "postgres-2",
-    }
+    assert set(nodes) == set(LOCAL_NODES)
     assert nodes["postgres-1"]["status"] == "up" and "polled" in nodes["postgres-1"]["feed"]
     lock.release()
 
