@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from collectors.events import (
@@ -50,12 +50,15 @@ class Batch(list[Event]):
     """One flush's events; its wire text is made once for every viewer that sends it."""
 
     text: str | None = None
-    low: int = 0
-    """The lowest sequence number in it."""
-    totals: dict[str, int] | None = None
-    """How many of each kind the state held right after these events (taken at the flush:
-    counted when the text is made, a viewer that sends it late would be told totals of a
-    later state, and take a kind it holds whole for a partial one)."""
+
+    def __init__(self, events: Iterable[Event], totals: dict[str, int]) -> None:
+        super().__init__(events)
+        self.low = min((e.seq for e in self), default=0)
+        """The lowest sequence number in it."""
+        self.totals = totals
+        """How many of each kind the state held right after these events, taken at the flush
+        (counted when the text is made, a viewer sent it late would be told a later state's
+        totals, and take a kind it holds whole for a partial one)."""
 
 
 Delivery = Snapshot | Batch
@@ -130,9 +133,7 @@ class Viewer:
             while self._queue:
                 batch = self._queue.popleft()
                 if batch.low <= self._after_seq:  # partly in the snapshot already
-                    rest = Batch(e for e in batch if e.seq > self._after_seq)
-                    rest.totals = batch.totals
-                    batch = rest
+                    batch = Batch((e for e in batch if e.seq > self._after_seq), batch.totals)
                 if batch:
                     return batch
             self._ready.clear()
@@ -187,8 +188,7 @@ class Bus:
         "totals": {...}}`` (how many of each kind the state held right after them)."""
         if batch.text is None:
             events = ",".join(self.encoded(e) for e in batch)
-            counts = batch.totals if batch.totals is not None else self.state.counts()
-            totals = json.dumps({PLURAL[k]: n for k, n in counts.items()})
+            totals = json.dumps({PLURAL[k]: n for k, n in batch.totals.items()})
             batch.text = f'{{"type":"batch","v":{SCHEMA_VERSION},"events":[{events}],"totals":{totals}}}'
         return batch.text
 
@@ -250,9 +250,7 @@ class Bus:
             )
             latest.pop(key, None)
             latest[key] = event
-        batch = Batch(sorted(latest.values(), key=lambda e: e.seq) + logs)
-        batch.low = min(e.seq for e in batch)
-        batch.totals = self.state.counts()
+        batch = Batch(sorted(latest.values(), key=lambda e: e.seq) + logs, self.state.counts())
         for viewer in list(self._viewers):
             viewer._push(batch)
 

@@ -28,6 +28,7 @@ from collectors.families.base import (
 from collectors.families.nodes import clock, keyspace
 from collectors.layouts import LayoutConfig, session_stores, sessions
 from collectors.layouts.facts import SessionFact, SessionShadowFact
+from collectors.layouts.session_stores import SERVED_BY_ATTRIBUTES, served_by_of
 from collectors.records import KeyRecord, Store
 
 
@@ -55,32 +56,20 @@ class Session:
     stale: bool = False
 
 
-SERVED_BY = ("servedBy", "served_by", "instance")
-"""Attribute names an app may record its serving instance under (ours: ``servedBy``)."""
-
-
 def _short(name: str) -> str:
-    """A Java constant's name without its class (Spring's principal attribute)."""
+    """A Java constant's name without its class (a Spring app's attribute names)."""
     return name.rsplit(".", 1)[-1] if name.startswith(("org.", "com.", "java.")) else name
 
 
-PRINCIPAL_NAME = "PRINCIPAL_NAME_INDEX_NAME"
-
-
-def _all(s: Session) -> str:
-    return " ".join(f"{k}={v}" for k, v in s.attributes.items())
-
-
 def _attributes(s: Session) -> Any:
-    # the serving instance has its own column, and Spring's principal repeats the user
-    shown = {k: v for k, v in s.attributes.items() if k not in SERVED_BY and not k.endswith(PRINCIPAL_NAME)}
+    # the serving instance has its own column
+    every = " ".join(f"{k}={v}" for k, v in s.attributes.items())
+    shown = {k: v for k, v in s.attributes.items() if k not in SERVED_BY_ATTRIBUTES}
     if shown:
-        return text(" ".join(f"{_short(k)}={v}" for k, v in shown.items()), title=_all(s))
-    if s.attributes:
-        return text(None, title=_all(s))
-    if "bytes" in s.encoding:  # unreadable by design (a container's blob) or refused
+        return text(" ".join(f"{_short(k)}={v}" for k, v in shown.items()), title=every)
+    if not s.attributes and "bytes" in s.encoding:  # unreadable by design (a container's blob)
         return text(f"‹{s.encoding}›", "dim")
-    return text(None)
+    return text(None, title=every)
 
 
 def _due(fact: SessionFact) -> int:
@@ -153,7 +142,7 @@ class Sessions(Family):
             last_access_ms=fact.last_access_ms,
             max_inactive_s=fact.max_inactive_s,
             encoding=fact.encoding,
-            served_by=next((fact.attributes[a] for a in SERVED_BY if fact.attributes.get(a)), None),
+            served_by=served_by_of(fact.attributes),
             state=state,
             node=node_id,
             as_of_ms=rec.read_at_ms,

@@ -69,7 +69,7 @@ class Transactions(Family):
         ),
         # what a branch holds and who waits on it: before the protocol, which a narrow
         # screen may cut
-        Column("detail", "detail", lambda t: _detail(t), limit=56),
+        Column("detail", "detail", _detail, limit=56),
         Column("protocol", "protocol", lambda t: text(t.protocol), limit=26),
     )
 

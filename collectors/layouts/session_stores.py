@@ -49,6 +49,8 @@ STARSESSIONS = re.compile(r"^(?P<ns>starsessions)\.(?P<id>[0-9a-f]{16,})$")
 SEGMENTS = re.compile(r"[^:./]+")
 SESSION_SEGMENT = re.compile(r"^(?:[a-z0-9]+[_-])?sess(?:ion|ions)?$", re.IGNORECASE)
 USER_ATTRIBUTES = ("user", "username", "userId", "user_id", "login", "_user_id", "_auth_user_id")
+SERVED_BY_ATTRIBUTES = ("servedBy", "served_by", "instance")
+"""Where an app may record the instance that served a session's last request (ours: ``servedBy``)."""
 HIDDEN = ("_permanent", "__metadata__")
 
 
@@ -145,6 +147,11 @@ def user_of(attributes: dict[str, str]) -> str | None:
         if attributes.get(name):
             return attributes[name]
     return None
+
+
+def served_by_of(attributes: dict[str, str]) -> str | None:
+    """The instance a session's attributes say served its last request."""
+    return next((attributes[a] for a in SERVED_BY_ATTRIBUTES if attributes.get(a)), None)
 
 
 def as_text(value: Any) -> str:

@@ -69,7 +69,8 @@ def _spring(rec: KeyRecord, namespace: str, session_id: str) -> SessionFact:
         for name, value in values.items()
         if name.startswith(ATTR_PREFIX)
     }
-    user = attributes.get(PRINCIPAL) or user_of(attributes)
+    # the principal attribute is the user (kept for Spring's index): it is shown as the user
+    user = attributes.pop(PRINCIPAL, None) or user_of(attributes)
     return SessionFact(
         session_id=session_id,
         layout="spring-session",

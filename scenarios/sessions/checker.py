@@ -31,33 +31,38 @@ ATTACKER = "attacker"
 
 
 @dataclass
-class _User:
+class Account:
+    """One user, as its requests in the history tell it."""
+
     logged_in: bool = False
     touched_at: int | None = None
     """When the last request that touched the session was sent (ms of the run)."""
     instances: dict[str, int] = field(default_factory=dict)
     ok: int = 0
+    kicked: int = 0
+    """401s while logged in (premature or not)."""
     expired: int = 0
+    """Of those, the ones after the idle timeout."""
     unavailable: int = 0
+    cart: int = 0
+    last_served: str = ""
 
 
-def _invokes(ops: Sequence[Op]) -> dict[tuple[str, str], Op]:
-    return {(op.actor, str(op.data.get("span", ""))): op for op in ops if op.kind == "invoke"}
+Breach = tuple[Op, str, tuple[str, ...]]
 
 
-def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
-    idle_ms = int(params.get("idle_s", 0)) * 1000
-    sent = _invokes(ops)
-    users: dict[str, _User] = defaultdict(_User)
-    breaches: list[tuple[Op, str, tuple[str, ...]]] = []
-    findings: list[str] = []
+def accounts(ops: Sequence[Op], idle_ms: int) -> tuple[dict[str, Account], list[Breach]]:
+    """Every user's account and every breach of the invariant, in history order: what the
+    verdict judges, and the table the run keeps while it goes."""
+    sent = {(op.actor, str(op.data.get("span", ""))): op.t_ms for op in ops if op.kind == "invoke"}
+    users: dict[str, Account] = defaultdict(Account)
+    breaches: list[Breach] = []
     for op in ops:
         if op.f == "old-id" and op.kind == "fail":
             breaches.append((op, f"the pre-login session id {op.value} is still in the store: {op.note}", ()))
         if op.f != "request" or op.kind == "invoke":
             continue
-        at = sent.get((op.actor, str(op.data.get("span", ""))))
-        sent_ms = at.t_ms if at is not None else op.t_ms
+        sent_ms = sent.get((op.actor, str(op.data.get("span", ""))), op.t_ms)
         code = op.data.get("code")
         served = str(op.data.get("served_by", "?"))
         if op.actor == ATTACKER:
@@ -79,11 +84,14 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
                 )
             u.instances[served] = u.instances.get(served, 0) + 1
             u.ok += 1
+            u.cart = len(cart)
+            u.last_served = served
             if op.key == "logout":
                 u.logged_in, u.touched_at = False, None
             elif op.key != "visit":  # an anonymous visit logs nobody in
                 u.logged_in, u.touched_at = True, sent_ms
         elif code == 401 and u.logged_in:
+            u.kicked += 1
             idle = op.t_ms - (u.touched_at or 0)
             if idle < idle_ms:
                 breaches.append(
@@ -99,6 +107,12 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
             u.logged_in, u.touched_at = False, None
         elif code != 401:
             u.unavailable += 1
+    return users, breaches
+
+
+def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
+    users, breaches = accounts(ops, int(params.get("idle_s", 0)) * 1000)
+    findings: list[str] = []
     findings += _findings(ops, users)
     if breaches:
         first, what, actors = min(breaches, key=lambda b: b[0].t_ms)
@@ -124,7 +138,7 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     )
 
 
-def _findings(ops: Sequence[Op], users: Mapping[str, _User]) -> list[str]:
+def _findings(ops: Sequence[Op], users: Mapping[str, Account]) -> list[str]:
     out = []
     for name, u in sorted(users.items()):
         where = ", ".join(f"{i} ×{n}" for i, n in sorted(u.instances.items())) or "nobody"

@@ -15,8 +15,6 @@ from scenarios.kit.http import Http
 from scenarios.kit.nemesis import outage
 from scenarios.sessions import checker
 from scenarios.sessions.app import COOKIE, cookie_value, session_of_cookie
-from scenarios.sessions.spring import SpringStore
-from scenarios.sessions.stores import ContainerStore
 from scenarios.sessions.world import World, login, request
 
 FAULTS = ("kill-instance", "expire", "notifications-off", "redis-restart-no-persistence", "rotate-id")
@@ -25,7 +23,7 @@ FAULTS = ("kill-instance", "expire", "notifications-off", "redis-restart-no-pers
 async def strike(world: World, user: str, browser: Http, fault: str) -> None:
     ctx = world.ctx
     if fault == "kill-instance":
-        victim = world.last_served.get(user) or world.services[0].name
+        victim = world.accounts()[user].last_served or world.services[0].name
         ctx.record(NEMESIS, "info", "fault", value=fault, note=f"SIGKILL {victim} (it served {user} last)")
         await ctx.services.kill(victim, why="kill-instance", narrate=True)
         world.down[victim] = asyncio.get_running_loop().create_task(_bring_back(world, victim))
@@ -57,21 +55,11 @@ async def _bring_back(world: World, name: str) -> None:
         world.ctx.record(NEMESIS, "info", "heal", value="kill-instance", note=f"{name} started again")
 
 
-def _ttl_key(world: World, session_id: str) -> str | None:
-    """The key whose expiry is the session's: Spring's shadow, the container's blob."""
-    store, run_id = world.ctx.choice("store"), world.ctx.run_id
-    if store == "redis":
-        return SpringStore(world.store, run_id).expires_key(session_id)
-    if store == "container":
-        return ContainerStore(world.store, run_id).key(session_id)
-    return None
-
-
 async def _expire(world: World, user: str, browser: Http) -> None:
     """The user goes idle past the timeout; the session's key expiring is watched."""
     ctx = world.ctx
     session_id = session_of_cookie(browser.cookie(COOKIE))
-    key = _ttl_key(world, session_id) if session_id else None
+    key = world.sessions.ttl_key(session_id) if session_id else None
     wait_s = world.idle_ms / 1000 + 1
     ctx.record(NEMESIS, "info", "fault", value="expire", note=f"{user} goes idle for {wait_s:g} s")
     if key is None:
@@ -232,14 +220,9 @@ async def _rotate(world: World, user: str, browser: Http) -> None:
 async def _old_keys(world: World, before: str, after: str) -> None:
     """Read the store: are the pre-login id's keys gone?"""
     ctx = world.ctx
-    store = ctx.choice("store")
-    if store in ("local", "sticky"):
-        return
-    if store == "redis":
-        spring = SpringStore(world.store, ctx.run_id)
-        keys = [spring.hash_key(before), spring.expires_key(before)]
-    else:
-        keys = [ContainerStore(world.store, ctx.run_id).key(before)]
+    keys = world.sessions.keys(before)
+    if not keys:
+        return  # in a process's memory: the attacker's probe is all there is to ask
     left = [k for k in keys if await world.store.exists(k)]
     if before == after or left:
         ctx.record(

@@ -50,6 +50,7 @@ from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
 from scenarios.sessions import checker
+from scenarios.sessions.app import store_for
 from scenarios.sessions.faults import FAULTS, restore_notifications, strike
 from scenarios.sessions.stores import STORES
 from scenarios.sessions.world import BALANCER, World, login, request
@@ -145,7 +146,8 @@ async def run(ctx: RunContext) -> None:
         await balancer.start()
     except BalancerError as exc:
         raise ScenarioError(str(exc)) from None
-    world = World(ctx, balancer, services, node, ctx.client(node))
+    redis = ctx.client(node)
+    world = World(ctx, balancer, services, node, redis, store_for(store, redis, ctx.run_id))
     ctx.at_end(lambda: restore_notifications(world))
     control = ctx.client(ctx.env.control_node)
     ctx.record(
@@ -179,7 +181,6 @@ async def _user(world: World, user: str, plan: FaultPlan) -> None:
     ctx = world.ctx
     browser = Http(connections=2)
     think = random.Random(f"{ctx.number('seed')}:{user}")  # users drift apart: each meets every instance
-    world.counts[user] = {"ok": 0, "kicked": 0, "instances": set(), "cart": 0, "in": False}
     try:
         await login(world, user, browser)
         for i in range(ctx.number("requests")):
@@ -235,18 +236,19 @@ async def _table_beat(world: World) -> None:
 
 
 async def _table(world: World) -> None:
+    """Each user as the history tells it (the checker's own accounts): ✘ a logout before the
+    idle timeout."""
     rows = [["user", "logged in", "requests ok", "served by", "logged out by the app", "cart"]]
-    for user, c in sorted(world.counts.items()):
-        if user == checker.ATTACKER:
-            continue
+    for user, a in sorted(world.accounts().items()):
+        premature = a.kicked > a.expired
         rows.append(
             [
                 user,
-                "yes" if c["in"] else "no",
-                str(c["ok"]),
-                ", ".join(sorted(c["instances"])) or "–",
-                str(c["kicked"]) + (" ✘" if c["kicked"] else ""),
-                str(c["cart"]),
+                "yes" if a.logged_in else "no",
+                str(a.ok),
+                ", ".join(sorted(a.instances)) or "–",
+                str(a.kicked) + (" ✘" if premature else ""),
+                str(a.cart),
             ]
         )
     await world.ctx.set_table(rows)

@@ -194,6 +194,12 @@ class SpringStore:
     def held(self) -> int | None:
         return None
 
+    def keys(self, session_id: str) -> list[str]:
+        return [self.hash_key(session_id), self.expires_key(session_id)]
+
+    def ttl_key(self, session_id: str) -> str | None:
+        return self.expires_key(session_id)
+
     async def clean_expired(self, at_ms: int) -> int:
         """Spring's minute job (``cleanExpiredSessions``, cron ``0 * * * * *``): the bucket of
         the minute that just ended is deleted and each session listed in it is *read* (an

@@ -92,6 +92,12 @@ class Store(Protocol):
     def held(self) -> int | None:
         """Sessions in this process's memory (None: they live in Redis)."""
 
+    def keys(self, session_id: str) -> list[str]:
+        """The keys that hold a session (none: it lives in a process's memory)."""
+
+    def ttl_key(self, session_id: str) -> str | None:
+        """The key whose expiry is the session's (None: no key)."""
+
 
 async def touch_by_load(store: Store, session_id: str, attrs: dict[str, str]) -> SessionData | None:
     """``touch`` as a read, then a write (the stores whose session is one value)."""
@@ -139,6 +145,12 @@ class LocalStore:
     def held(self) -> int | None:
         now = now_ms()
         return sum(1 for s in self.sessions.values() if not s.expired(now))
+
+    def keys(self, session_id: str) -> list[str]:
+        return []
+
+    def ttl_key(self, session_id: str) -> str | None:
+        return None
 
 
 def encode_blob(data: SessionData) -> bytes:
@@ -199,3 +211,9 @@ class ContainerStore:
 
     def held(self) -> int | None:
         return None
+
+    def keys(self, session_id: str) -> list[str]:
+        return [self.key(session_id)]
+
+    def ttl_key(self, session_id: str) -> str | None:
+        return self.key(session_id)

@@ -21,6 +21,7 @@ from scenarios.kit.context import RunContext
 from scenarios.kit.http import Http, Reply
 from scenarios.kit.services import Service
 from scenarios.sessions import checker
+from scenarios.sessions.stores import Store
 
 BALANCER = "haproxy"
 REQUEST_TIMEOUT_S = 5.0
@@ -35,8 +36,8 @@ class World:
     services: list[Service]
     store_node: str
     store: Redis
-    last_served: dict[str, str] = field(default_factory=dict)
-    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: Store
+    """The run's own handle on the store its instances use: which keys hold a session."""
     notifications: dict[str, str] = field(default_factory=dict)
     """Node -> its notify-keyspace-events before notifications-off (restored at the end)."""
     off_since: float | None = None
@@ -47,6 +48,10 @@ class World:
     @property
     def idle_ms(self) -> int:
         return self.ctx.number("idle_s") * 1000
+
+    def accounts(self) -> dict[str, checker.Account]:
+        """Each user as the run's history tells it so far (the verdict's own reading)."""
+        return checker.accounts(self.ctx.history.ops, self.idle_ms)[0]
 
 
 async def login(world: World, user: str, browser: Http, rotate: bool = False) -> Reply:
@@ -72,7 +77,6 @@ async def request(
         reply = await browser.post(world.balancer.address, f"/{path}", body or {}, REQUEST_TIMEOUT_S)
     served = str(reply.body.get("instance", BALANCER)) if reply.status is not None else ""
     data: dict[str, Any] = {"span": span, "served_by": served, "code": reply.status}
-    count = world.counts.setdefault(user, {"ok": 0, "kicked": 0, "instances": set(), "cart": 0, "in": False})
     if reply.ok:
         seen, cart = reply.body.get("user"), reply.body.get("cart") or []
         data |= {"user": seen, "cart": cart, "session": reply.body.get("session")}
@@ -81,11 +85,6 @@ async def request(
             tick = "leak"
         if tick:
             data["tick"] = tick
-        world.last_served[user] = served
-        count["ok"] += 1
-        count["instances"].add(served)
-        count["cart"] = len(cart)
-        count["in"] = path != "logout" and (path != "visit" or count["in"])
         note = (
             f"{path}: {reply.status} by {served}"
             + (f": {seen}" if seen else "")
@@ -94,8 +93,6 @@ async def request(
         ctx.record(user, "ok", "request", key=path, note=note, data=data)
         return reply
     if reply.status == 401:
-        count["kicked"] += 1
-        count["in"] = False
         ctx.record(
             user,
             "fail",
