@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -63,12 +63,12 @@ from collectors.targets import PostgresTarget
 from scenarios.idempotency import ledger
 from scenarios.idempotency.marks import mark_key
 from scenarios.kit.clients import redis_client
-from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.database import connect, create_schema, schema_for
 from scenarios.kit.history import RunRecord
 from scenarios.kit.http import Http
+from scenarios.kit.rounds import ELSEWHERE, Meter, Rounds, percentile, rate_line
+from scenarios.kit.rounds import Round as BaseRound
 from scenarios.kit.services import Service, ServiceSet
-from scenarios.locks.measure import percentile
 
 MODULE = "scenarios.idempotency.payment_service"
 GUARDS = ("none", "redis-mark")
@@ -102,42 +102,17 @@ class BenchError(Exception):
 
 
 @dataclass
-class Round:
-    payments: int
-    seconds: float
-    latencies_ms: list[float]
+class Round(BaseRound):
     commands: Stats
     """On the marks' node, during the load."""
-    cpu: dict[str, float]
-    """Process group -> CPU seconds during the load."""
-
-    @property
-    def rate(self) -> float:
-        return self.payments / self.seconds
 
 
 @dataclass
-class Side:
-    """One guard's rounds (or the raw ceiling's)."""
+class Side(Rounds):
+    """One guard's rounds (or the raw ceiling's): ``count`` is payments."""
 
     label: str
     rounds: list[Round] = field(default_factory=list)
-
-    @property
-    def rates(self) -> list[float]:
-        return [r.rate for r in self.rounds]
-
-    @property
-    def median_rate(self) -> float:
-        return statistics.median(self.rates)
-
-    @property
-    def latencies(self) -> list[float]:
-        return [x for r in self.rounds for x in r.latencies_ms]
-
-    @property
-    def payments(self) -> int:
-        return sum(r.payments for r in self.rounds)
 
     def commands(self) -> Stats:
         total: Stats = {}
@@ -146,13 +121,6 @@ class Side:
                 c, u = total.get(name, (0, 0))
                 total[name] = (c + calls, u + usec)
         return total
-
-    def cpu_ms_per_payment(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for r in self.rounds:
-            for name, s in r.cpu.items():
-                total[name] = total.get(name, 0.0) + s
-        return {name: 1000 * s / max(1, self.payments) for name, s in total.items()}
 
 
 # ---------------------------------------------------------------------- the load
@@ -377,7 +345,15 @@ class Lab:
             )
         if not orders:
             raise BenchError(f"{side.label}: no payment was sent within {self.args.seconds} s")
-        side.rounds.append(Round(len(orders), took, latencies, delta(stats1, stats0), cpu))
+        side.rounds.append(
+            Round(
+                count=len(orders),
+                seconds=took,
+                cpu=cpu,
+                latencies_ms=latencies,
+                commands=delta(stats1, stats0),
+            )
+        )
         return orders
 
     async def guard_round(self, guard: str, n: int, payments: int) -> float:
@@ -448,26 +424,6 @@ def line(label: str, value: str) -> None:
     print(f"  {label:<56}{value}")
 
 
-class Rated(Protocol):
-    """A side of a benchmark: its rounds' rates and every latency."""
-
-    @property
-    def median_rate(self) -> float: ...
-    @property
-    def rates(self) -> list[float]: ...
-    @property
-    def latencies(self) -> list[float]: ...
-
-
-def rates(side: Rated) -> str:
-    """A side's median rate, its rounds' range, and p50 / p99 latency (the sessions benchmark's too)."""
-    lat = side.latencies
-    return (
-        f"{side.median_rate:7,.0f}/s  (rounds {min(side.rates):,.0f}-{max(side.rates):,.0f})  "
-        f"p50 {percentile(lat, 50):5.2f} ms  p99 {percentile(lat, 99):6.2f} ms"
-    )
-
-
 def report(r: Result, args: argparse.Namespace) -> None:
     none, mark, raw = r.none, r.mark, r.raw
     ratio = statistics.median(r.ratios)
@@ -480,8 +436,8 @@ def report(r: Result, args: argparse.Namespace) -> None:
         f"median of {len(r.ratios)} alternating rounds (none, redis-mark, ...) of <= {args.payments} "
         f"payments / <= {args.seconds:g} s each; latency per payment at the client:"
     )
-    line("guard=none", rates(none))
-    line("guard=redis-mark", rates(mark))
+    line("guard=none", rate_line(none))
+    line("guard=redis-mark", rate_line(mark))
     line(
         f"ratio redis-mark / none (goal >= {GOAL})",
         f"{ratio:7.2f}x  (rounds {min(r.ratios):.2f}-{max(r.ratios):.2f})"
@@ -491,29 +447,29 @@ def report(r: Result, args: argparse.Namespace) -> None:
     line("  per round: redis-mark", " ".join(f"{x:,.0f}" for x in mark.rates))
     line("  per round: ratio", " ".join(f"{x:.2f}" for x in r.ratios))
     print("raw ceiling: the ledger INSERT alone (ledger.charge via psycopg, same concurrency):")
-    line("INSERTs", rates(raw))
-    cpu = [side.cpu_ms_per_payment() for side in (none, mark, raw)]
+    line("INSERTs", rate_line(raw))
+    cpu = [side.cpu_ms_per_op() for side in (none, mark, raw)]
     pg = "postgres (every process)"
     line(
         "the database's share of a payment (guard=none)",
         f"{100 * percentile(raw.latencies, 50) / percentile(none.latencies, 50):3.0f}% of its p50 latency, "
         f"{100 * cpu[0].get(pg, 0.0) / sum(cpu[0].values()):.0f}% of its CPU",
     )
-    print(f"round trips of the mark path on {r.marks_node} ({mark.payments:,} payments, INFO commandstats):")
+    print(f"round trips of the mark path on {r.marks_node} ({mark.count:,} payments, INFO commandstats):")
     cmds = mark.commands()
     sent = {k: v for k, v in cmds.items() if k in SENT}
     inside = {k: v for k, v in cmds.items() if k not in SENT}
     for name, (calls, usec) in sorted(sent.items()):
         line(
             f"{name.upper()} (sent by the services)",
-            f"{calls / mark.payments:5.2f} per payment, {usec / calls:5.1f} µs per call on the server",
+            f"{calls / mark.count:5.2f} per payment, {usec / calls:5.1f} µs per call on the server",
         )
-    trips = sum(c for c, _ in sent.values()) / mark.payments
+    trips = sum(c for c, _ in sent.values()) / mark.count
     line("commands sent per payment (goal <= 2)", f"{trips:5.2f}")
     if inside:
         line(
             "run inside the scripts, per payment",
-            ", ".join(f"{k} {c / mark.payments:.1f}" for k, (c, _) in sorted(inside.items())),
+            ", ".join(f"{k} {c / mark.count:.1f}" for k, (c, _) in sorted(inside.items())),
         )
     line(f"commands on {r.marks_node} under guard=none", f"{sum(c for c, _ in none.commands().values()):5d}")
     print("CPU per payment, ms (all of it shares this machine's cores):")

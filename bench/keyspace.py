@@ -35,7 +35,7 @@ from app.cluster import free_port
 from collectors.events import Upserted
 from collectors.observatory import Observatory
 from collectors.targets import RedisTarget
-from scenarios.locks.measure import percentile
+from scenarios.kit.rounds import percentile
 
 CHANNEL = "__keyspace@0__:*"
 

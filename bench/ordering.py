@@ -86,8 +86,9 @@ from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.sequence import missing, sequence_breaches
 from scenarios.kit.clients import redis_client
-from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
+from scenarios.kit.rounds import ELSEWHERE, Meter, Rounds
+from scenarios.kit.rounds import Round as BaseRound
 from scenarios.kit.services import ServiceSet, runs_dir
 from scenarios.ordering.hash_ring import DEFAULT_VNODES, HashRing, key_point
 from scenarios.ordering.ordering import schedule
@@ -210,22 +211,16 @@ def bare_consumer(args: argparse.Namespace) -> int:
 
 
 @dataclass
-class Round:
-    events: int
-    seconds: float
+class Round(BaseRound):
+    """``count`` events (no latency is measured: ``latencies_ms`` stays empty)."""
+
     commands: Stats
     """On the queues' node, during the round."""
-    cpu: dict[str, float]
-    """Process group -> CPU seconds during the round."""
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds
 
 
 @dataclass
-class Side:
-    """One consumer kind's streams, processes and rounds."""
+class Side(Rounds):
+    """One consumer kind's streams, processes and rounds (``count``: events)."""
 
     label: str
     run_id: str
@@ -243,18 +238,6 @@ class Side:
     def streams(self) -> list[str]:
         return [self.stream(w) for w in WORKERS]
 
-    @property
-    def rates(self) -> list[float]:
-        return [r.rate for r in self.rounds]
-
-    @property
-    def median_rate(self) -> float:
-        return statistics.median(self.rates)
-
-    @property
-    def events(self) -> int:
-        return sum(r.events for r in self.rounds)
-
     def per_event(self) -> tuple[dict[str, float], dict[str, float], float]:
         """(commands per event, CPU µs per event by process group, server µs per event)."""
         calls: dict[str, int] = {}
@@ -268,7 +251,7 @@ class Side:
                 usec += u
             for name, s in r.cpu.items():
                 cpu[name] = cpu.get(name, 0.0) + s
-        n = max(1, self.events)
+        n = max(1, self.count)
         return (
             {k: c / n for k, c in calls.items()},
             {k: 1e6 * s / n for k, s in cpu.items()},
@@ -526,7 +509,7 @@ class Lab:
             if not 0 < applies <= events:  # one script call per batch read (at most one per event)
                 raise BenchError(f"{side.label}: {events} events sent, {applies} EVALSHA applies")
         await self._clean(side, orders)
-        return Round(events, took, commands, cpu)
+        return Round(count=events, seconds=took, cpu=cpu, latencies_ms=[], commands=commands)
 
     async def _clean(self, side: Side, orders: list[str]) -> None:
         """Empty the streams (their groups stay) and drop the round's orders and marks."""

@@ -60,7 +60,7 @@ from redis.asyncio import Redis as AsyncRedis
 from websockets.sync.client import connect as ws_connect
 
 from app.cluster import free_port
-from scenarios.locks.measure import percentile
+from scenarios.kit.rounds import percentile
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -108,16 +108,11 @@ from collectors.layouts.coordscope import session_namespace
 from collectors.observatory import Observatory
 from collectors.targets import RedisTarget, free_port
 from scenarios.kit.balancer import Backend, Balancer
-
-try:
-    from bench.idempotency import rates
-except ModuleNotFoundError:  # run as a file (python bench/sessions.py): its siblings are beside it
-    from idempotency import rates
 from scenarios.kit.clients import redis_client
-from scenarios.kit.cpu import ELSEWHERE, Meter
 from scenarios.kit.history import RunRecord
+from scenarios.kit.rounds import ELSEWHERE, Meter, Rounds, percentile, rate_line
+from scenarios.kit.rounds import Round as Round
 from scenarios.kit.services import Service, ServiceSet
-from scenarios.locks.measure import percentile
 from scenarios.sessions.spring import SpringStore
 from scenarios.sessions.stores import GRACE_S, USER, SessionData, now_ms
 
@@ -155,20 +150,7 @@ class BenchError(Exception):
 
 
 @dataclass
-class Round:
-    requests: int
-    seconds: float
-    latencies_ms: list[float]
-    cpu: dict[str, float]
-    """Process group -> CPU seconds during the load."""
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-
-@dataclass
-class Side:
+class Side(Rounds):
     """One store's instances and HAProxy (or the raw ceiling's one instance) and its rounds."""
 
     name: str
@@ -189,29 +171,6 @@ class Side:
     @property
     def round_robin(self) -> bool:
         return self.balancer is not None and not self.balancer.sticky
-
-    @property
-    def rates(self) -> list[float]:
-        return [r.rate for r in self.rounds]
-
-    @property
-    def median_rate(self) -> float:
-        return statistics.median(self.rates)
-
-    @property
-    def latencies(self) -> list[float]:
-        return [x for r in self.rounds for x in r.latencies_ms]
-
-    @property
-    def requests(self) -> int:
-        return sum(r.requests for r in self.rounds)
-
-    def cpu_ms_per_request(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for r in self.rounds:
-            for name, s in r.cpu.items():
-                total[name] = total.get(name, 0.0) + s
-        return {name: 1000 * s / max(1, self.requests) for name, s in total.items()}
 
 
 # ---------------------------------------------------------------------- the load
@@ -460,7 +419,7 @@ class Lab:
                 f"({', '.join(sorted(seen))}; the side has {', '.join(sorted(every))})"
             )
         side.served += [len(m) for m in met]
-        side.rounds.append(Round(sent, took, latencies, meter.cpu))
+        side.rounds.append(Round(count=sent, seconds=took, cpu=meter.cpu, latencies_ms=latencies))
         return side.rounds[-1].rate
 
 
@@ -677,7 +636,7 @@ def report(load: Load, exp: Expiry, args: argparse.Namespace) -> None:
         f"requests / <= {args.seconds:g} s each; latency per request at the client:"
     )
     for side in sides.values():
-        line(side.label, rates(side))
+        line(side.label, rate_line(side))
     line(
         f"ratio redis / local (goal >= {GOAL})",
         f"{ratio:7.2f}x  (rounds {min(load.ratios):.2f}-{max(load.ratios):.2f})  "
@@ -696,7 +655,7 @@ def report(load: Load, exp: Expiry, args: argparse.Namespace) -> None:
         ", ".join(f"{n} {'/'.join(str(x) for x in sorted(set(s.served)))}" for n, s in sides.items()),
     )
     print("CPU per request, ms (all of it shares this machine's cores):")
-    cpu = {name: side.cpu_ms_per_request() for name, side in sides.items()}
+    cpu = {name: side.cpu_ms_per_op() for name, side in sides.items()}
     width = max(len(n) for n in sides) + 2
     line("", "".join(f"{n:>{width}}" for n in sides))
     for group in cpu["redis"]:

@@ -13,9 +13,10 @@ it got the lock, how many requests and wake-ups it cost. From those:
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
+
+from scenarios.kit.rounds import percentile
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,6 @@ def ms_since(started: float) -> float:
     """Milliseconds since a ``time.monotonic()`` reading."""
     return (time.monotonic() - started) * 1000
 
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))]
 
 
 def contention(samples: list[Sample]) -> Contention:

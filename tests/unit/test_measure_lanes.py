@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from collectors.runs import VERDICT_LINE, Op, Verdict, lanes, legend
-from scenarios.locks.measure import Sample, contention, percentile
+from scenarios.kit.rounds import percentile
+from scenarios.locks.measure import Sample, contention
 from scenarios.locks.mutex import with_fifo
 from scenarios.locks.redlock import Attempt
 
