@@ -74,6 +74,10 @@ TICKS = {
 }
 
 
+SEVERE = frozenset({"violation", "crash", "kicked", "leak", "lost", "error", "rejected"})
+"""Ticks that win a cell they share with another."""
+
+
 class Lanes(Widget):
     DEFAULT_CSS = """
     Lanes { height: auto; min-height: 3; }
@@ -168,7 +172,9 @@ class Lanes(Widget):
                     for c in range(col(s.start_ms), col(stop) + 1):
                         rows[row][c] = char
                         styles[row][c] = style
-            for tick in lane.ticks:
+            # in one cell the mark that tells what went wrong wins (drawn last): a logout by the
+            # app is not hidden by the login that follows it a few ms later
+            for tick in sorted(lane.ticks, key=lambda t: t.kind in SEVERE):
                 char, style = TICKS.get(tick.kind, ("•", "white"))
                 rows[0][col(tick.at_ms)] = char
                 styles[0][col(tick.at_ms)] = style
