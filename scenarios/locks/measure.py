@@ -50,7 +50,6 @@ def ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-
 def contention(samples: list[Sample]) -> Contention:
     if not samples:
         return Contention(0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0)
