@@ -36,7 +36,9 @@ SELECT p.gid, (extract(epoch FROM p.prepared) * 1000)::bigint, p.owner, p.databa
        (SELECT count(*) FROM pg_locks l WHERE l.pid IS NULL AND l.virtualtransaction = v.vx),
        (SELECT string_agg(DISTINCT c.relname, ',') FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
          WHERE l.pid IS NULL AND l.virtualtransaction = v.vx),
-       (SELECT string_agg(DISTINCT w.pid::text, ',') FROM pg_locks w
+       (SELECT string_agg(DISTINCT w.pid::text || coalesce(' (' || nullif(a.application_name, '') || ')', ''),
+                          ', ')
+          FROM pg_locks w LEFT JOIN pg_stat_activity a ON a.pid = w.pid
          WHERE NOT w.granted AND (
            (w.locktype = 'transactionid' AND w.transactionid = p.transaction)
            OR (w.relation IS NOT NULL AND w.relation IN (
@@ -53,7 +55,8 @@ SELECT p.gid, (extract(epoch FROM p.prepared) * 1000)::bigint, p.owner, p.databa
 (``pg_locks`` keeps a prepared transaction's locks under the virtual transaction of the
 session that prepared it, with no pid: found through the lock on its own xid), the
 tables they are on (those of the database we are connected to), and the backends
-waiting on them: on its xid (a row it changed) or on a table it locked."""
+waiting on them, each with its ``application_name`` when it set one: on its xid (a row it
+changed) or on a table it locked."""
 IDLE_SQL = f"""
 SELECT pid, usename, datname, (extract(epoch FROM xact_start) * 1000)::bigint, left(query, 80)
   FROM pg_stat_activity

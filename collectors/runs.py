@@ -54,6 +54,8 @@ SPANS = {
     "handle": "handling a request",
     "apply": "applying an event",
     "request": "request (coloured by the instance that served it)",
+    "transfer": "a transfer in flight",
+    "branch": "a branch open (in doubt while prepared)",
 }
 """What each kind of span on a lane means (the screens' legends, in this order)."""
 TICKS = {
@@ -79,6 +81,18 @@ TICKS = {
     "kicked": "logged out by the app",
     "expired": "session expired (TTL end)",
     "leak": "saw another's session",
+    "prepared": "branch prepared (votes yes)",
+    "vote-no": "branch votes no",
+    "decision": "COMMIT decided (logged)",
+    "abort": "ABORT decided",
+    "commit": "branch committed / confirmed",
+    "rollback": "branch rolled back / cancelled",
+    "recover": "recovered from the log",
+    "blocked": "waits on a branch in doubt",
+    "tried": "Try applied (funds reserved)",
+    "suspended": "empty rollback (SUSPENDED)",
+    "fenced": "refused by the fence (late or repeated)",
+    "twice": "applied again",
 }
 """What each kind of tick on a lane means."""
 

@@ -9,6 +9,7 @@ from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
 from scenarios.ordering import ordering
 from scenarios.sessions import session
+from scenarios.transactions import two_phase
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -21,6 +22,7 @@ SCENARIOS: dict[str, Scenario] = {
         payment.SCENARIO,
         ordering.SCENARIO,
         session.SCENARIO,
+        two_phase.SCENARIO,
     )
 }
 

@@ -617,6 +617,11 @@ function tickPath(kind, x, y) {
   if (kind === "expired") return `M${x - 5} ${y - 6} h10 L${x - 5} ${y + 6} h10 Z`;  // an hourglass
   if (kind === "leak") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
   if (["rejected", "crash", "lost", "error", "mismatch", "kicked"].includes(kind)) return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (kind === "decision" || kind === "abort") return `M${x} ${y - 6} L${x + 6} ${y} L${x} ${y + 6} L${x - 6} ${y} Z`;
+  if (kind === "commit") return `M${x - 5} ${y} L${x - 1} ${y + 5} L${x + 6} ${y - 6}`;  // a check mark
+  if (kind === "rollback") return `M${x + 5} ${y + 4} V${y - 3} H${x - 4} M${x - 4} ${y - 3} l3 -3 M${x - 4} ${y - 3} l3 3`;
+  if (kind === "twice" || kind === "blocked") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
+  if (["prepared", "tried", "recover", "suspended", "vote-no", "fenced"].includes(kind)) return `M${x - 4} ${y - 4} h8 v8 h-8 Z`;
   if (kind === "charge") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;  // a square: money moved
   if (kind === "replay" || kind === "replayed") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
   if (kind === "emit") return `M${x - 2} ${y - 2} h4 v4 h-4 Z`;  // a small dot: an event sent

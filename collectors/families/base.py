@@ -157,6 +157,16 @@ STATUS_TONE = {
     "EXPIRED": "dim",
     "PREPARED (in doubt)": "bad",
     "IDLE IN TRANSACTION": "warn",
+    "INIT": "dim",
+    "PREPARING": "warn",
+    "COMMITTING": "warn",
+    "ABORTING": "warn",
+    "DONE": "good",
+    "TRYING": "warn",
+    "CONFIRMING": "warn",
+    "CANCELLING": "warn",
+    "CONFIRMED": "good",
+    "CANCELLED": "dim",
 }
 
 

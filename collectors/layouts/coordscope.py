@@ -16,7 +16,9 @@ Redis
                                             code, body (see scenarios/idempotency/marks.py)
     ``coordscope:service:<run>:<name>`` hash  a scenario's process: role, address, pid, status,
                                             alive_ms, requests, last_request
-    ``coordscope:txn:<id>``         hash    protocol, state, branches (JSON)
+    ``coordscope:txn:<id>``         hash    a TCC transaction as its coordinator keeps it: protocol,
+                                            state, since_ms, branches (JSON ``[{"id", "state",
+                                            "detail"}]``)
     ``coordscope:ordering:{<run>}:ring``  hash  the ordering run's router: route, workers, vnodes,
                                             version, points, orders, queues, change (JSON fields)
     ``coordscope:ordering:{<run>}:q:<worker>``  stream  a worker's queue (consumer group ``workers``)
@@ -31,11 +33,25 @@ Redis
     ``coordscope:run:<id>``         hash    a scenario run: scenario, params, faults, status, verdict
     ``coordscope:history:<id>``     stream  the run's operations, one JSON ``op`` field each
     ``coordscope:commands:<id>``    list    faults requested for a running run
+
+ZooKeeper
+    ``/coordscope/locks/<name>/<owner>__lock__<seq>``  ephemeral sequential: a lock contender
+    ``/coordscope/2pc/<run>/<coordinator>/<txn>``  a two-phase commit coordinator's log, one
+                                            znode per transaction, JSON ``{"state", "since_ms",
+                                            "created_ms", "coordinator", "transfer", "branches":
+                                            [{"id", "vote", "state"}], "decision"}``
+
+PostgreSQL
+    a branch of a 2PC transaction is prepared with the gid
+    ``coordscope:<run>:<coordinator>/<txn>:<participant>`` (:func:`branch_gid`), so a
+    prepared transaction in ``pg_prepared_xacts`` joins its coordinator's log.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +59,7 @@ from collectors.layouts.facts import (
     Applied,
     AuxiliaryFact,
     Fact,
+    GroupFact,
     LockFact,
     MarkFact,
     OrderFact,
@@ -51,9 +68,10 @@ from collectors.layouts.facts import (
     RunHistoryFact,
     ServiceFact,
     TransactionFact,
+    TwoPcLogFact,
     WaitersFact,
 )
-from collectors.records import KeyRecord, display
+from collectors.records import KeyRecord, ZNodeRecord, display
 from collectors.sequence import sequence_breaches
 
 PREFIX = "coordscope:"
@@ -160,6 +178,81 @@ def service_key(run_id: str, name: str) -> str:
 
 def txn_key(txn_id: str) -> str:
     return f"{PREFIX}txn:{txn_id}"
+
+
+TWO_PC_ROOT = f"{ZNODE_ROOT}/2pc"
+TWO_PC_TXN = re.compile(r"^/coordscope/2pc/(?P<run>[^/]+)/(?P<coordinator>[^/]+)/(?P<txn>[^/]+)$")
+
+
+def two_pc_log(run_id: str, coordinator: str = "") -> str:
+    """The znode under which a 2PC run's coordinators log (one of them: ``coordinator``)."""
+    return f"{TWO_PC_ROOT}/{run_id}" + (f"/{coordinator}" if coordinator else "")
+
+
+def two_pc_txn_id(run_id: str, coordinator: str, txn: str) -> str:
+    """A 2PC transaction's global id: ``<run>:<coordinator>/<txn>``."""
+    return f"{run_id}:{coordinator}/{txn}"
+
+
+def branch_gid(txn_id: str, participant: str) -> str:
+    """The gid a participant's branch is prepared with (at most 200 bytes in PostgreSQL)."""
+    return f"{PREFIX}{txn_id}:{participant}"
+
+
+def branch_gid_prefix(run_id: str, coordinator: str = "") -> str:
+    """What the gids of a run's branches (of one of its coordinators) start with."""
+    return f"{PREFIX}{run_id}:" + (f"{coordinator}/" if coordinator else "")
+
+
+def parse_branch_gid(gid: str) -> tuple[str, str] | None:
+    """(global transaction id, participant) of one of our branches' gid, else None."""
+    if not gid.startswith(PREFIX):
+        return None
+    txn_id, sep, participant = gid[len(PREFIX) :].rpartition(":")
+    if not sep or not participant or ":" not in txn_id or "/" not in txn_id:
+        return None
+    return txn_id, participant
+
+
+def recognise_two_pc(path: str, children: Sequence[ZNodeRecord], config: object = None) -> GroupFact | None:
+    """A 2PC coordinator's log entry (the znode itself is read by the family)."""
+    m = TWO_PC_TXN.match(path)
+    if m is None:
+        return None
+    return TwoPcLogFact(path=path, txn_id=two_pc_txn_id(m["run"], m["coordinator"], m["txn"]))
+
+
+def read_two_pc(rec: ZNodeRecord, txn_id: str) -> TransactionFact:
+    """A coordinator's log entry as a transaction (garbage in it reads ``?``)."""
+    try:
+        data = json.loads(rec.data)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return TransactionFact(txn_id=txn_id, protocol="2PC", state="?", layout=LAYOUT)
+    branches = []
+    for b in data.get("branches", ()) if isinstance(data.get("branches"), list) else ():
+        if isinstance(b, dict):
+            vote = str(b.get("vote", ""))
+            detail = f"voted {vote}" if vote else "no vote yet"
+            branches.append((str(b.get("id", "?")), str(b.get("state", "?")), detail))
+    since = data.get("since_ms")
+    coordinator = str(data.get("coordinator", "?"))
+    return TransactionFact(
+        txn_id=txn_id,
+        protocol=f"2PC, {coordinator}'s log in ZooKeeper",
+        state=str(data.get("state", "?")),
+        branches=tuple(branches),
+        since_ms=since if _whole(since) else None,
+        layout=LAYOUT,
+        note=_transfer(data.get("transfer")),
+    )
+
+
+def _transfer(value: object) -> str:
+    if not isinstance(value, dict):
+        return ""
+    return f"{value.get('amount', '?')} from {value.get('from', '?')} to {value.get('to', '?')}"
 
 
 def run_key(run_id: str) -> str:
@@ -392,6 +485,8 @@ def recognise_transaction(rec: KeyRecord) -> Fact | None:
         protocol=_field(rec, "protocol") or "?",
         state=_field(rec, "state") or "?",
         branches=branches,
+        since_ms=_ms(rec, "since_ms"),
+        note=_field(rec, "note"),
     )
 
 

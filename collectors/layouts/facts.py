@@ -84,6 +84,11 @@ class TransactionFact:
     since_ms: int | None = None
     """Since when it stands so (a prepared transaction's prepare: its age counts up)."""
     layout: str = "coordscope"
+    part_of: str = ""
+    """A branch of this global transaction (a prepared transaction whose gid names its
+    coordinator's transaction): shown joined with it."""
+    note: str = ""
+    """What the transaction does (a transfer), where its coordinator says."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,17 @@ class GroupFact(Protocol):
     def claims(self, child: str) -> bool:
         """Is this child part of the group's entity (rather than a znode of its own)?"""
         ...
+
+
+@dataclass(frozen=True)
+class TwoPcLogFact:
+    """A two-phase commit coordinator's log entry: one znode per transaction."""
+
+    path: str
+    txn_id: str
+
+    def claims(self, child: str) -> bool:
+        return False
 
 
 @dataclass(frozen=True)

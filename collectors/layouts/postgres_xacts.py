@@ -11,6 +11,7 @@ in doubt: it holds its locks until somebody commits or rolls it back by its gid.
 
 from __future__ import annotations
 
+from collectors.layouts.coordscope import parse_branch_gid
 from collectors.layouts.facts import Fact, TransactionFact
 from collectors.records import KeyRecord, display
 
@@ -41,13 +42,20 @@ def recognise(rec: KeyRecord) -> Fact | None:
         on = f" on {f['relations']}" if f.get("relations") else ""
         waiting = f"; waiting on it: {f['waiters']}" if f.get("waiters") else ""
         detail = f"owner {f.get('owner') or '?'}, xid {f.get('xid') or '?'}, {locks} lock(s){on}{waiting}"
+        ours = parse_branch_gid(gid)
         return TransactionFact(
             txn_id=f"pg:{rec.node}:{gid}",
             protocol="2PC: PREPARE TRANSACTION",
             state=IN_DOUBT,
-            branches=((database, "PREPARED", detail),),
+            # a branch of one of our coordinators' transactions: named by its participant
+            branches=(
+                (ours[1], "PREPARED", f"{rec.node}/{database}: {detail}")
+                if ours
+                else (database, "PREPARED", detail),
+            ),
             since_ms=since,
             layout=LAYOUT,
+            part_of=ours[0] if ours else "",
         )
     pid = f.get("pid") or rec.key.partition("/")[2]
     query = f.get("query", "")

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
-from scenarios.kit.database import drop_schema
+from scenarios.kit.database import drop_schema, roll_back_prepared
 
 
 @dataclass
@@ -36,10 +36,19 @@ class CleanupPlan:
     """(ZooKeeper hosts, path) — removed with everything under it."""
     schemas: list[tuple[str, str]] = field(default_factory=list)
     """(PostgreSQL conninfo, schema) — dropped with everything in it."""
+    prepared: list[tuple[str, str]] = field(default_factory=list)
+    """(PostgreSQL conninfo, gid prefix) — prepared transactions of the run left in doubt,
+    rolled back first (they hold locks on the schemas' tables: a drop would wait on them)."""
 
     def to_json(self) -> str:
         return json.dumps(
-            {"keys": self.keys, "patterns": self.patterns, "znodes": self.znodes, "schemas": self.schemas}
+            {
+                "keys": self.keys,
+                "patterns": self.patterns,
+                "znodes": self.znodes,
+                "schemas": self.schemas,
+                "prepared": self.prepared,
+            }
         )
 
     @classmethod
@@ -50,6 +59,7 @@ class CleanupPlan:
             patterns={str(k): [str(x) for x in v] for k, v in dict(data.get("patterns", {})).items()},
             znodes=[(str(h), str(p)) for h, p in data.get("znodes", [])],
             schemas=[(str(d), str(s)) for d, s in data.get("schemas", [])],
+            prepared=[(str(d), str(g)) for d, g in data.get("prepared", [])],
         )
 
 
@@ -78,6 +88,8 @@ async def carry_out(plan: CleanupPlan) -> None:
                 await client.aclose()
     for hosts, path in plan.znodes:
         await remove_tree(hosts, path)
+    for dsn, prefix in plan.prepared:
+        await roll_back_prepared(dsn, prefix)
     for dsn, schema in plan.schemas:
         await drop_schema(dsn, schema)
 

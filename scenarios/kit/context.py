@@ -166,6 +166,16 @@ class RunContext:
         self.plan.schemas.append((database.dsn, schema))
         self.plan_changed.set()
 
+    def cleanup_prepared(self, database: PostgresTarget, prefix: str) -> None:
+        """Roll back the run's prepared transactions still in doubt when it ends (before its
+        schemas are dropped): their gids start with ``prefix``, which must be ours."""
+        if not prefix.startswith(coordscope.PREFIX) or len(prefix) <= len(coordscope.PREFIX):
+            raise ValueError(
+                f"our prepared transactions' gids start with {coordscope.PREFIX}<run>: {prefix!r}"
+            )
+        self.plan.prepared.append((database.dsn, prefix))
+        self.plan_changed.set()
+
     async def set_table(self, rows: list[list[str]]) -> None:
         """Publish the scenario's own table (a header row first) with the run."""
         if self.record_ is not None:

@@ -44,3 +44,19 @@ async def drop_schema(dsn: str, schema: str) -> bool:
             await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             return True
     return False
+
+
+async def roll_back_prepared(dsn: str, prefix: str) -> list[str]:
+    """``ROLLBACK PREPARED`` every prepared transaction whose gid starts with ``prefix``
+    (ours: a run's branches left in doubt); the gids rolled back (none when unreachable)."""
+    done: list[str] = []
+    with contextlib.suppress(psycopg.Error, OSError):
+        async with await connect(dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,)
+            )
+            for (gid,) in await cur.fetchall():
+                with contextlib.suppress(psycopg.errors.UndefinedObject):  # resolved meanwhile
+                    await conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+                    done.append(str(gid))
+    return done

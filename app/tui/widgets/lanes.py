@@ -36,6 +36,8 @@ SPAN_STYLE = {
     "handle": ("━", "#5fa8a0"),
     "apply": ("━", "#c9a44a"),
     "request": ("━", "#8fa3b8"),
+    "transfer": ("━", "#4a8fe7"),
+    "branch": ("━", "#c9a44a"),
 }
 TONES = ("#4a8fe7", "#e0a040", "#5fbf6f", "#c678dd", "#56b6c2", "#d7c45a")
 """A request's colour: the instance that served it (its place in the run's tones)."""
@@ -71,10 +73,22 @@ TICKS = {
     "kicked": ("⊘", "bold red"),
     "expired": ("⌛", "bold yellow"),
     "leak": ("‼", "bold red"),
+    "prepared": ("p", "bold cyan"),
+    "vote-no": ("n", "bold yellow"),
+    "decision": ("◆", "bold green"),
+    "abort": ("◇", "bold yellow"),
+    "commit": ("✓", "bold green"),
+    "rollback": ("↶", "bold #8fa3b8"),
+    "recover": ("⟲", "bold cyan"),
+    "blocked": ("⧗", "bold red"),
+    "tried": ("t", "bold cyan"),
+    "suspended": ("s", "bold yellow"),
+    "fenced": ("⛔", "bold magenta"),
+    "twice": ("‼", "bold red"),
 }
 
 
-SEVERE = frozenset({"violation", "crash", "kicked", "leak", "lost", "error", "rejected"})
+SEVERE = frozenset({"violation", "crash", "kicked", "leak", "lost", "error", "rejected", "twice", "blocked"})
 """Ticks that win a cell they share with another."""
 
 

@@ -1,0 +1,1 @@
+"""Distributed transactions: 2PC, TCC (the seed's fifth section)."""

@@ -1,0 +1,503 @@
+"""A two-phase commit coordinator: a process of its own, its log in ZooKeeper.
+
+``POST /transfer`` with ``{"txn", "from": [participant, account], "to": [participant,
+account], "amount"}`` moves the amount between two accounts held by two PostgreSQL
+servers, atomically, as an XA transaction manager does:
+
+1. log the transaction (``PREPARING``, its branches) in ZooKeeper, one znode per
+   transaction under ``/coordscope/2pc/<run>/<coordinator>``;
+2. phase one: on each participant, in a fixed order (no distributed deadlock: every
+   transaction locks the first participant's row first), begin a branch with psycopg's
+   two-phase API (``tpc_begin(gid)``), do its work — the balance change and an
+   ``applied`` row — under ``lock_timeout``, and ``PREPARE TRANSACTION``: a yes vote. A
+   branch that fails (insufficient funds, a lock not granted in time, a server gone)
+   votes no;
+3. log the decision with the votes — ``COMMITTING`` if every branch voted yes, else
+   ``ABORTING``: from here on the log is the truth;
+4. phase two: ``COMMIT PREPARED`` / ``ROLLBACK PREPARED`` on every branch, retried (a
+   participant that crashed keeps its prepared branch through its restart) until done;
+5. log ``DONE``.
+
+On start with ``--recovery on`` it finishes what its log says before serving: a
+``COMMITTING`` transaction is committed, anything logged without a decision is rolled
+back (presumed abort), and so is a prepared branch of ours that the log does not know.
+With ``--recovery off`` nobody resolves them: the branches stay prepared, holding
+their row locks.
+
+The run arms faults at exact protocol points with ``POST /_arm`` ``{"txn", "point",
+"action"}``: at ``after-votes`` (every branch prepared, the decision not logged) or
+``after-decision`` (logged, not yet sent), ``crash`` SIGKILLs this process there and
+``hold`` waits until ``POST /_release`` (``GET /_held`` lists who waits), while the run
+kills a participant.
+
+Everything is narrated: a ``transfer`` span per transaction on the coordinator's lane
+with ticks for the decision, and on each participant's lane a ``branch`` span from its
+work to its commit or rollback — open for as long as the branch is in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from psycopg import errors as pg_errors
+from psycopg import sql
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from collectors.layouts import coordscope
+from collectors.state import now_ms
+from scenarios.kit.process import ServiceRuntime, parser
+
+T = TypeVar("T")
+POOL = 8
+"""Connections kept per participant (a transaction holds one per branch until it ends)."""
+RETRY_S = 0.25
+"""How often phase two tries again a participant it cannot reach."""
+CONNECT_TIMEOUT_S = 3
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class VoteNo(Exception):
+    """A branch could not prepare: the participant votes no."""
+
+
+class Participant:
+    def __init__(self, name: str, dsn: str, schema: str, application: str) -> None:
+        self.name, self.dsn, self.schema, self.application = name, dsn, schema, application
+        self.idle: list[Conn] = []
+
+    async def connection(self) -> Conn:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.application
+        )
+
+    async def give_back(self, conn: Conn) -> None:
+        sound = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if sound and len(self.idle) < POOL:
+            self.idle.append(conn)
+        else:
+            await _close(conn)
+
+    async def close(self) -> None:
+        while self.idle:
+            await _close(self.idle.pop())
+
+
+async def _close(conn: Conn) -> None:
+    with contextlib.suppress(Exception):  # a connection to a server that died: nothing to close
+        await asyncio.wait_for(conn.close(), 2)
+
+
+class Coordinator:
+    def __init__(self, rt: ServiceRuntime, args: Any) -> None:
+        self.rt = rt
+        self.name = rt.name
+        self.recovery = args.recovery == "on"
+        self.lock_timeout_ms = args.lock_timeout_ms
+        self.log_path = coordscope.two_pc_log(rt.run_id, self.name)
+        self.participants = {
+            p["name"]: Participant(p["name"], p["dsn"], p["schema"], self.name)
+            for p in json.loads(args.participants)
+        }
+        self.zk = KazooClient(hosts=args.zk, timeout=10.0)
+        self.armed: dict[str, dict[str, str]] = {}
+        self.held: dict[str, asyncio.Event] = {}
+        self.in_flight = 0
+        self.done = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.zk.start, 15)
+        await asyncio.to_thread(self.zk.ensure_path, self.log_path)
+        if self.recovery:
+            await self.recover()
+        else:
+            await self.record(self.name, "info", "started", note="recovery off: its log is not read")
+        self._detail()
+
+    async def close(self) -> None:
+        for p in self.participants.values():
+            await p.close()
+        await asyncio.to_thread(_stop, self.zk)
+
+    async def record(self, actor: str, kind: str, f: str, **kw: Any) -> None:
+        await self.rt.record(actor, kind, f, **kw)
+
+    def _detail(self) -> None:
+        self.rt.detail = f"{self.in_flight} in flight, {self.done} done" + (
+            "" if self.recovery else "; recovery off"
+        )
+
+    # ------------------------------------------------------------------ the log
+
+    def _path(self, txn: str) -> str:
+        return f"{self.log_path}/{txn}"
+
+    async def log(self, txn: str, entry: dict[str, Any], create: bool = False) -> None:
+        entry["since_ms"] = now_ms()
+        data = json.dumps(entry, separators=(",", ":")).encode()
+        if create:
+            await asyncio.to_thread(self.zk.create, self._path(txn), data)
+        else:
+            await asyncio.to_thread(self.zk.set, self._path(txn), data)
+
+    # ------------------------------------------------------------------ faults
+
+    async def arm(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.armed[str(body["txn"])] = {"point": str(body["point"]), "action": str(body["action"])}
+        return JSONResponse({"armed": body})
+
+    async def held_list(self, request: Request) -> JSONResponse:
+        return JSONResponse({"held": sorted(t for t, e in self.held.items() if not e.is_set())})
+
+    async def release(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        event = self.held.get(str(body["txn"]))
+        if event is not None:
+            event.set()
+        return JSONResponse({"released": event is not None})
+
+    async def _point(self, txn: str, point: str) -> None:
+        armed = self.armed.get(txn)
+        if armed is None or armed["point"] != point:
+            return
+        del self.armed[txn]
+        if armed["action"] == "crash":
+            await self.record(self.name, "info", "crash-point", key=txn, note=f"SIGKILL {point}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        await self.record(self.name, "info", "hold", key=txn, note=f"holds {point} until the run releases it")
+        event = self.held.setdefault(txn, asyncio.Event())
+        await event.wait()
+
+    # ------------------------------------------------------------------ POST /transfer
+
+    async def transfer(self, request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            txn = str(body["txn"])
+            legs = [(str(p), str(a), d) for (p, a), d in ((body["from"], -1), (body["to"], 1))]
+            amount = int(body["amount"])
+            if any(p not in self.participants for p, _, _ in legs) or "/" in txn or not txn:
+                raise ValueError(txn)
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "send {txn, from: [participant, account], to: [...], amount}"}, 400)
+        self.rt.served(f"transfer {txn}")
+        self.in_flight += 1
+        self._detail()
+        try:
+            outcome, reason = await self.two_phase(txn, legs, amount)
+        except Exception as exc:  # the log could not be written: nothing was decided
+            outcome, reason = "failed", f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            self.in_flight -= 1
+            self.done += 1
+            self._detail()
+        return JSONResponse({"txn": txn, "outcome": outcome, "reason": reason})
+
+    async def two_phase(self, txn: str, legs: list[tuple[str, str, int]], amount: int) -> tuple[str, str]:
+        txn_id = coordscope.two_pc_txn_id(self.rt.run_id, self.name, txn)
+        span = {"span": txn}
+        entry: dict[str, Any] = {
+            "state": "PREPARING",
+            "coordinator": self.name,
+            "created_ms": now_ms(),
+            "transfer": {
+                "from": f"{legs[0][0]}/{legs[0][1]}",
+                "to": f"{legs[1][0]}/{legs[1][1]}",
+                "amount": amount,
+            },
+            "branches": [
+                {"id": p, "gid": coordscope.branch_gid(txn_id, p), "state": "ACTIVE"} for p, _, _ in legs
+            ],
+        }
+        what = f"{amount} from {entry['transfer']['from']} to {entry['transfer']['to']}"
+        await self.record(self.name, "invoke", "transfer", key=txn, note=what, data=span)
+        await self.log(txn, entry, create=True)
+        # phase one, in the participants' fixed order
+        conns: dict[str, Conn] = {}
+        votes: dict[str, str] = {}
+        reason = ""
+        for p, account, sign in sorted(legs):
+            gid = coordscope.branch_gid(txn_id, p)
+            await self.record(
+                p, "invoke", "branch", key=gid, note=f"{txn}: {account} {sign * amount:+d}", data=span
+            )
+            try:
+                conns[p] = await self._prepare(p, gid, txn, account, sign * amount)
+                votes[p] = "yes"
+                await self.record(
+                    p,
+                    "info",
+                    "prepared",
+                    key=gid,
+                    note=f"{txn}: PREPARED, votes yes",
+                    data={"tick": "prepared"},
+                )
+            except VoteNo as exc:
+                votes[p] = "no"
+                reason = f"{p} voted no: {exc}"
+                await self.record(
+                    p,
+                    "fail",
+                    "branch",
+                    key=gid,
+                    note=f"{txn}: votes no ({exc})",
+                    data={"tick": "vote-no", **span},
+                )
+                break  # the others need not even be asked
+        await self._point(txn, "after-votes")
+        commit = len(votes) == len(legs) and all(v == "yes" for v in votes.values())
+        entry["state"] = "COMMITTING" if commit else "ABORTING"
+        entry["decision"] = "commit" if commit else "abort"
+        for b in entry["branches"]:
+            b["vote"] = votes.get(b["id"], "not asked")
+            b["state"] = (
+                "PREPARED" if votes.get(b["id"]) == "yes" else "ROLLED_BACK" if b["id"] in votes else "ACTIVE"
+            )
+        await self.log(txn, entry)  # the decision is on the log: from here on it holds
+        await self.record(
+            self.name, "info", "decision", key=txn, value=entry["decision"],
+            note=f"{txn}: {entry['state']} (votes {', '.join(f'{p} {v}' for p, v in votes.items())})",
+            data={"tick": "decision" if commit else "abort"},
+        )  # fmt: skip
+        await self._point(txn, "after-decision")
+        await asyncio.gather(
+            *(
+                self._finish(p, coordscope.branch_gid(txn_id, p), txn, commit, conns.get(p))
+                for p in votes
+                if votes[p] == "yes"
+            )
+        )
+        for b in entry["branches"]:
+            b["state"] = ("COMMITTED" if commit else "ROLLED_BACK") if b["id"] in votes else "NOT STARTED"
+        entry["state"] = "DONE"
+        await self.log(txn, entry)
+        outcome = "committed" if commit else "aborted"
+        await self.record(
+            self.name,
+            "ok" if commit else "fail",
+            "transfer",
+            key=txn,
+            value=outcome,
+            note=reason or outcome,
+            data=span,
+        )
+        return outcome, reason
+
+    async def _prepare(self, p: str, gid: str, txn: str, account: str, delta: int) -> Conn:
+        """A branch's work and its PREPARE TRANSACTION; VoteNo when it cannot."""
+        participant = self.participants[p]
+        try:
+            conn = await participant.connection()
+        except (psycopg.Error, OSError) as exc:
+            raise VoteNo(f"unreachable ({_short(exc)})") from exc
+        schema = sql.Identifier(participant.schema)
+        try:
+            await conn.tpc_begin(gid)
+            await conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
+            )
+            cur = await conn.execute(
+                sql.SQL("UPDATE {}.accounts SET balance = balance + %s WHERE id = %s").format(schema),
+                (delta, account),
+            )
+            if cur.rowcount != 1:
+                raise VoteNo(f"no account {account}")
+            await conn.execute(
+                sql.SQL("INSERT INTO {}.applied (txn, account, delta) VALUES (%s, %s, %s)").format(schema),
+                (txn, account, delta),
+            )
+            await conn.tpc_prepare()
+        except (VoteNo, psycopg.Error, OSError) as exc:
+            await _abandon(participant, conn)
+            if isinstance(exc, VoteNo):
+                raise
+            if isinstance(exc, pg_errors.CheckViolation):
+                raise VoteNo("insufficient funds") from exc
+            if isinstance(exc, pg_errors.LockNotAvailable):
+                raise VoteNo(f"a row lock not granted within {self.lock_timeout_ms} ms") from exc
+            raise VoteNo(_short(exc)) from exc
+        return conn
+
+    async def _finish(self, p: str, gid: str, txn: str, commit: bool, conn: Conn | None) -> None:
+        """Phase two on one branch: retried until the participant has it (or never had it)."""
+        verb = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED"
+        participant = self.participants[p]
+        failures = 0
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await participant.connection()
+                    if failures:
+                        still = await _is_prepared(conn, gid)
+                        await self.record(
+                            p, "info", "survived", key=gid,
+                            note=f"{txn}: back after {failures} failed attempt(s); the branch is "
+                            + ("still PREPARED" if still else "no longer prepared"),
+                            data={"prepared": still},
+                        )  # fmt: skip
+                    if commit:
+                        await conn.tpc_commit(gid)
+                    else:
+                        await conn.tpc_rollback(gid)
+                elif commit:
+                    await conn.tpc_commit()
+                else:
+                    await conn.tpc_rollback()
+                await participant.give_back(conn)
+                break
+            except pg_errors.UndefinedObject:  # no such prepared transaction: resolved already
+                if conn is not None:
+                    await _abandon(participant, conn)
+                break
+            except (psycopg.Error, OSError) as exc:
+                if conn is not None:
+                    await _close(conn)
+                conn = None
+                failures += 1
+                if failures == 1:
+                    await self.record(
+                        p,
+                        "info",
+                        "unreachable",
+                        key=gid,
+                        note=f"{txn}: {verb} failed ({_short(exc)}); retrying",
+                    )
+                await asyncio.sleep(RETRY_S)
+        tick = "commit" if commit else "rollback"
+        await self.record(
+            p, "ok", "branch", key=gid, value=tick, note=f"{txn}: {verb}", data={"tick": tick, "span": txn}
+        )
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self) -> None:
+        """Finish what the log says, presume abort for the rest (retried until done)."""
+        txns = await asyncio.to_thread(self.zk.get_children, self.log_path)
+        await self.record(self.name, "invoke", "recover", note=f"reads its log: {len(txns)} transaction(s)")
+        resolved = 0
+        for txn in sorted(txns):
+            try:
+                raw, _ = await asyncio.to_thread(self.zk.get, self._path(txn))
+                entry = json.loads(raw)
+            except (NoNodeError, ValueError):
+                continue
+            if entry.get("state") == "DONE":
+                continue
+            commit = entry.get("state") == "COMMITTING"
+            txn_id = coordscope.two_pc_txn_id(self.rt.run_id, self.name, txn)
+            how = "commit (the log's decision)" if commit else "presumed abort (no decision logged)"
+            note = f"{txn} was {entry.get('state')}: {how}"
+            await self.record(self.name, "info", "recover-txn", key=txn, note=note, data={"tick": "recover"})
+            branches = [b["id"] for b in entry.get("branches", []) if b.get("id") in self.participants]
+            await asyncio.gather(
+                *(self._finish(p, coordscope.branch_gid(txn_id, p), txn, commit, None) for p in branches)
+            )
+            for b in entry.get("branches", []):
+                b["state"] = "COMMITTED" if commit else "ROLLED_BACK"
+            entry["state"] = "DONE"
+            entry["recovered"] = True
+            await self.log(txn, entry)
+            resolved += 1
+        # prepared branches of ours the log does not know (it crashed before logging them)
+        prefix = coordscope.branch_gid_prefix(self.rt.run_id, self.name)
+        for p, participant in self.participants.items():
+            for gid in await self._retrying(functools.partial(_our_prepared, participant, prefix)):
+                txn_id, _ = coordscope.parse_branch_gid(gid) or ("", "")
+                txn = txn_id.rpartition("/")[2]
+                if txn in txns:
+                    continue
+                await self.record(
+                    self.name,
+                    "info",
+                    "recover-txn",
+                    key=txn,
+                    note=f"{gid}: not in the log, presumed abort",
+                    data={"tick": "recover"},
+                )
+                await self._finish(p, gid, txn, False, None)
+                resolved += 1
+        await self.record(self.name, "ok", "recover", note=f"{resolved} transaction(s) resolved")
+
+    async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                return await step()
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(RETRY_S)
+
+
+async def _our_prepared(participant: Participant, prefix: str) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(
+        participant.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+    ) as conn:
+        cur = await conn.execute("SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,))
+        return [str(g) for (g,) in await cur.fetchall()]
+
+
+async def _is_prepared(conn: Conn, gid: str) -> bool:
+    cur = await conn.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,))
+    row = await cur.fetchone()
+    await conn.rollback()
+    return bool(row and row[0])
+
+
+async def _abandon(participant: Participant, conn: Conn) -> None:
+    """Roll back a branch that never prepared (its connection kept if it is still sound)."""
+    try:
+        await conn.tpc_rollback()
+    except Exception:
+        await _close(conn)
+    else:
+        await participant.give_back(conn)
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
+def _stop(zk: KazooClient) -> None:
+    try:
+        zk.stop()
+        zk.close()
+    except Exception:
+        pass
+
+
+def main() -> None:
+    p = parser("a two-phase commit coordinator logging to ZooKeeper")
+    p.add_argument("--participants", required=True, help="JSON [{name, dsn, schema}]")
+    p.add_argument("--zk", required=True, help="ZooKeeper connect string")
+    p.add_argument("--recovery", choices=("on", "off"), default="on")
+    p.add_argument("--lock-timeout-ms", type=int, default=10_000)
+    args = p.parse_args()
+    rt = ServiceRuntime(args)
+    coordinator = Coordinator(rt, args)
+    routes = [
+        Route("/transfer", coordinator.transfer, methods=["POST"]),
+        Route("/_arm", coordinator.arm, methods=["POST"]),
+        Route("/_held", coordinator.held_list),
+        Route("/_release", coordinator.release, methods=["POST"]),
+    ]
+    asyncio.run(rt.serve(routes, on_start=coordinator.start, on_close=coordinator.close))
+
+
+if __name__ == "__main__":
+    main()
