@@ -128,7 +128,13 @@ def _joined(
     prepared: list[tuple[str, int, TransactionFact]],
     stale: bool,
 ) -> Transaction:
-    """A coordinator's transaction with its branches as the databases hold them."""
+    """A coordinator's transaction with its branches as the databases hold them.
+
+    A database is polled: a branch it showed prepared before the coordinator logged the
+    transaction DONE is an older reading than the log's, not a branch in doubt."""
+    if coordinator is not None and coordinator[2].state == "DONE" and coordinator[2].since_ms is not None:
+        done_ms = coordinator[2].since_ms
+        prepared = [p for p in prepared if p[1] >= done_ms]
     held = {f.branches[0][0]: (node, f) for node, _, f in prepared if f.branches}
     branches: list[Branch] = []
     if coordinator is not None:
