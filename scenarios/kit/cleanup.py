@@ -65,7 +65,10 @@ class CleanupPlan:
 
 async def carry_out(plan: CleanupPlan) -> None:
     """Delete the keys, znodes and schemas of the plan (each retried for a while: a node
-    may be restarting after a fault)."""
+    may be restarting after a fault). Prepared transactions left in doubt go first: their
+    coordinator's log (keys, znodes) is what a viewer joins them with until then."""
+    for dsn, prefix in plan.prepared:
+        await roll_back_prepared(dsn, prefix)
     for url, keys in plan.keys.items():
         client = redis_client(RedisTarget.from_url(url))
         try:
@@ -88,8 +91,6 @@ async def carry_out(plan: CleanupPlan) -> None:
                 await client.aclose()
     for hosts, path in plan.znodes:
         await remove_tree(hosts, path)
-    for dsn, prefix in plan.prepared:
-        await roll_back_prepared(dsn, prefix)
     for dsn, schema in plan.schemas:
         await drop_schema(dsn, schema)
 
