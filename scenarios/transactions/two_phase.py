@@ -452,6 +452,10 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
         n: dict(reads[n].data.get("applied", {})) for n in names if n in reads
     }
     findings = _findings(ops, applied)
+    for name in names:
+        if name in reads:
+            held = ", ".join(f"{a} {b}" for a, b in sorted(dict(reads[name].data.get("balances", {})).items()))
+            findings.append(f"final balances on {name}: {held} (total {reads[name].data.get('total')})")
     total = sum(int(r.data.get("total", 0)) for r in reads.values())
     expected = int(seeded.data.get("total", 0))
     crash = next((op for op in ops if op.f in ("crash-point", "down")), None)
