@@ -9,7 +9,7 @@ from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
 from scenarios.ordering import ordering
 from scenarios.sessions import session
-from scenarios.transactions import two_phase
+from scenarios.transactions import tcc, two_phase
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -23,6 +23,7 @@ SCENARIOS: dict[str, Scenario] = {
         ordering.SCENARIO,
         session.SCENARIO,
         two_phase.SCENARIO,
+        tcc.SCENARIO,
     )
 }
 

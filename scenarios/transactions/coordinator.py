@@ -38,7 +38,6 @@ work to its commit or rollback — open for as long as the branch is in doubt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import os
@@ -58,49 +57,23 @@ from starlette.routing import Route
 from collectors.layouts import coordscope
 from collectors.state import now_ms
 from scenarios.kit.process import ServiceRuntime, parser
+from scenarios.transactions.participants import (
+    Conn,
+    Participant,
+    abandon,
+    close_quietly,
+    is_prepared,
+    prepared_gids,
+    short,
+)
 
 T = TypeVar("T")
-POOL = 8
-"""Connections kept per participant (a transaction holds one per branch until it ends)."""
 RETRY_S = 0.25
 """How often phase two tries again a participant it cannot reach."""
-CONNECT_TIMEOUT_S = 3
-Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
 class VoteNo(Exception):
     """A branch could not prepare: the participant votes no."""
-
-
-class Participant:
-    def __init__(self, name: str, dsn: str, schema: str, application: str) -> None:
-        self.name, self.dsn, self.schema, self.application = name, dsn, schema, application
-        self.idle: list[Conn] = []
-
-    async def connection(self) -> Conn:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                return conn
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.application
-        )
-
-    async def give_back(self, conn: Conn) -> None:
-        sound = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if sound and len(self.idle) < POOL:
-            self.idle.append(conn)
-        else:
-            await _close(conn)
-
-    async def close(self) -> None:
-        while self.idle:
-            await _close(self.idle.pop())
-
-
-async def _close(conn: Conn) -> None:
-    with contextlib.suppress(Exception):  # a connection to a server that died: nothing to close
-        await asyncio.wait_for(conn.close(), 2)
 
 
 class Coordinator:
@@ -307,7 +280,7 @@ class Coordinator:
         try:
             conn = await participant.connection()
         except (psycopg.Error, OSError) as exc:
-            raise VoteNo(f"unreachable ({_short(exc)})") from exc
+            raise VoteNo(f"unreachable ({short(exc)})") from exc
         schema = sql.Identifier(participant.schema)
         try:
             await conn.tpc_begin(gid)
@@ -326,14 +299,14 @@ class Coordinator:
             )
             await conn.tpc_prepare()
         except (VoteNo, psycopg.Error, OSError) as exc:
-            await _abandon(participant, conn)
+            await abandon(participant, conn)
             if isinstance(exc, VoteNo):
                 raise
             if isinstance(exc, pg_errors.CheckViolation):
                 raise VoteNo("insufficient funds") from exc
             if isinstance(exc, pg_errors.LockNotAvailable):
                 raise VoteNo(f"a row lock not granted within {self.lock_timeout_ms} ms") from exc
-            raise VoteNo(_short(exc)) from exc
+            raise VoteNo(short(exc)) from exc
         return conn
 
     async def _finish(self, p: str, gid: str, txn: str, commit: bool, conn: Conn | None) -> None:
@@ -346,7 +319,7 @@ class Coordinator:
                 if conn is None or conn.closed:
                     conn = await participant.connection()
                     if failures:
-                        still = await _is_prepared(conn, gid)
+                        still = await is_prepared(conn, gid)
                         await self.record(
                             p, "info", "survived", key=gid,
                             note=f"{txn}: back after {failures} failed attempt(s); the branch is "
@@ -365,11 +338,11 @@ class Coordinator:
                 break
             except pg_errors.UndefinedObject:  # no such prepared transaction: resolved already
                 if conn is not None:
-                    await _abandon(participant, conn)
+                    await abandon(participant, conn)
                 break
             except (psycopg.Error, OSError) as exc:
                 if conn is not None:
-                    await _close(conn)
+                    await close_quietly(conn)
                 conn = None
                 failures += 1
                 if failures == 1:
@@ -378,7 +351,7 @@ class Coordinator:
                         "info",
                         "unreachable",
                         key=gid,
-                        note=f"{txn}: {verb} failed ({_short(exc)}); retrying",
+                        note=f"{txn}: {verb} failed ({short(exc)}); retrying",
                     )
                 await asyncio.sleep(RETRY_S)
         tick = "commit" if commit else "rollback"
@@ -419,7 +392,7 @@ class Coordinator:
         # prepared branches of ours the log does not know (it crashed before logging them)
         prefix = coordscope.branch_gid_prefix(self.rt.run_id, self.name)
         for p, participant in self.participants.items():
-            for gid in await self._retrying(functools.partial(_our_prepared, participant, prefix)):
+            for gid in await self._retrying(functools.partial(prepared_gids, participant, prefix)):
                 txn_id, _ = coordscope.parse_branch_gid(gid) or ("", "")
                 txn = txn_id.rpartition("/")[2]
                 if txn in txns:
@@ -442,35 +415,6 @@ class Coordinator:
                 return await step()
             except (psycopg.Error, OSError):
                 await asyncio.sleep(RETRY_S)
-
-
-async def _our_prepared(participant: Participant, prefix: str) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(
-        participant.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-    ) as conn:
-        cur = await conn.execute("SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,))
-        return [str(g) for (g,) in await cur.fetchall()]
-
-
-async def _is_prepared(conn: Conn, gid: str) -> bool:
-    cur = await conn.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,))
-    row = await cur.fetchone()
-    await conn.rollback()
-    return bool(row and row[0])
-
-
-async def _abandon(participant: Participant, conn: Conn) -> None:
-    """Roll back a branch that never prepared (its connection kept if it is still sound)."""
-    try:
-        await conn.tpc_rollback()
-    except Exception:
-        await _close(conn)
-    else:
-        await participant.give_back(conn)
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _stop(zk: KazooClient) -> None:

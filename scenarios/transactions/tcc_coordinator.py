@@ -31,7 +31,6 @@ own narration).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
@@ -65,9 +64,17 @@ class Branch:
     """-1: debit, +1: credit."""
     state: str = "TRYING"
     detail: str = ""
+    try_failed: str = ""
+    """Why its Try failed (nothing when it went through)."""
 
     def body(self, xid: str, amount: int) -> dict[str, Any]:
-        return {"xid": xid, "branch": self.participant, "account": self.account, "amount": amount, "sign": self.sign}
+        return {
+            "xid": xid,
+            "branch": self.participant,
+            "account": self.account,
+            "amount": amount,
+            "sign": self.sign,
+        }
 
     def show(self) -> dict[str, str]:
         return {"id": self.participant, "state": self.state, "detail": self.detail}
@@ -85,7 +92,9 @@ class Transaction:
     @property
     def note(self) -> str:
         debit, credit = self.branches
-        return f"{self.amount} from {debit.participant}/{debit.account} to {credit.participant}/{credit.account}"
+        return (
+            f"{self.amount} from {debit.participant}/{debit.account} to {credit.participant}/{credit.account}"
+        )
 
 
 class Coordinator:
@@ -146,6 +155,8 @@ class Coordinator:
         t = Transaction(txn, f"{self.rt.run_id}:{txn}", amount, branches, since_ms=now_ms())
         try:
             outcome, reason = await self.tcc(t)
+        except Exception as exc:  # the history could not be written: say so, decide nothing more
+            outcome, reason = "failed", f"{type(exc).__name__}: {exc}"[:200]
         finally:
             self.in_flight -= 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -167,12 +178,13 @@ class Coordinator:
             data={"tick": "abort" if failed else "decision"},
         )  # fmt: skip
         await self.show(t, "CANCELLING" if failed else "CONFIRMING")
-        finished = await asyncio.gather(*(self.finish(t, b, phase) for b in t.branches))
-        done = all(finished)
-        if done:
+        unfinished = [
+            why for why in await asyncio.gather(*(self.finish(t, b, phase) for b in t.branches)) if why
+        ]
+        if not unfinished:
             await self.show(t, DONE[phase])
-        outcome = (DONE[phase].lower()) if done else "unfinished"
-        reason = "; ".join(failed + ([] if done else [f"a branch not {DONE[phase]} after {RETRY_FOR_S:.0f} s"]))
+        outcome = "unfinished" if unfinished else DONE[phase].lower()
+        reason = "; ".join(failed + unfinished)
         await self.record(
             self.name, "ok" if outcome == "confirmed" else "fail", "transfer", key=t.txn, value=outcome,
             note=reason or outcome, data=span,
@@ -187,16 +199,18 @@ class Coordinator:
         if reply.ok:
             b.state = "TRIED"
             return ""
-        why = f"{b.participant}: {_why(reply, self.try_timeout_ms)}"
-        b.state, b.detail = "TRY FAILED", why
+        b.try_failed = _why(reply, self.try_timeout_ms)
+        b.state, b.detail = "TRY FAILED", b.try_failed
+        why = f"{b.participant}: {b.try_failed}"
         await self.record(
             self.name, "info", "try-failed", key=t.txn, note=f"{t.txn}: Try on {why}",
             data={"branch": b.participant, "tick": "timeout" if reply.error == "timeout" else "error"},
         )  # fmt: skip
         return why
 
-    async def finish(self, t: Transaction, b: Branch, phase: str) -> bool:
-        """Confirm or Cancel one branch, sent again until it is done (bounded)."""
+    async def finish(self, t: Transaction, b: Branch, phase: str) -> str:
+        """Confirm or Cancel one branch, sent again until it is done (bounded): why it is
+        not done, or nothing."""
         what = phase.capitalize()
         b.state = "CONFIRMING" if phase == "confirm" else "CANCELLING"
         deadline = time.monotonic() + RETRY_FOR_S
@@ -209,13 +223,13 @@ class Coordinator:
                 break
             why = _why(reply, int(PHASE_TIMEOUT_S * 1000))
             if reply.status == 409:  # the fence says it ended otherwise: sending it again changes nothing
-                b.state, b.detail = "REFUSED", why
+                b.state, b.detail = "REFUSED", f"{what}: {why}"
                 await self.show(t)
                 await self.record(
                     b.participant, "fail", "branch", key=t.txn, value=phase,
                     note=f"{t.txn}: {what} refused: {why}", data=span,
                 )  # fmt: skip
-                return False
+                return f"{b.participant} refused the {what}: {why}"
             b.detail = f"{what} attempt {attempt}: {why}"
             await self.show(t)
             late = time.monotonic() > deadline
@@ -227,24 +241,29 @@ class Coordinator:
             )  # fmt: skip
             if late:
                 await self.record(b.participant, "info", "branch", key=t.txn, value="unfinished", data=span)
-                return False
+                return f"{b.participant}: {what} unanswered for {RETRY_FOR_S:.0f} s ({why})"
             await asyncio.sleep(RETRY_EVERY_S)
-        result = str(reply.body.get("result", ""))
         b.state = DONE[phase]
-        b.detail = "empty rollback (SUSPENDED)" if result == "suspended" else b.detail
-        if attempt > 1:
-            b.detail = f"{b.detail + '; ' if b.detail else ''}{what} sent {attempt} times"
+        b.detail = "; ".join(
+            [
+                *([f"Try: {b.try_failed}"] if b.try_failed else []),
+                *(["empty rollback: SUSPENDED"] if reply.body.get("result") == "suspended" else []),
+                *([f"{what} sent {attempt} times"] if attempt > 1 else []),
+            ]
+        )
         await self.show(t)
         await self.record(
             b.participant, "ok", "branch", key=t.txn, value=DONE[phase].lower(),
             note=f"{t.txn}: {DONE[phase]}" + (f" ({b.detail})" if b.detail else ""), data=span,
         )  # fmt: skip
-        return True
+        return ""
 
 
 def _why(reply: Reply, timeout_ms: int) -> str:
     if reply.status is None:
-        return f"no answer within {timeout_ms} ms" if reply.error == "timeout" else f"no answer ({reply.error})"
+        return (
+            f"no answer within {timeout_ms} ms" if reply.error == "timeout" else f"no answer ({reply.error})"
+        )
     return f"{reply.status} {reply.body.get('error') or ''}".strip()
 
 
@@ -258,8 +277,7 @@ def main() -> None:
     rt = ServiceRuntime(args)
     coordinator = Coordinator(rt, args)
     routes = [Route("/transfer", coordinator.transfer, methods=["POST"])]
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(rt.serve(routes, on_close=coordinator.close))
+    asyncio.run(rt.serve(routes, on_close=coordinator.close))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ Faults, armed by the run per ``(xid, branch)`` with ``POST /_arm`` ``{"xid", "br
 nothing), ``lose-confirm-reply`` (the Confirm applies, then answers 503 as if its reply
 were lost), ``drop-try`` (the Try answers 503 and does nothing: it never ran),
 ``delay-try`` (the Try waits ``delay_ms`` before it does anything, then runs: past the
-coordinator's timeout, after its Cancel). ``GET /_busy`` lists the calls in progress
-(the run waits for a late Try to land before it reads the database).
+coordinator's timeout, after its Cancel). ``GET /_busy`` lists the calls in progress,
+``<txn>/<branch> <phase>`` (the run waits for a late Try to land before it reads the
+database).
 
 Everything is narrated on the participant's lane: ``tried``, ``commit`` (Confirm),
 ``rollback`` (Cancel), ``suspended`` (empty rollback), ``fenced`` (refused or a no-op by
@@ -76,7 +77,12 @@ DELTAS: dict[tuple[str, int], tuple[int, int]] = {
 """(phase, sign) -> (Δavailable, Δfrozen) per unit of the amount."""
 FINAL = {"confirm": "CONFIRMED", "cancel": "CANCELLED"}
 TICKS = {"try": "tried", "confirm": "commit", "cancel": "rollback"}
-FAULT_PHASE = {"confirm-fails": "confirm", "lose-confirm-reply": "confirm", "drop-try": "try", "delay-try": "try"}
+FAULT_PHASE = {
+    "confirm-fails": "confirm",
+    "lose-confirm-reply": "confirm",
+    "drop-try": "try",
+    "delay-try": "try",
+}
 CONFIRM_FAILURES = 2
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -131,7 +137,8 @@ class Participant:
         self.pool: asyncio.Queue[Conn] = asyncio.Queue()
         self.armed: dict[tuple[str, str], dict[str, Any]] = {}
         self.busy: Counter[str] = Counter()
-        self.served: Counter[str] = Counter()
+        self.results: Counter[str] = Counter()
+        """How many calls ended how (``applied``, ``noop``...): shown with the service."""
 
     async def start(self) -> None:
         for _ in range(POOL):
@@ -151,7 +158,7 @@ class Participant:
         await self.rt.record(self.name, kind, f, **kw)
 
     def _detail(self) -> None:
-        done = ", ".join(f"{n} {k}" for k, n in sorted(self.served.items())) or "nothing yet"
+        done = ", ".join(f"{n} {k}" for k, n in sorted(self.results.items())) or "nothing yet"
         self.rt.detail = f"fence {'on' if self.fence else 'off'}; {done}"
 
     # ------------------------------------------------------------------ faults
@@ -213,7 +220,7 @@ class Participant:
         delay_ms = int(fault.get("delay_ms", 0))
         if kind == "drop-try":
             await self.record(
-                "fail", call.phase, key=call.txn, note=f"{call.txn}: Try dropped (injected): it never runs here",
+                "fail", call.phase, key=call.txn, note=f"{call.txn}: Try dropped (injected): never run here",
                 data={"tick": "error", "fault": kind},
             )  # fmt: skip
             return JSONResponse({"error": "Try dropped (injected)"}, 503)
@@ -225,7 +232,9 @@ class Participant:
             await asyncio.sleep(delay_ms / 1000)
         if kind == "confirm-fails":
             note = f"{call.txn}: Confirm fails (injected, 500): nothing applied"
-            await self.record("fail", call.phase, key=call.txn, note=note, data={"tick": "error", "fault": kind})
+            await self.record(
+                "fail", call.phase, key=call.txn, note=note, data={"tick": "error", "fault": kind}
+            )
             return JSONResponse({"error": "Confirm failed (injected)"}, 500)
         try:
             done = await self._apply(call)
@@ -240,7 +249,7 @@ class Participant:
             note = f"{call.txn}: {what} failed: {why}"
             await self.record("fail", call.phase, key=call.txn, note=note, data={"tick": "error"})
             return JSONResponse({"error": why}, 503)
-        self.served[done.result] += 1
+        self.results[done.result] += 1
         self._detail()
         await self._narrate(call, done)
         if kind == "lose-confirm-reply":
@@ -252,8 +261,13 @@ class Participant:
     async def _narrate(self, call: Call, done: Applied) -> None:
         what = call.phase.capitalize()
         frozen = call.deltas()[1]
+        applied = f"{what}: {call.changes()}"
+        if call.phase == "try" and call.sign > 0:
+            applied = f"Try: {call.amount} to come to {call.account} (no balance change until Confirm)"
+        elif call.phase == "cancel" and call.sign > 0:
+            applied = f"Cancel: nothing to undo on {call.account}"
         notes = {
-            "applied": (TICKS[call.phase], f"{what}: {call.changes()}"),
+            "applied": (TICKS[call.phase], applied),
             "again": ("twice", f"{what} applied AGAIN: {call.changes()}"),
             "late": ("tried", f"Try after its Confirm/Cancel: {call.changes()}, for good"),
             "untried": (
@@ -318,7 +332,8 @@ class Participant:
         done = await self._change(conn, call)
         await conn.execute(
             sql.SQL(
-                "UPDATE {}.tcc_fence_log SET status = %s, gmt_modified = now() WHERE xid = %s AND branch_id = %s"
+                "UPDATE {}.tcc_fence_log SET status = %s, gmt_modified = now() "
+                "WHERE xid = %s AND branch_id = %s"
             ).format(self.schema),
             (FINAL[call.phase], call.xid, call.branch),
         )
@@ -365,7 +380,9 @@ class Participant:
 
     async def _status(self, conn: Conn, call: Call, lock: bool) -> str | None:
         cur = await conn.execute(
-            sql.SQL("SELECT status FROM {}.tcc_fence_log WHERE xid = %s AND branch_id = %s").format(self.schema)
+            sql.SQL("SELECT status FROM {}.tcc_fence_log WHERE xid = %s AND branch_id = %s").format(
+                self.schema
+            )
             + sql.SQL(" FOR UPDATE" if lock else ""),
             (call.xid, call.branch),
         )

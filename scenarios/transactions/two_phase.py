@@ -35,36 +35,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import random
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
 from collectors.layouts import coordscope
-from collectors.runs import NEMESIS, RUNNER, Op, Verdict
+from collectors.runs import NEMESIS, RUNNER
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.kit.context import RunContext
-from scenarios.kit.database import connect, create_schema
+from scenarios.kit.database import connect
 from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
 from scenarios.kit.services import Service
 from scenarios.transactions import accounts
 from scenarios.transactions.accounts import Participant
+from scenarios.transactions.transfers import LAST, MONEY, Desk, Transfer, seed, shares
+from scenarios.transactions.two_phase_checker import INVARIANT, PROBE, check
 
-INVARIANT = (
-    "every transfer has the same outcome on both participants, money is conserved, "
-    "and nothing is left in doubt"
-)
 CRASHES = {
     "coordinator-crash-after-prepare": "after-decision",
     "coordinator-crash-before-log": "after-votes",
 }
 FAULTS = ("vote-no", *CRASHES, "participant-crash-after-prepare")
-PROBE = "probe"
-"""The actor whose transfer runs into the locks of a branch in doubt."""
 
 SPEC = ScenarioSpec(
     name="txn-2pc",
@@ -74,8 +66,7 @@ SPEC = ScenarioSpec(
     "holding their locks, until recovery.",
     invariant=INVARIANT,
     params=(
-        Param("transfers", "8", "transfers to make", minimum=1, maximum=2000),
-        Param("clients", "2", "clients making them at once", minimum=1, maximum=16),
+        *MONEY[:2],
         Param("coordinators", "2", "coordinator processes (clients take turns)", minimum=1, maximum=4),
         Param(
             "recovery",
@@ -83,9 +74,7 @@ SPEC = ScenarioSpec(
             "on: a restarted coordinator finishes what its log says; off: nobody resolves the branches",
             choices=("on", "off"),
         ),
-        Param("accounts", "3", "accounts on each participant", minimum=1, maximum=100),
-        Param("balance", "1000", "each account's opening balance", minimum=0, maximum=1_000_000_000),
-        Param("amount", "10", "each transfer's amount", minimum=1, maximum=1_000_000),
+        *MONEY[2:],
         Param(
             "lock_timeout_ms",
             "6000",
@@ -100,8 +89,7 @@ SPEC = ScenarioSpec(
             minimum=0,
             maximum=60_000,
         ),
-        Param("fault_at", "3", "which transfer a fault given at start hits", minimum=1, maximum=2000),
-        Param("seed", "7", "which accounts each transfer picks", minimum=0, maximum=1_000_000),
+        *LAST,
     ),
     faults=(
         FaultSpec("vote-no", "a transfer asks more than its account holds: that branch votes no, all abort"),
@@ -128,22 +116,6 @@ SPEC = ScenarioSpec(
     ),
     needs=("postgres", "zookeeper"),
 )
-
-
-@dataclass(frozen=True)
-class Transfer:
-    txn: str
-    source: tuple[str, str]
-    """(participant, account) debited."""
-    target: tuple[str, str]
-    amount: int
-
-    def body(self) -> dict[str, Any]:
-        return {"txn": self.txn, "from": list(self.source), "to": list(self.target), "amount": self.amount}
-
-    @property
-    def what(self) -> str:
-        return f"{self.txn}: {self.amount} from {'/'.join(self.source)} to {'/'.join(self.target)}"
 
 
 async def run(ctx: RunContext) -> None:
@@ -178,8 +150,7 @@ async def run(ctx: RunContext) -> None:
     )
     lab = _Lab(ctx, parts, services, ctx.closing(Http()))
     plan = FaultPlan(ctx.number("fault_at"), list(ctx.faults), actor_faults=FAULTS)
-    shares = [list(range(i, ctx.number("transfers"), len(clients))) for i in range(len(clients))]
-    work = [lab.client(c, share, plan) for c, share in zip(clients, shares, strict=True)]
+    work = [lab.client(c, share, plan) for c, share in zip(clients, shares(ctx, clients), strict=True)]
     await with_helpers(ctx, plan.arm, work)
     await asyncio.gather(*lab.background)
     ctx.record(RUNNER, "info", "drain", note="the coordinators finish what they are doing, then stop")
@@ -189,8 +160,6 @@ async def run(ctx: RunContext) -> None:
 
 
 async def _prepare_participants(ctx: RunContext, parts: list[Participant]) -> None:
-    ids = accounts.account_ids(ctx.number("accounts"))
-    total = 0
     for p in parts:
         async with await connect(p.target, autocommit=True) as conn:
             cur = await conn.execute("SELECT current_setting('max_prepared_transactions')::int")
@@ -202,51 +171,20 @@ async def _prepare_participants(ctx: RunContext, parts: list[Participant]) -> No
                     "PostgreSQL refuses PREPARE TRANSACTION otherwise"
                 )
         ctx.cleanup_prepared(p.target, coordscope.branch_gid_prefix(ctx.run_id))
-        ctx.cleanup_schema(p.target, p.schema)
-        await create_schema(p.target, p.schema, accounts.TWO_PC_DDL)
-        async with await connect(p.target, autocommit=True) as conn:
-            await conn.execute(accounts.seed_sql(p.schema, ids, ctx.number("balance"), tcc=False))
-        total += len(ids) * ctx.number("balance")
-    ctx.record(
-        RUNNER,
-        "ok",
-        "seeded",
-        note=f"{len(ids)} account(s) of {ctx.number('balance')} on each of {len(parts)} participants: "
-        f"{total} in all",
-        data={"total": total, "participants": [p.name for p in parts]},
-    )
+    await seed(ctx, parts, accounts.TWO_PC_DDL, tcc=False)
 
 
-class _Lab:
+class _Lab(Desk):
     """The run's side: clients, the probe, and the faults at their protocol points."""
 
     def __init__(
         self, ctx: RunContext, parts: list[Participant], services: list[Service], http: Http
     ) -> None:
-        self.ctx, self.parts, self.services, self.http = ctx, parts, services, http
+        super().__init__(ctx, parts, http)
+        self.services = services
         self.turn: Iterator[Service] = itertools.cycle(services)
-        self.rng = random.Random(ctx.number("seed"))
-        self.ids = accounts.account_ids(ctx.number("accounts"))
-        self.outcomes: dict[str, str] = {}
-        self.transfers: dict[str, Transfer] = {}
         self.background: list[asyncio.Task[None]] = []
         self.timeout_s = ctx.number("lock_timeout_ms") / 1000 + ctx.number("fault_ms") / 1000 + 15
-
-    def transfer(
-        self, n: int, amount: int | None = None, source: tuple[str, str] | None = None, prefix: str = "t"
-    ) -> Transfer:
-        a, b = self.rng.sample([p.name for p in self.parts], 2)
-        if source is not None:
-            a = source[0]
-            b = next(p.name for p in self.parts if p.name != a)
-        t = Transfer(
-            txn=f"{prefix}{n}",
-            source=source or (a, self.rng.choice(self.ids)),
-            target=(b, self.rng.choice(self.ids)),
-            amount=amount or self.ctx.number("amount"),
-        )
-        self.transfers[t.txn] = t
-        return t
 
     async def client(self, actor: str, share: list[int], plan: FaultPlan) -> None:
         for n in share:
@@ -272,39 +210,9 @@ class _Lab:
             await self.table()
 
     async def send(self, actor: str, service: Service, t: Transfer) -> str:
-        span = {"span": t.txn}
-        self.ctx.record(
-            actor, "invoke", "transfer", key=t.txn, note=f"{t.what} via {service.name}", data=span
-        )
-        reply = await self.http.post(service, "/transfer", t.body(), self.timeout_s)
-        for other in [s for s in self.services if s is not service]:
-            if reply.error != "refused":
-                break
-            # nobody listens there (a crashed coordinator): nothing was sent, ask another
-            note = f"{service.name} refused the connection: via {other.name}"
-            self.ctx.record(actor, "info", "failover", key=t.txn, note=note)
-            service = other
-            reply = await self.http.post(service, "/transfer", t.body(), self.timeout_s)
-        if reply.ok:
-            outcome = str(reply.body.get("outcome"))
-            why = str(reply.body.get("reason") or "")
-            kind = "ok" if outcome == "committed" else "fail"
-            note = outcome + (f": {why}" if why else "")
-            self.ctx.record(actor, kind, "transfer", key=t.txn, value=outcome, note=note, data=span)
-        else:
-            outcome = "unknown"
-            note = f"no answer ({reply.error or reply.status}): the outcome is the coordinator's to tell"
-            self.ctx.record(
-                actor,
-                "info",
-                "transfer",
-                key=t.txn,
-                value=outcome,
-                note=note,
-                data=span | {"tick": "timeout"},
-            )
-        self.outcomes[t.txn] = outcome
-        return outcome
+        """Through ``service``, or the next coordinator when it refuses the connection."""
+        others = [s for s in self.services if s is not service]
+        return await self.ask(actor, [service, *others], t, self.timeout_s, "committed")
 
     async def arm(self, service: Service, t: Transfer, point: str, action: str) -> None:
         reply = await self.http.post(service, "/_arm", {"txn": t.txn, "point": point, "action": action}, 5)
@@ -402,14 +310,6 @@ class _Lab:
         reply = await self.http.get(service, "/_held", 2)
         return [str(x) for x in reply.body.get("held", [])] if reply.ok else []
 
-    async def table(self) -> None:
-        rows = [["transfer", "from", "to", "amount", "client's answer"]]
-        for txn, t in sorted(self.transfers.items(), key=lambda kv: (int(kv[0][1:]), kv[0])):
-            rows.append(
-                [txn, "/".join(t.source), "/".join(t.target), str(t.amount), self.outcomes.get(txn, "…")]
-            )
-        await self.ctx.set_table(rows)
-
 
 async def _read_participants(ctx: RunContext, parts: list[Participant]) -> None:
     """What each database holds at the end, into the history the checker judges."""
@@ -434,118 +334,6 @@ async def _read_participants(ctx: RunContext, parts: list[Participant]) -> None:
                     data={"participant": p.name, "age_ms": age_ms, "locks": locks},
                 )  # fmt: skip
     ctx.record(RUNNER, "ok", "db-read", note=f"{len(parts)} participant(s) read")
-
-
-# --------------------------------------------------------------------------- the checker
-
-
-def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
-    """Judge what the databases hold at the end (``balances``, ``in-doubt``) against what
-    was seeded, and every transfer's outcome on each participant."""
-    if not any(op.actor == RUNNER and op.f == "db-read" for op in ops):
-        raise ValueError("the history has no read of the participants")
-    seeded = next(op for op in ops if op.actor == RUNNER and op.f == "seeded")
-    names = [str(n) for n in seeded.data.get("participants", [])]
-    reads = {op.key: op for op in ops if op.actor == RUNNER and op.f == "balances"}
-    doubt = [op for op in ops if op.actor == RUNNER and op.f == "in-doubt"]
-    applied: dict[str, dict[str, Any]] = {
-        n: dict(reads[n].data.get("applied", {})) for n in names if n in reads
-    }
-    findings = _findings(ops, applied)
-    for name in names:
-        if name in reads:
-            held = ", ".join(f"{a} {b}" for a, b in sorted(dict(reads[name].data.get("balances", {})).items()))
-            findings.append(f"final balances on {name}: {held} (total {reads[name].data.get('total')})")
-    total = sum(int(r.data.get("total", 0)) for r in reads.values())
-    expected = int(seeded.data.get("total", 0))
-    crash = next((op for op in ops if op.f in ("crash-point", "down")), None)
-    if doubt:
-        ages = ", ".join(
-            f"{op.key} ({op.data.get('participant')}, {int(op.data.get('age_ms', 0)) / 1000:.1f} s old, "
-            f"{op.data.get('locks')} lock(s))"
-            for op in doubt
-        )
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {len(doubt)} branch(es) left in doubt, holding their locks: {ages}",
-            actors=tuple(dict.fromkeys(str(op.data.get("participant")) for op in doubt)),
-            keys=tuple(op.key for op in doubt),
-            at_ms=crash.t_ms if crash else None,
-            ops=tuple(op.index for op in doubt),
-            findings=tuple(findings),
-        )
-    split = _split(applied)
-    if split:
-        txn, where = split[0]
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {txn} took effect on {where} only"
-            + (f"; {len(split) - 1} more transfer(s) split" if len(split) > 1 else ""),
-            actors=tuple(names),
-            findings=tuple(findings),
-        )
-    if total != expected:
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: the databases hold {total}, {expected} was put in ({total - expected:+d})",
-            actors=tuple(names),
-            findings=tuple(findings),
-        )
-    both = sum(1 for txn in set().union(*applied.values()) if all(txn in a for a in applied.values()))
-    return Verdict(
-        holds=True,
-        invariant=INVARIANT,
-        summary=f"held: {both} transfer(s) committed on both participants, the rest on neither; "
-        f"{total} conserved; nothing in doubt",
-        findings=tuple(findings),
-    )
-
-
-def _split(applied: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """Transfers applied on some participants but not all: (txn, where)."""
-    every = sorted(set().union(*applied.values()), key=lambda t: (len(t), t)) if applied else []
-    out = []
-    for txn in every:
-        where = [n for n, a in applied.items() if txn in a]
-        if len(where) != len(applied):
-            out.append((txn, ", ".join(where)))
-    return out
-
-
-def _findings(ops: Sequence[Op], applied: dict[str, dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    outcomes: dict[str, list[str]] = defaultdict(list)
-    for op in ops:
-        if op.f == "transfer" and op.actor.startswith("coord-") and op.kind in ("ok", "fail"):
-            outcomes[op.value].append(op.key)
-    aborted = [op for op in ops if op.f == "transfer" and op.actor.startswith("coord-") and op.kind == "fail"]
-    out.append(
-        f"{len(outcomes.get('committed', []))} transfer(s) committed, {len(aborted)} aborted"
-        + (f" ({'; '.join(f'{op.key}: {op.note}' for op in aborted[:3])})" if aborted else "")
-    )
-    recovered = [op for op in ops if op.f == "recover-txn"]
-    if recovered:
-        out.append("recovery: " + "; ".join(op.note for op in recovered))
-    for op in ops:
-        if op.f == "blocked":
-            out.append(f"blocked behind a branch in doubt: {op.note}")
-        elif op.f == "survived":
-            out.append(f"{op.actor}: {op.note}")
-        elif op.f == "transfer" and op.actor == PROBE and op.kind != "invoke":
-            out.append(f"the blocked transfer {op.key}: {op.note}")
-    unknown = [
-        op.key for op in ops if op.f == "transfer" and op.actor.startswith("client-") and op.kind == "info"
-    ]
-    for txn in unknown:
-        where = [n for n, a in applied.items() if txn in a]
-        out.append(
-            f"{txn}: its client got no answer; "
-            + (f"applied on {', '.join(where)}" if where else "applied nowhere")
-        )
-    return out
 
 
 SCENARIO = Scenario(spec=SPEC, run=run, check=check)

@@ -13,7 +13,7 @@ from collectors.layouts import coordscope, postgres_xacts
 from collectors.records import KeyRecord, ZNodeRecord
 from collectors.runs import RUNNER, Op
 from collectors.state import State
-from scenarios.transactions.two_phase import check
+from scenarios.transactions.two_phase_checker import check
 
 RUN = "txn-2pc-101010-abcd"
 TXN = coordscope.two_pc_txn_id(RUN, "coord-1", "t3")
