@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ordering
 	$(BIN)/python -m bench.sessions
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.transactions
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

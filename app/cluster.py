@@ -79,9 +79,13 @@ ZOO_CFG: dict[str, str] = {
     "admin.enableServer": "false",
     "4lw.commands.whitelist": "*",
     "maxClientCnxns": "0",
+    "forceSync": "no",
 }
 """ZooKeeper's settings beyond where it keeps data and listens (docker-compose.yml
-passes the same)."""
+passes the same). ``forceSync=no``: its transaction log is written but not fsynced, as
+PostgreSQL here runs with ``fsync=off`` — a lab on one machine, where a write's cost is
+the protocol's, not the disk's (a crashed process loses nothing; only the machine's
+crash would)."""
 ZOO_ENSEMBLE_CFG: dict[str, str] = {"initLimit": "10", "syncLimit": "5"}
 """An ensemble member's settings on top of those: followers get 10 ticks (5 s) to
 connect and sync with a leader, and fall out after 5 ticks without it."""

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -41,6 +41,8 @@ HEARTBEAT_S = 0.5
 RUN_SILENT_MS = 4000
 """The run's heartbeat quiet this long: its process died, so this one goes too."""
 REGISTRATION_TTL_MS = 30_000
+NOTE_FLUSH_S = 0.005
+"""How long ops noted without waiting (:meth:`ServiceRuntime.note`) gather before they are written."""
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -72,6 +74,7 @@ class ServiceRuntime:
         """A word on its state, shown with it (an app instance's sessions in memory)."""
         self.stopping = asyncio.Event()
         self.stop_reason = ""
+        self._noted = asyncio.Event()
 
     def served(self, what: str) -> None:
         """Count a request (written with the next heartbeat)."""
@@ -81,6 +84,22 @@ class ServiceRuntime:
 
     async def record(self, actor: str, kind: str, f: str, **kw: Any) -> None:
         await self.narrator.record(actor, kind, f, **kw)
+
+    def note(self, actor: str, kind: str, f: str, **kw: Any) -> None:
+        """Narrate without waiting: written within :data:`NOTE_FLUSH_S` in one pipeline with
+        whatever else came meanwhile (``await flush()`` first where it must be stored)."""
+        self.narrator.later(actor, kind, f, **kw)
+        self._noted.set()
+
+    async def flush(self) -> None:
+        await self.narrator.flush()
+
+    async def _flusher(self) -> None:
+        while not self.stopping.is_set():
+            await self._noted.wait()
+            self._noted.clear()
+            await asyncio.sleep(NOTE_FLUSH_S)  # what else comes meanwhile goes in the same pipeline
+            await self.narrator.flush()
 
     def _fields(self, status: str) -> dict[str, str]:
         return {
@@ -175,15 +194,19 @@ class ServiceRuntime:
         except OSError:  # the run died before it read our line: nobody to serve
             self.stop("the run that started it is gone")
         beating = asyncio.create_task(self.heartbeat())
+        flushing = asyncio.create_task(self._flusher())
         stopper = asyncio.create_task(self.stopping.wait())
         await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True  # SIGTERM, or the run went away
         self.stop("stopped")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 65)
-        beating.cancel()
-        with contextlib.suppress(BaseException):
-            await beating
+        for task in (beating, flushing):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await self.narrator.flush()
         with contextlib.suppress(Exception):
             await self.control.delete(self.key)
         await self.control.aclose()
@@ -201,6 +224,18 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine: on uvloop when it is installed (a service on a hot
+    path spends most of its CPU in the event loop and in parsing HTTP: uvloop and
+    httptools, which uvicorn then picks, take a good part of it off)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _ready() -> None:

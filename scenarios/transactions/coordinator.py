@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import psycopg
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.interfaces import IAsyncResult
 from psycopg import errors as pg_errors
 from psycopg import sql
 from starlette.requests import Request
@@ -56,7 +57,7 @@ from starlette.routing import Route
 
 from collectors.layouts import coordscope
 from collectors.state import now_ms
-from scenarios.kit.process import ServiceRuntime, parser
+from scenarios.kit.process import ServiceRuntime, parser, run
 from scenarios.transactions.participants import (
     Conn,
     Participant,
@@ -92,6 +93,8 @@ class Coordinator:
         self.held: dict[str, asyncio.Event] = {}
         self.in_flight = 0
         self.done = 0
+        self.unlogged = 0
+        """Log writes not waited for that failed (the detail on the services panel says so)."""
 
     # ------------------------------------------------------------------ life
 
@@ -101,7 +104,7 @@ class Coordinator:
         if self.recovery:
             await self.recover()
         else:
-            await self.record(self.name, "info", "started", note="recovery off: its log is not read")
+            self.note(self.name, "info", "started", note="recovery off: its log is not read")
         self._detail()
 
     async def close(self) -> None:
@@ -109,12 +112,15 @@ class Coordinator:
             await p.close()
         await asyncio.to_thread(_stop, self.zk)
 
-    async def record(self, actor: str, kind: str, f: str, **kw: Any) -> None:
-        await self.rt.record(actor, kind, f, **kw)
+    def note(self, actor: str, kind: str, f: str, **kw: Any) -> None:
+        """Narrate without a round trip (written within milliseconds, flushed before a crash point)."""
+        self.rt.note(actor, kind, f, **kw)
 
     def _detail(self) -> None:
-        self.rt.detail = f"{self.in_flight} in flight, {self.done} done" + (
-            "" if self.recovery else "; recovery off"
+        self.rt.detail = (
+            f"{self.in_flight} in flight, {self.done} done"
+            + ("" if self.recovery else "; recovery off")
+            + (f"; {self.unlogged} log write(s) failed" if self.unlogged else "")
         )
 
     # ------------------------------------------------------------------ the log
@@ -122,13 +128,25 @@ class Coordinator:
     def _path(self, txn: str) -> str:
         return f"{self.log_path}/{txn}"
 
-    async def log(self, txn: str, entry: dict[str, Any], create: bool = False) -> None:
+    async def log(self, txn: str, entry: dict[str, Any], create: bool = False, wait: bool = True) -> None:
+        """Write the transaction's log entry. Only the decision to commit must be on the log
+        before anyone is told (``wait``); the rest is sent without waiting — ZooKeeper
+        applies one session's requests in order, so a later write that is waited for
+        comes after them. Losing one is harmless: a transaction with no decision on the
+        log is presumed aborted, and a DONE not written makes recovery commit again
+        branches that are already committed (it finds no such prepared transaction)."""
         entry["since_ms"] = now_ms()
         data = json.dumps(entry, separators=(",", ":")).encode()
-        if create:
-            await asyncio.to_thread(self.zk.create, self._path(txn), data)
+        path = self._path(txn)
+        sent = self.zk.create_async(path, data) if create else self.zk.set_async(path, data)
+        if wait:
+            await _answer(sent)
         else:
-            await asyncio.to_thread(self.zk.set, self._path(txn), data)
+            sent.rawlink(self._unlogged)
+
+    def _unlogged(self, result: IAsyncResult) -> None:
+        if not result.successful():
+            self.unlogged += 1  # kazoo's thread: a counter, nothing else
 
     # ------------------------------------------------------------------ faults
 
@@ -153,9 +171,11 @@ class Coordinator:
             return
         del self.armed[txn]
         if armed["action"] == "crash":
-            await self.record(self.name, "info", "crash-point", key=txn, note=f"SIGKILL {point}")
+            self.note(self.name, "info", "crash-point", key=txn, note=f"SIGKILL {point}")
+            await self.rt.flush()  # what it did so far is in the history before it dies
+            await _answer(self.zk.exists_async(self._path(txn)))  # and its log writes sent so far are in
             os.kill(os.getpid(), signal.SIGKILL)
-        await self.record(self.name, "info", "hold", key=txn, note=f"holds {point} until the run releases it")
+        self.note(self.name, "info", "hold", key=txn, note=f"holds {point} until the run releases it")
         event = self.held.setdefault(txn, asyncio.Event())
         await event.wait()
 
@@ -201,21 +221,19 @@ class Coordinator:
             ],
         }
         what = f"{amount} from {entry['transfer']['from']} to {entry['transfer']['to']}"
-        await self.record(self.name, "invoke", "transfer", key=txn, note=what, data=span)
-        await self.log(txn, entry, create=True)
+        self.note(self.name, "invoke", "transfer", key=txn, note=what, data=span)
+        await self.log(txn, entry, create=True, wait=False)
         # phase one, in the participants' fixed order
         conns: dict[str, Conn] = {}
         votes: dict[str, str] = {}
         reason = ""
         for p, account, sign in sorted(legs):
             gid = coordscope.branch_gid(txn_id, p)
-            await self.record(
-                p, "invoke", "branch", key=gid, note=f"{txn}: {account} {sign * amount:+d}", data=span
-            )
+            self.note(p, "invoke", "branch", key=gid, note=f"{txn}: {account} {sign * amount:+d}", data=span)
             try:
                 conns[p] = await self._prepare(p, gid, txn, account, sign * amount)
                 votes[p] = "yes"
-                await self.record(
+                self.note(
                     p,
                     "info",
                     "prepared",
@@ -226,7 +244,7 @@ class Coordinator:
             except VoteNo as exc:
                 votes[p] = "no"
                 reason = f"{p} voted no: {exc}"
-                await self.record(
+                self.note(
                     p,
                     "fail",
                     "branch",
@@ -244,8 +262,8 @@ class Coordinator:
             b["state"] = (
                 "PREPARED" if votes.get(b["id"]) == "yes" else "ROLLED_BACK" if b["id"] in votes else "ACTIVE"
             )
-        await self.log(txn, entry)  # the decision is on the log: from here on it holds
-        await self.record(
+        await self.log(txn, entry, wait=commit)  # a commit is on the log: from here on it holds
+        self.note(
             self.name, "info", "decision", key=txn, value=entry["decision"],
             note=f"{txn}: {entry['state']} (votes {', '.join(f'{p} {v}' for p, v in votes.items())})",
             data={"tick": "decision" if commit else "abort"},
@@ -261,9 +279,9 @@ class Coordinator:
         for b in entry["branches"]:
             b["state"] = ("COMMITTED" if commit else "ROLLED_BACK") if b["id"] in votes else "NOT STARTED"
         entry["state"] = "DONE"
-        await self.log(txn, entry)
+        await self.log(txn, entry, wait=False)
         outcome = "committed" if commit else "aborted"
-        await self.record(
+        self.note(
             self.name,
             "ok" if commit else "fail",
             "transfer",
@@ -275,38 +293,30 @@ class Coordinator:
         return outcome, reason
 
     async def _prepare(self, p: str, gid: str, txn: str, account: str, delta: int) -> Conn:
-        """A branch's work and its PREPARE TRANSACTION; VoteNo when it cannot."""
+        """A branch's work and its PREPARE TRANSACTION, in one round trip; VoteNo when it cannot."""
         participant = self.participants[p]
         try:
             conn = await participant.connection()
         except (psycopg.Error, OSError) as exc:
             raise VoteNo(f"unreachable ({short(exc)})") from exc
-        schema = sql.Identifier(participant.schema)
         try:
-            await conn.tpc_begin(gid)
-            await conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_ms}ms"))
-            )
             cur = await conn.execute(
-                sql.SQL("UPDATE {}.accounts SET balance = balance + %s WHERE id = %s").format(schema),
-                (delta, account),
+                _branch_sql(participant.schema, gid, txn, account, delta, self.lock_timeout_ms)
             )
-            if cur.rowcount != 1:
-                raise VoteNo(f"no account {account}")
-            await conn.execute(
-                sql.SQL("INSERT INTO {}.applied (txn, account, delta) VALUES (%s, %s, %s)").format(schema),
-                (txn, account, delta),
-            )
-            await conn.tpc_prepare()
-        except (VoteNo, psycopg.Error, OSError) as exc:
+            while cur.statusmessage != "SELECT 1" and cur.nextset():
+                pass
+            row = await cur.fetchone() if cur.statusmessage == "SELECT 1" else None
+        except (psycopg.Error, OSError) as exc:
             await abandon(participant, conn)
-            if isinstance(exc, VoteNo):
-                raise
             if isinstance(exc, pg_errors.CheckViolation):
                 raise VoteNo("insufficient funds") from exc
             if isinstance(exc, pg_errors.LockNotAvailable):
                 raise VoteNo(f"a row lock not granted within {self.lock_timeout_ms} ms") from exc
             raise VoteNo(short(exc)) from exc
+        if not row or not row[0]:  # prepared, but it changed nothing: no such account
+            await conn.tpc_rollback(gid)
+            await participant.give_back(conn)
+            raise VoteNo(f"no account {account}")
         return conn
 
     async def _finish(self, p: str, gid: str, txn: str, commit: bool, conn: Conn | None) -> None:
@@ -320,20 +330,16 @@ class Coordinator:
                     conn = await participant.connection()
                     if failures:
                         still = await is_prepared(conn, gid)
-                        await self.record(
+                        self.note(
                             p, "info", "survived", key=gid,
                             note=f"{txn}: back after {failures} failed attempt(s); the branch is "
                             + ("still PREPARED" if still else "no longer prepared"),
                             data={"prepared": still},
                         )  # fmt: skip
-                    if commit:
-                        await conn.tpc_commit(gid)
-                    else:
-                        await conn.tpc_rollback(gid)
-                elif commit:
-                    await conn.tpc_commit()
+                if commit:
+                    await conn.tpc_commit(gid)
                 else:
-                    await conn.tpc_rollback()
+                    await conn.tpc_rollback(gid)
                 await participant.give_back(conn)
                 break
             except pg_errors.UndefinedObject:  # no such prepared transaction: resolved already
@@ -346,7 +352,7 @@ class Coordinator:
                 conn = None
                 failures += 1
                 if failures == 1:
-                    await self.record(
+                    self.note(
                         p,
                         "info",
                         "unreachable",
@@ -355,7 +361,7 @@ class Coordinator:
                     )
                 await asyncio.sleep(RETRY_S)
         tick = "commit" if commit else "rollback"
-        await self.record(
+        self.note(
             p, "ok", "branch", key=gid, value=tick, note=f"{txn}: {verb}", data={"tick": tick, "span": txn}
         )
 
@@ -364,7 +370,7 @@ class Coordinator:
     async def recover(self) -> None:
         """Finish what the log says, presume abort for the rest (retried until done)."""
         txns = await asyncio.to_thread(self.zk.get_children, self.log_path)
-        await self.record(self.name, "invoke", "recover", note=f"reads its log: {len(txns)} transaction(s)")
+        self.note(self.name, "invoke", "recover", note=f"reads its log: {len(txns)} transaction(s)")
         resolved = 0
         for txn in sorted(txns):
             try:
@@ -378,7 +384,7 @@ class Coordinator:
             txn_id = coordscope.two_pc_txn_id(self.rt.run_id, self.name, txn)
             how = "commit (the log's decision)" if commit else "presumed abort (no decision logged)"
             note = f"{txn} was {entry.get('state')}: {how}"
-            await self.record(self.name, "info", "recover-txn", key=txn, note=note, data={"tick": "recover"})
+            self.note(self.name, "info", "recover-txn", key=txn, note=note, data={"tick": "recover"})
             branches = [b["id"] for b in entry.get("branches", []) if b.get("id") in self.participants]
             await asyncio.gather(
                 *(self._finish(p, coordscope.branch_gid(txn_id, p), txn, commit, None) for p in branches)
@@ -397,7 +403,7 @@ class Coordinator:
                 txn = txn_id.rpartition("/")[2]
                 if txn in txns:
                     continue
-                await self.record(
+                self.note(
                     self.name,
                     "info",
                     "recover-txn",
@@ -407,7 +413,7 @@ class Coordinator:
                 )
                 await self._finish(p, gid, txn, False, None)
                 resolved += 1
-        await self.record(self.name, "ok", "recover", note=f"{resolved} transaction(s) resolved")
+        self.note(self.name, "ok", "recover", note=f"{resolved} transaction(s) resolved")
 
     async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
         while True:
@@ -425,6 +431,48 @@ def _stop(zk: KazooClient) -> None:
         pass
 
 
+def _branch_sql(
+    schema: str, gid: str, txn: str, account: str, delta: int, lock_timeout_ms: int
+) -> sql.Composed:
+    """A branch, sent as one simple query: begin, its work (the balance change and the
+    ``applied`` row: 1 when the account exists), and ``PREPARE TRANSACTION``."""
+    return sql.SQL(
+        "BEGIN; SET LOCAL lock_timeout = {timeout};"
+        " WITH u AS (UPDATE {s}.accounts SET balance = balance + {delta} WHERE id = {account} RETURNING id),"
+        " i AS (INSERT INTO {s}.applied (txn, account, delta) SELECT {txn}, id, {delta} FROM u RETURNING txn)"
+        " SELECT count(*) FROM i; PREPARE TRANSACTION {gid}"
+    ).format(
+        timeout=sql.Literal(f"{lock_timeout_ms}ms"),
+        s=sql.Identifier(schema),
+        delta=sql.Literal(delta),
+        account=sql.Literal(account),
+        txn=sql.Literal(txn),
+        gid=sql.Literal(gid),
+    )
+
+
+async def _answer(result: IAsyncResult) -> Any:
+    """Wait for a kazoo request without a thread of our own: its callback runs on kazoo's
+    thread and hands the answer to the loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def done(r: IAsyncResult) -> None:
+        loop.call_soon_threadsafe(_settle, future, r)
+
+    result.rawlink(done)
+    return await future
+
+
+def _settle(future: asyncio.Future[Any], result: IAsyncResult) -> None:
+    if future.done():
+        return
+    if result.successful():
+        future.set_result(result.value)
+    else:
+        future.set_exception(result.exception)
+
+
 def main() -> None:
     p = parser("a two-phase commit coordinator logging to ZooKeeper")
     p.add_argument("--participants", required=True, help="JSON [{name, dsn, schema}]")
@@ -440,7 +488,7 @@ def main() -> None:
         Route("/_held", coordinator.held_list),
         Route("/_release", coordinator.release, methods=["POST"]),
     ]
-    asyncio.run(rt.serve(routes, on_start=coordinator.start, on_close=coordinator.close))
+    run(rt.serve(routes, on_start=coordinator.start, on_close=coordinator.close))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ class Participant:
             conn = self.idle.pop()
             if not conn.closed:
                 return conn
+        # autocommit: a branch says BEGIN and PREPARE TRANSACTION itself, and a decision
+        # (COMMIT PREPARED) must run outside any transaction
         return await psycopg.AsyncConnection.connect(
-            self.dsn, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.application
+            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.application
         )
 
     async def give_back(self, conn: Conn) -> None:
@@ -64,14 +66,13 @@ async def prepared_gids(participant: Participant, prefix: str) -> list[str]:
 async def is_prepared(conn: Conn, gid: str) -> bool:
     cur = await conn.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,))
     row = await cur.fetchone()
-    await conn.rollback()
     return bool(row and row[0])
 
 
 async def abandon(participant: Participant, conn: Conn) -> None:
     """Roll back a branch that never prepared (its connection kept if it is still sound)."""
     try:
-        await conn.tpc_rollback()
+        await conn.execute("ROLLBACK")
     except Exception:
         await close_quietly(conn)
     else:

@@ -47,7 +47,7 @@ from collectors.state import now_ms
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.http import Http, Reply
-from scenarios.kit.process import ServiceRuntime, parser
+from scenarios.kit.process import ServiceRuntime, parser, run
 
 RETRY_EVERY_S = 0.2
 RETRY_FOR_S = 30.0
@@ -277,7 +277,7 @@ def main() -> None:
     rt = ServiceRuntime(args)
     coordinator = Coordinator(rt, args)
     routes = [Route("/transfer", coordinator.transfer, methods=["POST"])]
-    asyncio.run(rt.serve(routes, on_close=coordinator.close))
+    run(rt.serve(routes, on_close=coordinator.close))
 
 
 if __name__ == "__main__":

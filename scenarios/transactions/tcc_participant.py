@@ -62,7 +62,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scenarios.kit.process import ServiceRuntime, parser
+from scenarios.kit.process import ServiceRuntime, parser, run
 
 POOL = 6
 CONNECT_TIMEOUT_S = 5
@@ -409,7 +409,7 @@ def main() -> None:
         Route("/_arm", participant.arm, methods=["POST"]),
         Route("/_busy", participant.busy_list),
     ]
-    asyncio.run(rt.serve(routes, on_start=participant.start, on_close=participant.close))
+    run(rt.serve(routes, on_start=participant.start, on_close=participant.close))
 
 
 if __name__ == "__main__":
