@@ -37,14 +37,14 @@ taking transfers 0, 1, 2, ... in turn: at most ``--transfers`` a round and none 
 after ``--seconds``. Per concurrency, a warm-up round of each side (not counted), then
 ``--rounds`` rounds in which the sides alternate (the first one rotates). Reported per
 concurrency: each side's median transfers/s, p50 / p99 latency at the client, the
-medians of the per-round ratios to ``local``, ``by-hand`` and ``by-hand+log`` (goal: 2pc /
-by-hand+log >= 0.5, our 2PC within 2x of the cost of the same protocol by hand), and
+medians of the per-round ratios to ``local``, ``by-hand`` and ``by-hand+log`` (goal: 2pc
+/ by-hand+log >= 0.5, our 2PC within 2x of the cost of the same protocol by hand), and
 CPU per transfer by process (``/proc/<pid>/task/*/schedstat``): this client, the
-services, each PostgreSQL, ZooKeeper, the control Redis. Then where a serial 2PC transfer's time goes: the by-hand side's p50,
-and each thing the coordinator adds, probed alone (serial, bounded) — the HTTP hop
-(``GET /healthz`` on the coordinator), the log write it waits for (through kazoo), and
-what its narration would cost were each op an ``XADD`` of its own (as many as the run's
-history holds per transfer).
+services, each PostgreSQL, ZooKeeper, the control Redis. Then where a serial 2PC
+transfer's time goes: the by-hand side's p50, and each thing the coordinator adds,
+probed alone (serial, bounded) — the HTTP hop (``GET /healthz`` on the coordinator), the
+log write it waits for (through kazoo), and what its narration would cost were each op
+an ``XADD`` of its own (as many as the run's history holds per transfer).
 
 After every round it checks what it measured: every transfer answered committed; on
 each participant the round's transfers are exactly those applied; every balance is
