@@ -103,6 +103,10 @@ def server(app: Starlette, host: str, port: int, embedded: bool = False) -> uvic
         port=port,
         log_level="warning",
         lifespan="on",
+        # asyncio's own loop, not uvloop even where it is installed (the scenario services
+        # use it): what the viewers' figures were measured on, and the loop whose
+        # transports' buffers the slow-viewer guard reads
+        loop="asyncio",
         ws="websockets-sansio",
         # The same batch goes to every viewer, encoded once; compression would redo the
         # work per connection (100 viewers: 65-79% CPU with it, 27-29% without, measured

@@ -22,6 +22,8 @@ from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
 from scenarios.kit.database import drop_schema, roll_back_prepared
 
+DROP_ATTEMPTS = 5
+
 
 @dataclass
 class CleanupPlan:
@@ -92,7 +94,15 @@ async def carry_out(plan: CleanupPlan) -> None:
     for hosts, path in plan.znodes:
         await remove_tree(hosts, path)
     for dsn, schema in plan.schemas:
-        await drop_schema(dsn, schema)
+        for _ in range(DROP_ATTEMPTS):
+            if await drop_schema(dsn, schema):
+                break
+            # a lock held on it: a transaction of the run that was still on its way prepared
+            # after the first pass (a backend whose client died does not know it until it
+            # next answers): roll back again, and try again
+            for where, prefix in plan.prepared:
+                if where == dsn:
+                    await roll_back_prepared(dsn, prefix)
 
 
 async def _delete_matching(client: Redis, pattern: str) -> None:

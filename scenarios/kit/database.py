@@ -37,13 +37,23 @@ async def create_schema(target: PostgresTarget, schema: str, ddl: str) -> None:
         await conn.execute(ddl.encode())
 
 
+DROP_LOCK_TIMEOUT = "2s"
+
+
 async def drop_schema(dsn: str, schema: str) -> bool:
-    """Drop the schema and everything in it; False when the database could not be reached."""
-    with contextlib.suppress(psycopg.Error, OSError):
+    """Drop the schema and everything in it. False when something held a lock on it for
+    longer than :data:`DROP_LOCK_TIMEOUT` (a prepared transaction: it would wait for
+    ever); True when it is gone, or when the database could not be reached (nothing more
+    to do from here)."""
+    try:
         async with await connect(dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(DROP_LOCK_TIMEOUT)))
             await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-            return True
-    return False
+    except psycopg.errors.LockNotAvailable:
+        return False
+    except (psycopg.Error, OSError):
+        pass
+    return True
 
 
 async def roll_back_prepared(dsn: str, prefix: str) -> list[str]:

@@ -8,16 +8,21 @@ who waits on whom — released by the coordinator's recovery."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 
 import psycopg
 import pytest
+import redis
 from kazoo.client import KazooClient
 
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.transactions import Transaction
 from collectors.layouts import coordscope
 from collectors.state import State
-from tests.conftest import cli, observing, run_scenario, until
+from tests.conftest import cli, observing, run_scenario, running, until, wait_until
 
 
 def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
@@ -119,3 +124,35 @@ async def test_a_transfer_blocked_behind_a_branch_in_doubt_is_seen_waiting_then_
     assert any(op.f == "blocked" and "(pid " in op.note for op in ops)
     balances = [op for op in ops if op.f == "balances"]
     assert sum(int(op.value) for op in balances) == 6000 and len(balances) == 2
+
+
+def test_kill_9_of_the_run_rolls_back_its_branches_in_doubt_and_leaves_nothing(cluster: ClusterInfo) -> None:
+    env = {**os.environ, "COORDSCOPE_STATE": cluster.state_dir}
+    flags = ["--fault", "coordinator-crash-after-prepare", "--set", "recovery=off", "--set", "fault_at=1"]
+    flags += ["--set", "transfers=2", "--set", "lock_timeout_ms=60000"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", "txn-2pc", *flags],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    control = redis.Redis(port=cluster.masters[-1].port)
+    try:
+        assert run.stdout is not None
+        run_id = run.stdout.readline().split()[1].rstrip(":")
+        wait_until(
+            lambda: sum("prepared" in x for x in leftovers(cluster, run_id)) == 2,
+            30,
+            "both branches in doubt",
+        )
+        keys = list(control.scan_iter(f"coordscope:service:{run_id}:*"))
+        pids = [int(control.hget(k, "pid") or 0) for k in keys]
+        assert len(pids) == 2 and any(running(p) for p in pids)  # coord-1 crashed, coord-2 runs
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+    # the janitor: the coordinators stopped, the branches rolled back, the schemas and the log gone
+    wait_until(lambda: not any(running(p) for p in pids), 20, "the coordinators gone")
+    try:
+        wait_until(lambda: leftovers(cluster, run_id) == [], 30, "nothing of the run left")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {leftovers(cluster, run_id)}") from None
+    control.close()
