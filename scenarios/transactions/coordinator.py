@@ -55,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
 from collectors.state import now_ms
 from scenarios.kit.process import ServiceRuntime, parser, run
@@ -99,6 +100,7 @@ class Coordinator:
     # ------------------------------------------------------------------ life
 
     async def start(self) -> None:
+        self.bridge = KazooBridge(asyncio.get_running_loop())
         await asyncio.to_thread(self.zk.start, 15)
         await asyncio.to_thread(self.zk.ensure_path, self.log_path)
         if self.recovery:
@@ -140,7 +142,7 @@ class Coordinator:
         path = self._path(txn)
         sent = self.zk.create_async(path, data) if create else self.zk.set_async(path, data)
         if wait:
-            await _answer(sent)
+            await self.bridge.result(sent)
         else:
             sent.rawlink(self._unlogged)
 
@@ -173,7 +175,9 @@ class Coordinator:
         if armed["action"] == "crash":
             self.note(self.name, "info", "crash-point", key=txn, note=f"SIGKILL {point}")
             await self.rt.flush()  # what it did so far is in the history before it dies
-            await _answer(self.zk.exists_async(self._path(txn)))  # and its log writes sent so far are in
+            await self.bridge.result(
+                self.zk.exists_async(self._path(txn))
+            )  # and its log writes sent so far are in
             os.kill(os.getpid(), signal.SIGKILL)
         self.note(self.name, "info", "hold", key=txn, note=f"holds {point} until the run releases it")
         event = self.held.setdefault(txn, asyncio.Event())
@@ -449,28 +453,6 @@ def _branch_sql(
         txn=sql.Literal(txn),
         gid=sql.Literal(gid),
     )
-
-
-async def _answer(result: IAsyncResult) -> Any:
-    """Wait for a kazoo request without a thread of our own: its callback runs on kazoo's
-    thread and hands the answer to the loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def done(r: IAsyncResult) -> None:
-        loop.call_soon_threadsafe(_settle, future, r)
-
-    result.rawlink(done)
-    return await future
-
-
-def _settle(future: asyncio.Future[Any], result: IAsyncResult) -> None:
-    if future.done():
-        return
-    if result.successful():
-        future.set_result(result.value)
-    else:
-        future.set_exception(result.exception)
 
 
 def main() -> None:
