@@ -74,6 +74,11 @@ class Service:
 Narrate = Callable[..., object]
 """The run's :meth:`History.record`: what happens to a service goes on its lane."""
 RESTART_AFTER_S = 0.3
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(ScenarioError):
+    """A service could not bind its port: something else listens there."""
 
 
 @dataclass
@@ -115,7 +120,16 @@ class ServiceSet:
             name, role, module, args, port or free_port(), restart=restart
         )
         self.services[name] = service
-        await self._spawn(service)
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                await self._spawn(service)
+                return service
+            except PortTaken:
+                # free_port's port was taken by another process before ours bound it: a port
+                # of our choosing is chosen again (one the caller gave, or a restart's, is kept)
+                if port is not None or service.spawns > attempt + 1 or attempt + 1 == PORT_ATTEMPTS:
+                    raise
+                service.port = free_port()
         return service
 
     def _narrate(self, service: Service, f: str, note: str, **data: object) -> None:
@@ -124,7 +138,9 @@ class ServiceSet:
 
     async def _spawn(self, service: Service) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        log = open(self.folder / f"{service.name}.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        path = self.folder / f"{service.name}.log"
+        log = open(path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        logged_before = log.tell()
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -152,9 +168,9 @@ class ServiceSet:
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             why = self.log_tail(service)
-            raise ScenarioError(
-                f"{service.name} ({service.module}) did not start on {service.address}: {why}"
-            )
+            this_time = path.read_bytes()[logged_before:].decode(errors="replace").lower()
+            taken = PortTaken if "address already in use" in this_time else ScenarioError
+            raise taken(f"{service.name} ({service.module}) did not start on {service.address}: {why}")
         self._watchers.append(asyncio.create_task(self._watch(service, proc), name=f"watch {service.name}"))
 
     async def _watch(self, service: Service, proc: asyncio.subprocess.Process) -> None:
