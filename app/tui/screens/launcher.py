@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
@@ -28,8 +28,9 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
     LauncherScreen { align: center middle; }
     #launcher { width: 120; height: auto; max-height: 95%; border: thick $primary;
                 background: $surface; padding: 0 2; }
-    #scenario-buttons { height: auto; margin-bottom: 1; }
-    #scenario-buttons Button { margin: 0 1 0 0; }
+    /* a grid: every scenario's button shows, in rows, however many there are */
+    #scenario-buttons { layout: grid; grid-size: 6; grid-gutter: 0 1; height: auto; margin-bottom: 1; }
+    #scenario-buttons Button { width: 1fr; margin: 0; }
     #summary { color: $text-muted; height: auto; margin-bottom: 1; }
     #form { height: auto; }
     .param { height: auto; }
@@ -65,7 +66,7 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="launcher"):
             yield Static("Run a scenario — ctrl+r runs it, esc closes", classes="title")
-            with Horizontal(id="scenario-buttons"):
+            with Container(id="scenario-buttons"):
                 for name in self.specs:
                     chosen = name == self.selected
                     yield Button(
