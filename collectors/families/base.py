@@ -156,6 +156,7 @@ STATUS_TONE = {
     "FAILED": "bad",
     "EXPIRED": "dim",
     "PREPARED (in doubt)": "bad",
+    "IN DOUBT": "bad",
     "IDLE IN TRANSACTION": "warn",
     "INIT": "dim",
     "PREPARING": "warn",
@@ -171,7 +172,9 @@ STATUS_TONE = {
 
 
 def status(value: str) -> Cell:
-    return text(value, STATUS_TONE.get(value, "bold"))
+    """A state in its tone; ``IN DOUBT (COMMITTING)`` takes the tone of ``IN DOUBT``."""
+    tone = STATUS_TONE.get(value) or STATUS_TONE.get(value.partition(" (")[0], "bold")
+    return text(value, tone)
 
 
 @dataclass(frozen=True)

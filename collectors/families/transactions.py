@@ -72,11 +72,7 @@ class Transactions(Family):
     empty = "no transactions"
     columns = (
         Column("id", "transaction", lambda t: text(t.id), limit=30),
-        Column(
-            "state",
-            "state",
-            lambda t: text(t.state, "bad") if t.state.startswith(IN_DOUBT) else status(t.state),
-        ),
+        Column("state", "state", lambda t: status(t.state)),
         Column("age", "age", lambda t: age(t.since_ms)),
         Column(
             "branches",

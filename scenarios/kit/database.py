@@ -56,16 +56,27 @@ async def drop_schema(dsn: str, schema: str) -> bool:
     return True
 
 
+def error_line(exc: BaseException, limit: int = 160) -> str:
+    """An error's first line (a database error's message, without its DETAIL and HINT)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+async def prepared_gids(target: PostgresTarget | str, prefix: str) -> list[str]:
+    """The gids of the prepared transactions that start with ``prefix`` (ours: a run's, or
+    one coordinator's)."""
+    async with await connect(target, autocommit=True) as conn:
+        cur = await conn.execute("SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,))
+        return [str(g) for (g,) in await cur.fetchall()]
+
+
 async def roll_back_prepared(dsn: str, prefix: str) -> list[str]:
     """``ROLLBACK PREPARED`` every prepared transaction whose gid starts with ``prefix``
     (ours: a run's branches left in doubt); the gids rolled back (none when unreachable)."""
     done: list[str] = []
     with contextlib.suppress(psycopg.Error, OSError):
+        gids = await prepared_gids(dsn, prefix)
         async with await connect(dsn, autocommit=True) as conn:
-            cur = await conn.execute(
-                "SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,)
-            )
-            for (gid,) in await cur.fetchall():
+            for gid in gids:
                 with contextlib.suppress(psycopg.errors.UndefinedObject):  # resolved meanwhile
                     await conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
                     done.append(str(gid))

@@ -293,10 +293,6 @@ class Narrator:
         self._pending.append(op)
         return op
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     async def flush(self) -> None:
         """Write the ops kept by :meth:`later`, in order, in one pipeline (retried)."""
         if not self._pending:

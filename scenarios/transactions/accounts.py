@@ -131,19 +131,8 @@ async def fence_log(conn: Any, schema: str) -> list[tuple[str, str, str]]:
     return [(str(x), str(b), str(s)) for x, b, s in await cur.fetchall()]
 
 
-async def effects(conn: Any, schema: str) -> list[tuple[str, str, str, int, int]]:
-    """TCC: (xid, branch, phase, Δavailable, Δfrozen) of every phase applied, in order."""
-    cur = await conn.execute(
-        sql.SQL("SELECT xid, branch_id, phase, available, frozen FROM {}.effects ORDER BY n").format(
-            sql.Identifier(schema)
-        )
-    )
-    return [(str(x), str(b), str(p), int(a), int(f)) for x, b, p, a, f in await cur.fetchall()]
-
-
-async def effects_on_accounts(conn: Any, schema: str) -> list[tuple[str, str, str, str, int, int]]:
-    """TCC: (xid, branch, phase, account, Δavailable, Δfrozen) of every phase applied, in order
-    (:func:`effects` with the account each one changed)."""
+async def effects(conn: Any, schema: str) -> list[tuple[str, str, str, str, int, int]]:
+    """TCC: (xid, branch, phase, account, Δavailable, Δfrozen) of every phase applied, in order."""
     cur = await conn.execute(
         sql.SQL("SELECT xid, branch_id, phase, account, available, frozen FROM {}.effects ORDER BY n").format(
             sql.Identifier(schema)

@@ -58,6 +58,7 @@ from starlette.routing import Route
 from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
 from collectors.state import now_ms
+from scenarios.kit.database import error_line, prepared_gids
 from scenarios.kit.process import ServiceRuntime, parser, run
 from scenarios.transactions.participants import (
     Conn,
@@ -65,8 +66,6 @@ from scenarios.transactions.participants import (
     abandon,
     close_quietly,
     is_prepared,
-    prepared_gids,
-    short,
 )
 
 T = TypeVar("T")
@@ -302,7 +301,7 @@ class Coordinator:
         try:
             conn = await participant.connection()
         except (psycopg.Error, OSError) as exc:
-            raise VoteNo(f"unreachable ({short(exc)})") from exc
+            raise VoteNo(f"unreachable ({error_line(exc)})") from exc
         try:
             cur = await conn.execute(
                 _branch_sql(participant.schema, gid, txn, account, delta, self.lock_timeout_ms)
@@ -316,7 +315,7 @@ class Coordinator:
                 raise VoteNo("insufficient funds") from exc
             if isinstance(exc, pg_errors.LockNotAvailable):
                 raise VoteNo(f"a row lock not granted within {self.lock_timeout_ms} ms") from exc
-            raise VoteNo(short(exc)) from exc
+            raise VoteNo(error_line(exc)) from exc
         if not row or not row[0]:  # prepared, but it changed nothing: no such account
             await conn.tpc_rollback(gid)
             await participant.give_back(conn)
@@ -361,7 +360,7 @@ class Coordinator:
                         "info",
                         "unreachable",
                         key=gid,
-                        note=f"{txn}: {verb} failed ({short(exc)}); retrying",
+                        note=f"{txn}: {verb} failed ({error_line(exc)}); retrying",
                     )
                 await asyncio.sleep(RETRY_S)
         tick = "commit" if commit else "rollback"
@@ -402,7 +401,7 @@ class Coordinator:
         # prepared branches of ours the log does not know (it crashed before logging them)
         prefix = coordscope.branch_gid_prefix(self.rt.run_id, self.name)
         for p, participant in self.participants.items():
-            for gid in await self._retrying(functools.partial(prepared_gids, participant, prefix)):
+            for gid in await self._retrying(functools.partial(prepared_gids, participant.dsn, prefix)):
                 txn_id, _ = coordscope.parse_branch_gid(gid) or ("", "")
                 txn = txn_id.rpartition("/")[2]
                 if txn in txns:

@@ -55,14 +55,6 @@ async def close_quietly(conn: Conn) -> None:
         await asyncio.wait_for(conn.close(), 2)
 
 
-async def prepared_gids(participant: Participant, prefix: str) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(
-        participant.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-    ) as conn:
-        cur = await conn.execute("SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (prefix,))
-        return [str(g) for (g,) in await cur.fetchall()]
-
-
 async def is_prepared(conn: Conn, gid: str) -> bool:
     cur = await conn.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,))
     row = await cur.fetchone()
@@ -77,7 +69,3 @@ async def abandon(participant: Participant, conn: Conn) -> None:
         await close_quietly(conn)
     else:
         await participant.give_back(conn)
-
-
-def short(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]

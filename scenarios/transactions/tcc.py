@@ -265,7 +265,7 @@ async def _read_participants(ctx: RunContext, parts: list[Participant]) -> None:
         async with await connect(p.target, autocommit=True) as conn:
             held = await accounts.balances(conn, p.schema, tcc=True)
             fence = await accounts.fence_log(conn, p.schema)
-            effects = await accounts.effects_on_accounts(conn, p.schema)
+            effects = await accounts.effects(conn, p.schema)
         available = sum(a for a, _ in held.values())
         frozen = sum(f for _, f in held.values())
         statuses = Counter(s for _, _, s in fence)
@@ -283,9 +283,6 @@ async def _read_participants(ctx: RunContext, parts: list[Participant]) -> None:
             },
         )  # fmt: skip
     ctx.record(RUNNER, "ok", "db-read", note=f"{len(parts)} participant(s) read")
-
-
-# --------------------------------------------------------------------------- the checker
 
 
 SCENARIO = Scenario(spec=SPEC, run=run, check=check)

@@ -62,6 +62,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from scenarios.kit.database import error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
 POOL = 6
@@ -245,7 +246,7 @@ class Participant:
             )  # fmt: skip
             return JSONResponse({"error": str(exc), "fenced": exc.fenced}, 409)
         except (psycopg.Error, OSError) as exc:
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            why = error_line(exc)
             note = f"{call.txn}: {what} failed: {why}"
             await self.record("fail", call.phase, key=call.txn, note=note, data={"tick": "error"})
             return JSONResponse({"error": why}, 503)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from collectors.families.transactions import Transaction
+from collectors.families.transactions import Transaction, Transactions
 from collectors.layouts import coordscope, postgres_xacts
 from collectors.records import KeyRecord, ZNodeRecord
 from collectors.runs import RUNNER, Op
@@ -103,6 +103,8 @@ def test_a_log_entry_and_its_prepared_branches_are_one_transaction_in_doubt() ->
     state.apply_key(prepared("postgres-2", "postgres-2", 3500))
     (t,) = transactions(state).values()
     assert t.state == "IN DOUBT (COMMITTING)" and t.since_ms == 3000
+    state_cell = dict(zip((c.key for c in Transactions.columns), Transactions.row(t), strict=True))["state"]
+    assert [p.tone for p in state_cell.pieces] == ["bad"]  # red, as IN DOUBT is
     first = t.branches[0]
     assert first.state == "PREPARED" and "waiting on it: 4242 (coord-2)" in first.detail
     assert "postgres-1/coordscope" in first.detail and first.detail.endswith("log: PREPARED")
