@@ -5,7 +5,10 @@ transactions, who waits on whose locks, sessions idle in a transaction), so
 it is polled, every ``every_s`` seconds, and the node says so. Each prepared
 transaction (whoever prepared it) and each session idle in a transaction is a
 record of the state (:mod:`collectors.layouts.postgres_xacts`), shown in the
-transactions panel with its age; one that ended is dropped at the next poll. Read-only: a
+transactions panel with its age; one that ended is dropped at the next poll.
+Each outbox table of the database it is connected to (a table named like an
+outbox: :mod:`collectors.layouts.postgres_outbox`) is a record too, its backlog
+(rows not sent yet, the oldest one's age) shown as a queue. Read-only: a
 plain connection that runs ``SELECT``s and nothing else. A server that stops
 answering is shown down with the time of its last good read.
 """
@@ -20,14 +23,15 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from collectors.families.nodes import Node
-from collectors.layouts import postgres_xacts
+from collectors.layouts import postgres_outbox, postgres_xacts
 from collectors.records import KeyRecord
 from collectors.state import State, now_ms
 from collectors.targets import PostgresTarget
 
-POLL_S = 2.0
+POLL_S = 1.0
 LISTED = 500
 """At most this many prepared transactions, and as many idle sessions, per poll."""
 PREPARED_SQL = f"""
@@ -168,11 +172,55 @@ class PgCollector:
             fields = {"pid": pid, "user": user, "database": database, "since_ms": since, "query": query}
             raw = postgres_xacts.idle_key(int(pid))
             records[raw] = self._record(raw, postgres_xacts.IDLE, fields, read_at)
+        await self._outboxes(conn, records, read_at)
         for raw in self._held - records.keys():
             self._state.drop_key(self.target.id, raw, "ended")
         for rec in records.values():
             self._state.apply_key(rec)
         self._held = set(records)
+
+    async def _outboxes(
+        self, conn: psycopg.AsyncConnection[Any], into: dict[bytes, KeyRecord], read_at: int
+    ) -> None:
+        """Each outbox table's backlog: rows not sent yet, and since when the oldest waits.
+
+        A table that cannot be read (dropped meanwhile, no privilege, too slow) is left out
+        of this poll; the others are read."""
+        cur = await conn.execute(postgres_outbox.DISCOVER_SQL)
+        for schema, table, columns in await cur.fetchall():
+            stamp, flag, created = postgres_outbox.shape(list(columns))
+            if stamp:
+                waiting, marker = sql.SQL("{} IS NULL").format(sql.Identifier(stamp)), f"{stamp} IS NULL"
+            elif flag:
+                waiting, marker = (
+                    sql.SQL("NOT coalesce({}, false)").format(sql.Identifier(flag)),
+                    f"NOT {flag}",
+                )
+            else:
+                waiting, marker = sql.Composed([sql.SQL("true")]), "deleted once sent"
+            oldest = (
+                sql.SQL("(extract(epoch FROM min({c}) FILTER (WHERE {w})) * 1000)::bigint").format(
+                    c=sql.Identifier(created), w=waiting
+                )
+                if created
+                else sql.SQL("NULL::bigint")
+            )
+            query = sql.SQL(
+                "SELECT count(*) FILTER (WHERE {w}), count(*), {o}, current_database() FROM {t}"
+            ).format(w=waiting, o=oldest, t=sql.Identifier(schema, table))
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL statement_timeout = 1000")
+                    row = await (await conn.execute(query)).fetchone()
+            except psycopg.errors.Error:
+                continue
+            if row is None:
+                continue
+            unsent, total, oldest_ms, database = row
+            raw = postgres_outbox.key(schema, table)
+            fields = {"unsent": unsent, "total": total, "oldest_ms": oldest_ms, "database": database,
+                      "marker": marker}  # fmt: skip
+            into[raw] = self._record(raw, postgres_outbox.OUTBOX, fields, read_at)
 
     def _record(self, raw: bytes, kind: str, fields: dict[str, Any], read_at: int) -> KeyRecord:
         values = {k.encode(): ("" if v is None else str(v)).encode() for k, v in fields.items()}

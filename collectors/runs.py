@@ -26,6 +26,12 @@ the same ops with the same indices.
 - writes, rejections, crashes, violations and RedLock attempts (``granted``
   with a valid majority, ``refused`` otherwise) are ticks, and so is any op
   that carries a ``tick`` in its data (a charge, a replay, a 409).
+
+:func:`journeys` follows messages across lanes: every op that names a message
+in its data (``msg``) — A's commit, the relay's publish, the broker's
+check-back, B's effect — is a step of that message's journey, in the
+history's order, whichever process wrote it. A tick carries its message too,
+so a click on it on the screens finds the rest of the path.
 """
 
 from __future__ import annotations
@@ -93,6 +99,18 @@ TICKS = {
     "suspended": "empty rollback (SUSPENDED)",
     "fenced": "refused by the fence (late or repeated)",
     "twice": "applied again",
+    "committed": "local transaction committed (its message with it)",
+    "rolled-back": "local transaction rolled back",
+    "half": "half message stored (not visible yet)",
+    "published": "message published (XADD) / delivered by the broker",
+    "marked": "outbox row marked sent",
+    "check": "broker checks back with the producer",
+    "discarded": "message discarded",
+    "applied": "message applied by the consumer",
+    "notify": "notification attempt",
+    "acked": "notification acknowledged",
+    "gave-up": "notifier gave up",
+    "reconciled": "applied by reconciliation (query)",
 }
 """What each kind of tick on a lane means."""
 
@@ -141,6 +159,40 @@ class Tick:
     kind: str
     at_ms: int
     label: str = ""
+    msg: str = ""
+    """The message it is a step of (its journey), if any."""
+
+
+@dataclass(frozen=True)
+class Step:
+    at_ms: int
+    actor: str
+    what: str
+    """The op's tick (``published``, ``applied``...), else its function and completion."""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Journey:
+    """One message's path through a run, from whoever wrote it to whoever applied it."""
+
+    msg: str
+    steps: tuple[Step, ...]
+    path: str = ""
+    """``committed A → published relay ×2 → applied B-1``: repeats of a step folded."""
+    bad: bool = False
+    """A step went wrong: applied twice, a violation, an error."""
+
+
+def path_of(steps: Iterable[Step]) -> str:
+    out: list[tuple[str, int]] = []
+    for s in steps:
+        label = f"{s.what} {s.actor}"
+        if out and out[-1][0] == label:
+            out[-1] = (label, out[-1][1] + 1)
+        else:
+            out.append((label, 1))
+    return " → ".join(label + (f" ×{n}" if n > 1 else "") for label, n in out)
 
 
 @dataclass(frozen=True)
@@ -320,7 +372,7 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
             continue
         tick = op.data.get("tick")
         if isinstance(tick, str):
-            b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note))
+            b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note, msg=_msg(op)))
         sid = str(op.data.get("span", ""))
         if op.kind == "invoke":
             b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key, sid)
@@ -355,6 +407,40 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
                 kind = {"ok": "write", "fail": "rejected"}.get(op.kind, "write?")
                 b.ticks.append(Tick(kind=kind, at_ms=op.t_ms, label=op.note))
     return tuple(b.build() for b in builders.values())
+
+
+JOURNEYS = 200
+"""At most this many messages followed per run (the latest); a step beyond
+:data:`JOURNEY_STEPS` of one message is dropped, counted in its last step."""
+JOURNEY_STEPS = 40
+BAD_STEPS = ("twice", "violation", "error")
+
+
+def _msg(op: Op) -> str:
+    msg = op.data.get("msg")
+    return str(msg) if isinstance(msg, (str, int)) and msg != "" else ""
+
+
+def journeys(ops: Iterable[Op]) -> tuple[Journey, ...]:
+    """Each message's steps, in the history's order, the most recently started last."""
+    found: dict[str, list[Step]] = {}
+    for op in ops:
+        msg = _msg(op)
+        if not msg:
+            continue
+        tick = op.data.get("tick")
+        what = tick if isinstance(tick, str) else op.f if op.kind == "ok" else f"{op.f} {op.kind}"
+        steps = found.setdefault(msg, [])
+        if len(steps) < JOURNEY_STEPS:
+            steps.append(Step(at_ms=op.t_ms, actor=op.actor, what=what, note=op.note))
+        else:
+            last = steps[-1]
+            steps[-1] = replace(last, note=f"{last.note} (and later steps not shown)".strip())
+    latest = list(found.items())[-JOURNEYS:]
+    return tuple(
+        Journey(msg=m, steps=tuple(st), path=path_of(st), bad=any(s.what in BAD_STEPS for s in st))
+        for m, st in latest
+    )
 
 
 def _session(b: _LaneBuilder, op: Op) -> None:

@@ -23,6 +23,7 @@ const S = {
   selectedRun: null,     // run id shown in the run view
   selected: null,        // {kind, id} of the entity shown in full under its table
   detail: null,          // its detail lines, as last fetched
+  journey: null,         // the message followed across the run's lanes
 
   followNewest: true,
   paused: false,
@@ -486,6 +487,7 @@ function renderRun() {
   const lanes = $("#lanes");
   if (!run) {
     renderRunTable(null);
+    renderJourneys(null);
     head.replaceChildren(); faults.replaceChildren(); verdict.replaceChildren();
 
     lanes.replaceChildren(); lanes.setAttribute("height", 0);
@@ -501,6 +503,7 @@ function renderRun() {
   drawLanes(run, lanes);
   renderVerdict(run, verdict);
   renderRunTable(run);
+  renderJourneys(run);
 }
 
 function renderFaultButtons(run, box) {
@@ -577,8 +580,12 @@ function drawLanes(run, root) {
     }
     for (const t of lane.ticks) {
       const cx = x(t.at_ms);
-      const mark = svg("path", {d: tickPath(t.kind, cx, y + 13), class: `tick tick-${t.kind}`});
-      mark.append(svg("title", {}, `${t.kind} at ${t.at_ms} ms ${t.label}`));
+      const followed = S.journey && t.msg === S.journey;
+      const cls = `tick tick-${t.kind}` + (t.msg ? " has-msg" : "") +
+                  (S.journey ? (followed ? " followed" : " faded") : "");
+      const mark = svg("path", {d: tickPath(t.kind, cx, y + 13), class: cls});
+      if (t.msg) mark.dataset.msg = t.msg;
+      mark.append(svg("title", {}, `${t.kind} at ${t.at_ms} ms ${t.label}` + (t.msg ? ` (message ${t.msg}: click to follow)` : "")));
       parts.push(mark);
     }
   });
@@ -622,6 +629,14 @@ function tickPath(kind, x, y) {
   if (kind === "rollback") return `M${x + 5} ${y + 4} V${y - 3} H${x - 4} M${x - 4} ${y - 3} l3 -3 M${x - 4} ${y - 3} l3 3`;
   if (kind === "twice" || kind === "blocked") return `M${x} ${y - 9} L${x + 7} ${y + 5} L${x - 7} ${y + 5} Z`;
   if (["prepared", "tried", "recover", "suspended", "vote-no", "fenced"].includes(kind)) return `M${x - 4} ${y - 4} h8 v8 h-8 Z`;
+  if (kind === "committed") return `M${x - 5} ${y} L${x - 1} ${y + 5} L${x + 6} ${y - 6}`;  // a check mark
+  if (kind === "rolled-back") return `M${x + 5} ${y + 4} V${y - 3} H${x - 4} M${x - 4} ${y - 3} l3 -3 M${x - 4} ${y - 3} l3 3`;
+  if (kind === "half") return `M${x - 5} ${y + 5} V${y - 5} H${x + 5} Z`;  // half a square
+  if (kind === "published" || kind === "notify") return `M${x - 5} ${y - 5} L${x + 5} ${y} L${x - 5} ${y + 5} Z`;  // sent on
+  if (kind === "marked") return `M${x - 4} ${y - 1} h8 v2 h-8 Z`;  // a bar: the row ticked off
+  if (kind === "check") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
+  if (kind === "discarded" || kind === "gave-up") return `M${x - 5} ${y - 5} L${x + 5} ${y + 5} M${x + 5} ${y - 5} L${x - 5} ${y + 5}`;
+  if (kind === "applied" || kind === "acked" || kind === "reconciled") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;
   if (kind === "charge") return `M${x - 5} ${y - 5} h10 v10 h-10 Z`;  // a square: money moved
   if (kind === "replay" || kind === "replayed") return `M${x} ${y - 6} A6 6 0 1 1 ${x - 6} ${y} M${x} ${y - 6} l-3 -2 M${x} ${y - 6} l-3 3`;
   if (kind === "emit") return `M${x - 2} ${y - 2} h4 v4 h-4 Z`;  // a small dot: an event sent
@@ -650,6 +665,46 @@ function renderLegend(run) {
     s.append(el("i", {class: "swatch " + cls}), document.createTextNode(meaning));
     return s;
   }));
+}
+
+// Messages (outbox, half messages, notifications): each one's path across the lanes.
+// A click on a row or on a tick that names a message follows it: its steps listed, its
+// ticks lit on every lane, the others faded. A second click lets it go.
+function follow(msg) {
+  S.journey = S.journey === msg ? null : msg;
+  S.dirty.add("run");
+  schedule();
+}
+
+function renderJourneys(run) {
+  const box = $("#journeys"), body = $("#journey-list").tBodies[0], detail = $("#journey");
+  const list = run ? (run.journeys || []) : [];
+  box.hidden = list.length === 0;
+  if (!list.length) { body.replaceChildren(); detail.hidden = true; return; }
+  const key = list.map(j => `${j.msg}|${j.path}|${j.bad}`).join("\n") + "|" + (S.journey || "");
+  if (body.dataset.key !== key) {
+    body.dataset.key = key;
+    body.replaceChildren(...list.map(j => {
+      const tr = el("tr", {class: "journey-row" + (j.bad ? " bad" : "") + (j.msg === S.journey ? " selected" : ""),
+                           "data-msg": j.msg, title: "click to follow this message"});
+      tr.append(el("td", {class: "msg"}, j.msg), el("td", {}, j.steps.length), el("td", {class: "path"}, j.path));
+      return tr;
+    }));
+  }
+  const chosen = list.find(j => j.msg === S.journey);
+  detail.hidden = !chosen;
+  if (!chosen) return;
+  const dkey = `${chosen.msg}|${chosen.steps.length}|${chosen.path}`;
+  if (detail.dataset.key === dkey) return;
+  detail.dataset.key = dkey;
+  const ol = el("ol", {class: "steps"});
+  for (const s of chosen.steps) {
+    const li = el("li", {class: "step step-" + s.what});
+    li.append(el("span", {class: "at"}, `${(s.at_ms / 1000).toFixed(3)}s`), el("span", {class: "actor"}, s.actor),
+              el("span", {class: "what"}, s.what), el("span", {class: "note"}, s.note));
+    ol.append(li);
+  }
+  detail.replaceChildren(el("p", {class: "journey-title"}, `message ${chosen.msg}: ${chosen.path}`), ol);
 }
 
 // A scenario's own table (RedLock attempts, charges per order): rows are added or redrawn.
@@ -745,7 +800,16 @@ function init() {
     S.paused = e.target.checked;
     if (!S.paused) { for (const k of KINDS) S.dirty.add(k); S.dirty.add("log"); schedule(); }
   });
+  $("#journey-list").addEventListener("click", (e) => {
+    const row = e.target.closest("tr[data-msg]");
+    if (row) follow(row.dataset.msg);
+  });
+  $("#lanes").addEventListener("click", (e) => {
+    const mark = e.target.closest("[data-msg]");
+    if (mark) follow(mark.dataset.msg);
+  });
   $("#run-select").addEventListener("change", (e) => {
+    S.journey = null;
 
     S.selectedRun = e.target.value;
     S.followNewest = false;

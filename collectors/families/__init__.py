@@ -10,6 +10,7 @@ from collectors.families.base import Family, first_fact, key_chain
 from collectors.families.keys import Keys
 from collectors.families.locks import Locks
 from collectors.families.marks import Marks
+from collectors.families.messages import Messages
 from collectors.families.nodes import Nodes
 from collectors.families.prefixes import Prefixes
 from collectors.families.queues import Queues
@@ -30,6 +31,7 @@ REGISTRY: tuple[type[Family], ...] = (
     Sessions,
     Marks,
     Transactions,
+    Messages,
     Queues,
     Rings,
     Services,

@@ -168,6 +168,14 @@ STATUS_TONE = {
     "CANCELLING": "warn",
     "CONFIRMED": "good",
     "CANCELLED": "dim",
+    "HALF": "warn",
+    "COMMITTED": "good",
+    "ROLLED_BACK": "dim",
+    "DISCARDED": "bad",
+    "NOTIFYING": "warn",
+    "ACKED": "good",
+    "GAVE_UP": "bad",
+    "RECONCILED": "good",
 }
 
 

@@ -7,6 +7,11 @@ its jobs' hashes (by their ``origin``), its workers. RQ's bookkeeping that
 names no queue (``rq:queues``, ``rq:workers``, results, executions) joins an
 entity that is never shown: those keys are neither raw keys nor locks.
 
+An outbox table (:mod:`collectors.layouts.postgres_outbox`) is a queue kept in
+PostgreSQL: its length is the rows not sent yet, its oldest pending the oldest of
+those, counting up on the screens — while a relay or its broker is down, the backlog
+and its age grow. It is polled with the rest of its server.
+
 Pending entries: a delivery (``XREADGROUP``) and an acknowledgement
 (``XACK``) send no keyspace notification, so the Redis collector re-reads
 the groups of every stream that has some every
@@ -28,15 +33,17 @@ from collectors.families.base import (
     Line,
     Member,
     Recogniser,
+    age,
     fmt_ms,
     middle,
+    own,
     pieces,
     prefer_master,
     text,
 )
 from collectors.families.nodes import clock, keyspace
-from collectors.layouts import LayoutConfig, queues, rq
-from collectors.layouts.facts import Job, JobFact, QueueFact, QueuePartFact
+from collectors.layouts import LayoutConfig, postgres_outbox, queues, rq
+from collectors.layouts.facts import Job, JobFact, OutboxFact, QueueFact, QueuePartFact
 from collectors.records import KeyRecord, Store, StreamGroup, display
 from collectors.redis_streams import REFRESH_EVERY_S
 
@@ -68,6 +75,12 @@ class Queue:
     """The jobs whose hashes are read, newest first (at most ``JOBS_SHOWN``)."""
     workers: tuple[str, ...] = ()
     """A task queue's workers, ``name (state)``."""
+    sent: int = 0
+    """An outbox's rows already sent (kept in the table)."""
+    oldest_ms: int | None = None
+    """An outbox's oldest row not sent yet: when it was written."""
+    marker: str = ""
+    """How an outbox marks a row sent (``sent_at IS NULL``: waiting)."""
     node: str = ""
     as_of_ms: int = 0
     stale: bool = False
@@ -90,13 +103,14 @@ class Queues(Family):
     plural = "queues"
     title = f"Queues (stream groups re-read every {REFRESH_EVERY_S:g}s: XREADGROUP/XACK send no event)"
     entity = Queue
-    facts = (QueueFact, JobFact, QueuePartFact)
+    facts = (QueueFact, JobFact, QueuePartFact, OutboxFact)
     recognisers = (
+        own(postgres_outbox.recognise),
         Recogniser(OWN + 5, _recognise_rq),  # before marks: an RQ job hash has a status field
         Recogniser(LOCKS - 5, _recognise_shape),
     )
     sort = "name"
-    empty = "no queues (streams with consumer groups, lists named like a queue, RQ)"
+    empty = "no queues (streams with consumer groups, lists named like a queue, RQ, outbox tables)"
     columns = (
         Column("name", "queue", lambda q: text(middle(q.name, 28), title=q.key or q.name), limit=28),
         Column("layout", "layout", lambda q: text(q.layout)),
@@ -107,10 +121,14 @@ class Queues(Family):
     )
 
     def entity_id(self, node_id: str, rec: KeyRecord, fact: Any) -> str:
+        if isinstance(fact, OutboxFact):
+            return f"postgres:{node_id}:{fact.queue}"
         return f"redis:{keyspace(self.view, node_id)}:{fact.layout}:{fact.queue}"
 
     def build(self, entity_id: str, members: list[Member]) -> Queue | None:
         view = self.view
+        if entity_id.startswith("postgres:"):
+            return self._outbox(entity_id, members)
         body = prefer_master(view, members, QueueFact)
         parts: list[tuple[KeyRecord, Any]] = []
         for node_id, key in sorted(members):
@@ -160,6 +178,27 @@ class Queues(Family):
             stale=view.stale(n for n, _ in members),
         )
 
+    def _outbox(self, entity_id: str, members: list[Member]) -> Queue | None:
+        for node_id, key in members:
+            rec, fact = self.view.observation((node_id, key))
+            if isinstance(rec, KeyRecord) and isinstance(fact, OutboxFact):
+                return Queue(
+                    id=entity_id,
+                    store="postgres",
+                    layout=postgres_outbox.LAYOUT,
+                    name=fact.queue,
+                    key=f"{fact.database}.{fact.queue}",
+                    type="table",
+                    length=fact.unsent,
+                    sent=fact.total - fact.unsent,
+                    oldest_ms=fact.oldest_ms if fact.unsent else None,
+                    marker=fact.marker,
+                    node=node_id,
+                    as_of_ms=rec.read_at_ms,
+                    stale=self.view.stale([node_id]),
+                )
+        return None
+
     def narrate(self, old: Queue | None, new: Queue | None, cause: str) -> None:
         log = self.view.log
         if old is None and new is not None:
@@ -179,6 +218,13 @@ class Queues(Family):
             (text("queue", "dim"), text(f"{q.name} ({q.layout}, {q.type or 'empty'}) on {q.node}")),
             (text("length", "dim"), text(q.length)),
         ]
+        if q.layout == postgres_outbox.LAYOUT:
+            waits = fmt_ms(q.as_of_ms - q.oldest_ms) if q.oldest_ms is not None else "–"
+            lines += [
+                (text("waiting", "dim"), text(f"{q.length} rows ({q.marker}); the oldest for {waits}")),
+                (text("sent", "dim"), text(q.sent if q.marker != "deleted once sent" else "deleted")),
+                (text("refresh", "dim"), text(f"read from {q.key} at {clock(q.as_of_ms)} (polled)")),
+            ]
         if q.head:
             lines.append((text("head", "dim"), text(" | ".join(q.head))))
         if q.last_id:
@@ -243,6 +289,12 @@ def _jobs(q: Queue) -> Cell:
 
 
 def _work(q: Queue) -> Cell:
+    if q.layout == postgres_outbox.LAYOUT:
+        return pieces(
+            (f"{q.length} unsent", "warn" if q.length else "dim"),
+            f"{q.sent} sent" if q.marker != "deleted once sent" else "",
+            title=f"waiting: {q.marker}",
+        )
     if q.jobs:
         return _jobs(q)
     if q.groups:
@@ -251,12 +303,15 @@ def _work(q: Queue) -> Cell:
             lag = "?" if g.lag is None else str(g.lag)
             parts.append((g.name, "bold"))
             parts.append((f"{g.pending} pending", "warn" if g.pending else "dim"))
-            parts.append(f"lag {lag} · {len(g.consumers)} consumers")
+            parts.append(f"lag {lag} ·")
+            parts.extend((f"{c.name} {c.pending}", "warn" if c.pending else "dim") for c in g.consumers)
         return pieces(*parts, title=f"groups re-read every {REFRESH_EVERY_S:g}s")
     return text(None)
 
 
 def _oldest(q: Queue) -> Cell:
+    if q.layout == postgres_outbox.LAYOUT:
+        return age(q.oldest_ms) if q.oldest_ms is not None else text("none" if not q.length else None, "dim")
     since = [g.oldest_since_ms for g in q.groups if g.oldest_since_ms is not None]
     if not since:
         return text("none" if q.groups else None, "dim")

@@ -19,7 +19,7 @@ from collectors.families.base import Column, Family, Member, own, prefer_master,
 from collectors.layouts import coordscope
 from collectors.layouts.facts import RunFact, RunHistoryFact
 from collectors.records import KeyRecord
-from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes, legend
+from collectors.runs import HistoryReader, Journey, Lane, Op, Verdict, journeys, lanes, legend
 
 MAX_RUN_OPS = 5000
 MAX_ORPHANS = 50
@@ -50,6 +50,8 @@ class Run:
     """A scenario's own table (RedLock attempts, charges per order): a header row, then rows."""
     legend: tuple[tuple[str, str, str], ...] = ()
     """(span | tick, kind, meaning) of what its lanes show, for the screens' legends."""
+    journeys: tuple[Journey, ...] = ()
+    """Each message's path across the lanes (messaging runs): click one, see it all."""
     as_of_ms: int = 0
 
 
@@ -131,6 +133,7 @@ class Runs(Family):
             actors=actors,
             lanes=drawn,
             legend=tuple(legend(drawn, verdict)),
+            journeys=journeys(ops),
             ops=len(ops),
             last_op=describe(ops[-1]) if ops else "",
             error=error,

@@ -92,6 +92,28 @@ class TransactionFact:
 
 
 @dataclass(frozen=True)
+class MessageFact:
+    """A message in flight as its broker or notifier keeps it: a half message waiting
+    for its producer's word, a notification on its backoff ladder."""
+
+    msg_id: str
+    run: str
+    kind: str
+    """``half message`` or ``notification``."""
+    state: str
+    tries: int = 0
+    """Check-backs made (a half message), notification attempts made."""
+    max_tries: int = 0
+    next_ms: int | None = None
+    """The next check or attempt (wall-clock ms) while one is due."""
+    since_ms: int | None = None
+    done_ms: int | None = None
+    last: str = ""
+    """The last answer (a check-back) or outcome (an attempt)."""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class RunFact:
     run_id: str
     meta: dict[str, str]
@@ -185,6 +207,21 @@ class QueueFact:
 
 
 @dataclass(frozen=True)
+class OutboxFact:
+    """An outbox table's backlog, read from its database (not a Redis key)."""
+
+    queue: str
+    """``<schema>.<table>``"""
+    database: str
+    unsent: int
+    total: int
+    oldest_ms: int | None = None
+    """When the oldest row not sent yet was written (None: none waits, or no time column)."""
+    marker: str = ""
+    """How a row is marked sent: ``sent_at IS NULL``, ``NOT sent``, or ``deleted``."""
+
+
+@dataclass(frozen=True)
 class Job:
     """One job of a task-queue library, as its queue lists it."""
 
@@ -225,11 +262,13 @@ Fact = (
     | SessionShadowFact
     | MarkFact
     | TransactionFact
+    | MessageFact
     | RunFact
     | RunHistoryFact
     | ServiceFact
     | AuxiliaryFact
     | QueueFact
+    | OutboxFact
     | JobFact
     | QueuePartFact
     | RingFact

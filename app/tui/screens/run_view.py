@@ -1,5 +1,6 @@
 """The run view: one lane per actor on a shared time axis, the live faults, the verdict,
-and an ordering run's ring (its workers and each order's applied sequence)."""
+an ordering run's ring (its workers and each order's applied sequence), and a messaging
+run's messages, each one's path followed across the lanes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from app.tui.cells import status_style
 from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
 from app.tui.text import safe
+from app.tui.widgets.journeys import Journeys
 from app.tui.widgets.lanes import Lanes
 from app.tui.widgets.ring_panel import RingPanel
 from collectors.families.rings import Ring
@@ -70,6 +72,7 @@ class RunScreen(LiveScreen):
             yield Static(id="verdict")
             yield RingPanel(id="ring")
             yield DataTable(id="run-table", zebra_stripes=True, cursor_type="none")
+            yield Journeys(id="journeys")
             yield Static(id="ops")
         yield Footer()
 
@@ -117,6 +120,7 @@ class RunScreen(LiveScreen):
             self._faults(None)
             self._table(None)
             self._ring(None)
+            self.query_one(Journeys).show("", ())
             return
         text = safe(f"{run.status.upper()} ", "bold " + status_style(run.status))
         text.append_text(safe(f"{run.scenario}  {run.id}", "bold"))
@@ -132,7 +136,14 @@ class RunScreen(LiveScreen):
         self.query_one("#ops", Static).update(safe(f"{run.ops} operations; last: {run.last_op}"))
         self._ring(run)
         self._table(run)
+        journeys = self.query_one(Journeys)
+        journeys.show(run.id, run.journeys)
+        lanes.followed = journeys.followed
         self._faults(run)
+
+    @on(Journeys.Followed)
+    def _follow(self, event: Journeys.Followed) -> None:
+        self.query_one("#lanes", Lanes).followed = event.msg
 
     def _table(self, run: Run | None) -> None:
         """The scenario's own table (RedLock attempts, charges per order): rows are added,

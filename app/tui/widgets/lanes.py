@@ -3,7 +3,8 @@
 Row 1 of a lane: ``█`` holding the lock (red when the hold ended lost or in a
 crash), ``─`` waiting/polling, ``▒`` paused; ticks on top: ``●`` a write
 accepted, ``✗`` rejected, ``▲`` a violation, ``✖`` a crash, ``⚡`` a session
-lost. Row 2: ``▀`` the lease (TTL) the store granted; ``┄`` the ZooKeeper
+lost; messages: ``✓`` committed, ``◧`` half stored, ``▶`` published, ``■`` applied,
+``▷`` a notification attempt. Row 2: ``▀`` the lease (TTL) the store granted; ``┄`` the ZooKeeper
 session SUSPENDED, ``╳`` LOST; ``┊`` where the verdict found the invariant broken.
 A request's bar takes the colour of the instance that served it (the legend names
 them). Fault windows shade every lane red.
@@ -85,6 +86,18 @@ TICKS = {
     "suspended": ("s", "bold yellow"),
     "fenced": ("⛔", "bold magenta"),
     "twice": ("‼", "bold red"),
+    "committed": ("✓", "bold green"),
+    "rolled-back": ("↶", "bold #8fa3b8"),
+    "half": ("◧", "bold #c9a44a"),
+    "published": ("▶", "bold cyan"),
+    "marked": ("▬", "#8fa3b8"),
+    "check": ("?", "bold #c9a44a"),
+    "discarded": ("✗", "bold yellow"),
+    "applied": ("■", "bold green"),
+    "notify": ("▷", "#8fa3b8"),
+    "acked": ("✓", "bold green"),
+    "gave-up": ("✗", "bold red"),
+    "reconciled": ("⟲", "bold magenta"),
 }
 
 
@@ -97,6 +110,8 @@ class Lanes(Widget):
     Lanes { height: auto; min-height: 3; }
     """
     run: reactive[Run | None] = reactive(None, layout=True)
+    followed: reactive[str] = reactive("")
+    """A message followed across the lanes: its ticks lit, the other messages' dimmed."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -188,8 +203,15 @@ class Lanes(Widget):
                         styles[row][c] = style
             # in one cell the mark that tells what went wrong wins (drawn last): a logout by the
             # app is not hidden by the login that follows it a few ms later
-            for tick in sorted(lane.ticks, key=lambda t: t.kind in SEVERE):
+            followed = self.followed
+            for tick in sorted(
+                lane.ticks, key=lambda t: (bool(followed) and t.msg == followed, t.kind in SEVERE)
+            ):
                 char, style = TICKS.get(tick.kind, ("•", "white"))
+                if followed and tick.msg == followed:
+                    style = f"{style} reverse"
+                elif followed and tick.msg:
+                    style = "#3a4450"
                 rows[0][col(tick.at_ms)] = char
                 styles[0][col(tick.at_ms)] = style
             if broke is not None and rows[1][broke] == " ":  # the store's own row wins
