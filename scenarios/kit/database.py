@@ -4,8 +4,10 @@ its janitor), so a run never touches anyone else's tables."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+from collections.abc import AsyncIterator
 
 import psycopg
 from psycopg import sql
@@ -81,3 +83,38 @@ async def roll_back_prepared(dsn: str, prefix: str) -> list[str]:
                     await conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
                     done.append(str(gid))
     return done
+
+
+class Pool:
+    """A service's few connections, kept open and lent one per transaction (there is no
+    psycopg_pool here): a request waits for a free one instead of opening its own, and a
+    connection found broken is replaced before it is lent."""
+
+    def __init__(self, dsn: str, size: int, name: str) -> None:
+        self.dsn, self.size, self.name = dsn, size, name
+        self._free: asyncio.Queue[psycopg.AsyncConnection[tuple[object, ...]]] = asyncio.Queue()
+
+    async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.name
+        )
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            self._free.put_nowait(await self._connect())
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+        """A connection in autocommit mode (``async with conn.transaction()`` for one)."""
+        conn = await self._free.get()
+        try:
+            if conn.closed or conn.broken:
+                conn = await self._connect()  # if this fails, the broken one goes back: tried again
+            yield conn
+        finally:
+            self._free.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self._free.empty():
+            with contextlib.suppress(psycopg.Error, OSError):
+                await self._free.get_nowait().close()
