@@ -1,1 +1,2 @@
-"""Eventual consistency through messages: the outbox, transactional (half) messages and best-effort notification."""
+"""Eventual consistency through messages: the outbox, transactional (half) messages and
+best-effort notification."""
