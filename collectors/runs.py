@@ -422,7 +422,7 @@ def _msg(op: Op) -> str:
 
 
 def journeys(ops: Iterable[Op]) -> tuple[Journey, ...]:
-    """Each message's steps, in the history's order, the most recently started last."""
+    """Each message's steps in time order, the most recently started message last."""
     found: dict[str, list[Step]] = {}
     for op in ops:
         msg = _msg(op)
@@ -436,7 +436,9 @@ def journeys(ops: Iterable[Op]) -> tuple[Journey, ...]:
         else:
             last = steps[-1]
             steps[-1] = replace(last, note=f"{last.note} (and later steps not shown)".strip())
-    latest = list(found.items())[-JOURNEYS:]
+    # each process narrates in batches of its own: a step may be stored a moment after a
+    # later step of another process (A's commit after the relay's publish): by time, then
+    latest = [(m, sorted(st, key=lambda s: s.at_ms)) for m, st in list(found.items())[-JOURNEYS:]]
     return tuple(
         Journey(msg=m, steps=tuple(st), path=path_of(st), bad=any(s.what in BAD_STEPS for s in st))
         for m, st in latest

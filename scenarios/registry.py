@@ -7,6 +7,7 @@ from scenarios.idempotency import payment
 from scenarios.kit.catalogue import ScenarioError, ScenarioSpec
 from scenarios.kit.scenario import Scenario
 from scenarios.locks import lock_compare, lock_failover, lock_redis, lock_redlock, lock_zk
+from scenarios.messaging import best_effort, outbox, reliable
 from scenarios.ordering import ordering
 from scenarios.sessions import session
 from scenarios.transactions import tcc, two_phase
@@ -24,6 +25,9 @@ SCENARIOS: dict[str, Scenario] = {
         session.SCENARIO,
         two_phase.SCENARIO,
         tcc.SCENARIO,
+        outbox.SCENARIO,
+        reliable.SCENARIO,
+        best_effort.SCENARIO,
     )
 }
 

@@ -29,7 +29,7 @@ class LauncherScreen(ModalScreen[LaunchRequest | None]):
     #launcher { width: 120; height: auto; max-height: 95%; border: thick $primary;
                 background: $surface; padding: 0 2; }
     /* a grid: every scenario's button shows, in rows, however many there are */
-    #scenario-buttons { layout: grid; grid-size: 6; grid-gutter: 0 1; height: auto; margin-bottom: 1; }
+    #scenario-buttons { layout: grid; grid-size: 5; grid-gutter: 0 1; height: auto; margin-bottom: 1; }
     #scenario-buttons Button { width: 1fr; margin: 0; }
     #summary { color: $text-muted; height: auto; margin-bottom: 1; }
     #form { height: auto; }
