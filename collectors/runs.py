@@ -185,9 +185,10 @@ class Journey:
 
 
 def path_of(steps: Iterable[Step]) -> str:
+    """``A committed → relay published ×2 → B-1 applied``: repeats of a step folded."""
     out: list[tuple[str, int]] = []
     for s in steps:
-        label = f"{s.what} {s.actor}"
+        label = f"{s.actor} {s.what}"
         if out and out[-1][0] == label:
             out[-1] = (label, out[-1][1] + 1)
         else:
@@ -413,6 +414,8 @@ JOURNEYS = 200
 """At most this many messages followed per run (the latest); a step beyond
 :data:`JOURNEY_STEPS` of one message is dropped, counted in its last step."""
 JOURNEY_STEPS = 40
+BOOK_MESSAGES = 4 * JOURNEYS
+MORE = "(and later steps not shown)"
 BAD_STEPS = ("twice", "violation", "error")
 
 
@@ -421,28 +424,104 @@ def _msg(op: Op) -> str:
     return str(msg) if isinstance(msg, (str, int)) and msg != "" else ""
 
 
-def journeys(ops: Iterable[Op]) -> tuple[Journey, ...]:
-    """Each message's steps in time order, the most recently started message last."""
-    found: dict[str, list[Step]] = {}
-    for op in ops:
-        msg = _msg(op)
-        if not msg:
-            continue
-        tick = op.data.get("tick")
-        what = tick if isinstance(tick, str) else op.f if op.kind == "ok" else f"{op.f} {op.kind}"
-        steps = found.setdefault(msg, [])
-        if len(steps) < JOURNEY_STEPS:
-            steps.append(Step(at_ms=op.t_ms, actor=op.actor, what=what, note=op.note))
-        else:
-            last = steps[-1]
-            steps[-1] = replace(last, note=f"{last.note} (and later steps not shown)".strip())
-    # each process narrates in batches of its own: a step may be stored a moment after a
-    # later step of another process (A's commit after the relay's publish): by time, then
-    latest = [(m, sorted(st, key=lambda s: s.at_ms)) for m, st in list(found.items())[-JOURNEYS:]]
-    return tuple(
-        Journey(msg=m, steps=tuple(st), path=path_of(st), bad=any(s.what in BAD_STEPS for s in st))
-        for m, st in latest
-    )
+class JourneyBook:
+    """A run's messages, kept as its history grows: each read adds only the new ops, and
+    a message's journey is built again only when a step was added to it.
+
+    :meth:`journeys` keeps at most :data:`JOURNEYS`: every message something unusual
+    happened to (a step repeated, a redelivery, a claim, a check-back, a give-up, an
+    error, a fault) before any plain one, the latest of each; in the order they started.
+    Past :data:`BOOK_MESSAGES` messages the oldest plain ones are forgotten (still
+    counted)."""
+
+    def __init__(self) -> None:
+        self._steps: dict[str, list[Step]] = {}
+        self._built: dict[str, Journey] = {}
+        self._eventful: set[str] = set()
+        self._forgotten = 0
+
+    def add(self, ops: Iterable[Op]) -> None:
+        for op in ops:
+            msg = _msg(op)
+            if not msg or op.kind == "invoke":  # its completion says when, and how it ended
+                continue
+            tick = op.data.get("tick")
+            what = (
+                tick
+                if isinstance(tick, str)
+                else {"ok": f"{op.f} ok", "fail": f"{op.f} failed"}.get(op.kind, op.f)
+            )
+            steps = self._steps.setdefault(msg, [])
+            if len(steps) < JOURNEY_STEPS:
+                steps.append(Step(at_ms=op.t_ms, actor=op.actor, what=what, note=op.note))
+            else:
+                last = steps[-1]
+                if not last.note.endswith(MORE):
+                    steps[-1] = replace(last, note=f"{last.note} {MORE}".strip())
+            self._built.pop(msg, None)
+            if msg not in self._eventful and _eventful(steps):
+                self._eventful.add(msg)
+        if len(self._steps) > BOOK_MESSAGES:
+            plain = [m for m in self._steps if m not in self._eventful]
+            for m in plain[: len(self._steps) - BOOK_MESSAGES]:
+                del self._steps[m]
+                self._built.pop(m, None)
+                self._forgotten += 1
+
+    def journeys(self) -> tuple[tuple[Journey, ...], int]:
+        """The journeys kept, and how many messages there were."""
+        order = list(self._steps)
+        eventful = [m for m in order if m in self._eventful][-JOURNEYS:]
+        room = JOURNEYS - len(eventful)
+        plain = [m for m in order if m not in self._eventful][-room:] if room else []
+        kept = set(eventful) | set(plain)
+        return tuple(self._journey(m) for m in order if m in kept), len(order) + self._forgotten
+
+    def _journey(self, msg: str) -> Journey:
+        if msg not in self._built:
+            # each process narrates in batches of its own: a step may be stored a moment
+            # after a later step of another process (A's commit after the relay's publish)
+            st = sorted(self._steps[msg], key=lambda s: s.at_ms)
+            bad = any(s.what in BAD_STEPS for s in st)
+            self._built[msg] = Journey(msg=msg, steps=tuple(st), path=path_of(st), bad=bad)
+        return self._built[msg]
+
+
+def journeys(ops: Iterable[Op]) -> tuple[tuple[Journey, ...], int]:
+    """Each message's journey in a history, and how many messages there were."""
+    book = JourneyBook()
+    book.add(ops)
+    return book.journeys()
+
+
+EVENTFUL = frozenset(
+    {
+        "duplicate",
+        "twice",
+        "claim",
+        "check",
+        "discarded",
+        "gave-up",
+        "reconciled",
+        "error",
+        "rolled-back",
+        "crash",
+    }
+)
+
+
+def _eventful(steps: list[Step]) -> bool:
+    seen: set[tuple[str, str]] = set()
+    for s in steps:
+        if (
+            s.what in EVENTFUL
+            or s.what.endswith(" failed")
+            or s.actor == NEMESIS
+            or (s.actor, s.what) in seen
+        ):
+            return True
+        seen.add((s.actor, s.what))
+    return False
 
 
 def _session(b: _LaneBuilder, op: Op) -> None:

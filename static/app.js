@@ -681,6 +681,10 @@ function renderJourneys(run) {
   const list = run ? (run.journeys || []) : [];
   box.hidden = list.length === 0;
   if (!list.length) { body.replaceChildren(); detail.hidden = true; return; }
+  const many = run.messages > list.length
+    ? `${list.length} of ${run.messages}: every one something unusual happened to, then the latest` : `${list.length}`;
+  const title = `messages (${many}) — click one (or its mark on a lane) to follow its whole path`;
+  if ($(".journeys-title").textContent !== title) $(".journeys-title").textContent = title;
   const key = list.map(j => `${j.msg}|${j.path}|${j.bad}`).join("\n") + "|" + (S.journey || "");
   if (body.dataset.key !== key) {
     body.dataset.key = key;

@@ -19,7 +19,7 @@ from collectors.families.base import Column, Family, Member, own, prefer_master,
 from collectors.layouts import coordscope
 from collectors.layouts.facts import RunFact, RunHistoryFact
 from collectors.records import KeyRecord
-from collectors.runs import HistoryReader, Journey, Lane, Op, Verdict, journeys, lanes, legend
+from collectors.runs import HistoryReader, Journey, JourneyBook, Lane, Op, Verdict, lanes, legend
 
 MAX_RUN_OPS = 5000
 MAX_ORPHANS = 50
@@ -52,6 +52,8 @@ class Run:
     """(span | tick, kind, meaning) of what its lanes show, for the screens' legends."""
     journeys: tuple[Journey, ...] = ()
     """Each message's path across the lanes (messaging runs): click one, see it all."""
+    messages: int = 0
+    """How many messages the run followed (more than :attr:`journeys` keeps, in a big run)."""
     as_of_ms: int = 0
 
 
@@ -73,6 +75,7 @@ class Runs(Family):
         super().__init__(view)
         self._ops: dict[str, list[Op]] = defaultdict(list)
         self._readers: dict[str, HistoryReader] = {}
+        self._books: dict[str, JourneyBook] = {}
         self._built: set[str] = set()
         """Runs that are entities (their hash was read); the other readers are orphans."""
 
@@ -84,7 +87,9 @@ class Runs(Family):
         if isinstance(fact, RunHistoryFact):
             reader = self._readers.setdefault(fact.run_id, HistoryReader())
             ops = self._ops[fact.run_id]
-            ops.extend(reader.feed(rec.entries))
+            new = reader.feed(rec.entries)
+            ops.extend(new)
+            self._books.setdefault(fact.run_id, JourneyBook()).add(new)
             del ops[:-MAX_RUN_OPS]
             orphans = [r for r in self._readers if r not in self._built]
             for run_id in orphans[:-MAX_ORPHANS]:
@@ -96,6 +101,7 @@ class Runs(Family):
     def forget(self, entity_id: str) -> None:
         self._ops.pop(entity_id, None)
         self._readers.pop(entity_id, None)
+        self._books.pop(entity_id, None)
         self._built.discard(entity_id)
 
     def build(self, entity_id: str, members: list[Member]) -> Run | None:
@@ -120,6 +126,7 @@ class Runs(Family):
         # the lanes in the order the scenario lists its actors (the rest after, as they came)
         drawn = tuple(sorted(lanes(ops), key=lambda lane: rank.get(lane.actor, len(rank))))
         verdict = _verdict(meta.get("verdict", ""))
+        followed, messages = self._books[entity_id].journeys() if entity_id in self._books else ((), 0)
         self._built.add(entity_id)
         return Run(
             id=entity_id,
@@ -133,7 +140,8 @@ class Runs(Family):
             actors=actors,
             lanes=drawn,
             legend=tuple(legend(drawn, verdict)),
-            journeys=journeys(ops),
+            journeys=followed,
+            messages=messages,
             ops=len(ops),
             last_op=describe(ops[-1]) if ops else "",
             error=error,

@@ -163,20 +163,24 @@ def op(index: int, actor: str, f: str, msg: str, tick: str, note: str = "", t: i
               data={"msg": msg, "tick": tick})  # fmt: skip
 
 
-def test_a_message_is_followed_across_every_lane_in_the_history_order() -> None:
+def test_a_message_is_followed_across_every_lane_in_time_order() -> None:
     ops = [
-        op(0, "A", "order", "o1", "committed"),
+        Op(index=0, t_ms=1, actor="client", kind="invoke", f="order", data={"msg": "o1"}),  # not a step
         op(1, "A", "order", "o2", "committed"),
-        op(2, "relay", "publish", "o1", "published", "as 1-0"),
-        op(3, "relay", "publish", "o1", "published", "as 2-0 (again: crashed before marking)"),
-        op(4, "B-1", "apply", "o1", "applied"),
-        op(5, "B-2", "apply", "o1", "twice"),
-        Op(index=6, t_ms=60, actor="B-1", kind="ok", f="poll"),  # no message: no journey
+        op(2, "relay", "publish", "o1", "published", "as 1-0", t=21),
+        # A narrates in batches of its own: its commit is stored after the relay's publish
+        op(3, "A", "order", "o1", "committed", t=20),
+        op(4, "relay", "publish", "o1", "published", "as 2-0 (again: crashed before marking)", t=40),
+        op(5, "B-1", "apply", "o1", "applied", t=50),
+        op(6, "B-2", "apply", "o1", "twice", t=60),
+        Op(index=7, t_ms=70, actor="client", kind="ok", f="order", data={"msg": "o1"}),
+        Op(index=8, t_ms=80, actor="B-1", kind="ok", f="poll"),  # no message: no journey
     ]
-    found = {j.msg: j for j in journeys(ops)}
-    assert list(found) == ["o1", "o2"]
+    followed, total = journeys(ops)
+    found = {j.msg: j for j in followed}
+    assert list(found) == ["o2", "o1"] and total == 2  # in the order they started
     o1 = found["o1"]
-    assert o1.path == "committed A → published relay ×2 → applied B-1 → twice B-2"
+    assert o1.path == "A committed → relay published ×2 → B-1 applied → B-2 twice → client order ok"
     assert o1.bad and not found["o2"].bad
     assert [s.note for s in o1.steps][2] == "as 2-0 (again: crashed before marking)"
     # its ticks carry it: a click on one finds the rest
@@ -184,12 +188,31 @@ def test_a_message_is_followed_across_every_lane_in_the_history_order() -> None:
     assert {t.msg for t in ticks} == {"o1", "o2"}
 
 
-def test_journeys_are_bounded() -> None:
+def test_journeys_are_bounded_keeping_the_eventful_ones() -> None:
     from collectors.runs import JOURNEY_STEPS, JOURNEYS
 
-    many = [op(i, "A", "order", f"m{i}", "committed") for i in range(JOURNEYS + 5)]
-    found = journeys(many)
-    assert len(found) == JOURNEYS and found[-1].msg == f"m{JOURNEYS + 4}"
+    n = JOURNEYS + 50
+    many = [op(i, "A", "order", f"m{i}", "committed") for i in range(n)]
+    many.append(op(n, "B-2", "apply", "m3", "duplicate"))  # an early message something happened to
+    followed, total = journeys(many)
+    kept = [j.msg for j in followed]
+    assert total == n and len(kept) == JOURNEYS
+    assert kept[0] == "m3" and kept[-1] == f"m{n - 1}"  # kept, then the latest plain ones
     long = [op(i, "broker", "check", "m", "check") for i in range(JOURNEY_STEPS + 3)]
-    (j,) = journeys(long)
+    ((j,), _) = journeys(long)
     assert len(j.steps) == JOURNEY_STEPS and "later steps not shown" in j.steps[-1].note
+
+
+def test_a_journey_book_grows_with_the_history_and_forgets_the_oldest_plain_messages() -> None:
+    from collectors.runs import BOOK_MESSAGES, JourneyBook
+
+    book = JourneyBook()
+    book.add([op(0, "A", "order", "m0", "committed"), op(1, "B-1", "apply", "m0", "applied")])
+    ((m0,), _) = book.journeys()
+    book.add([op(2, "B-2", "apply", "m0", "twice")])  # a step more: built again
+    ((again,), _) = book.journeys()
+    assert again is not m0 and again.bad and again.path == "A committed → B-1 applied → B-2 twice"
+    book.add([op(3 + i, "A", "order", f"p{i}", "committed") for i in range(BOOK_MESSAGES + 10)])
+    kept, total = book.journeys()
+    assert total == BOOK_MESSAGES + 11  # the forgotten still counted
+    assert kept[0].msg == "m0"  # eventful: never forgotten

@@ -137,7 +137,7 @@ class RunScreen(LiveScreen):
         self._ring(run)
         self._table(run)
         journeys = self.query_one(Journeys)
-        journeys.show(run.id, run.journeys)
+        journeys.show(run.id, run.journeys, run.messages)
         lanes.followed = journeys.followed
         self._faults(run)
 

@@ -46,10 +46,7 @@ class Journeys(Vertical):
         self._journeys: dict[str, Journey] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            safe("messages — enter on one to follow its whole path (its marks light up on the lanes)", "dim"),
-            id="journey-title",
-        )
+        yield Static(id="journey-title")
         yield DataTable(id="journey-list", zebra_stripes=True, cursor_type="row")
         yield Static(id="journey-steps")
 
@@ -58,8 +55,9 @@ class Journeys(Vertical):
             safe("message", "bold"), safe("steps", "bold"), safe("path", "bold")
         )
 
-    def show(self, run_id: str, journeys: tuple[Journey, ...]) -> None:
+    def show(self, run_id: str, journeys: tuple[Journey, ...], total: int = 0) -> None:
         table = self.query_one(DataTable)
+        self.query_one("#journey-title", Static).update(safe(title(len(journeys), total), "dim"))
         if run_id != self._run:
             self._run, self._shown, self.followed = run_id, [], ""
             table.clear()
@@ -107,6 +105,15 @@ class Journeys(Vertical):
             )
             text.append_text(safe(s.note))
         box.update(text)
+
+
+def title(shown: int, total: int) -> str:
+    many = (
+        f"{shown} of {total}: every one something unusual happened to, then the latest"
+        if total > shown
+        else f"{shown}"
+    )
+    return f"messages ({many}) — enter on one to follow its whole path (its marks light up on the lanes)"
 
 
 def _cut(path: str) -> str:
