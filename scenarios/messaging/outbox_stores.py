@@ -181,7 +181,7 @@ def _table(
     for m, _, _, c, _ in effects:
         applied.setdefault(str(m), []).append(str(c))
     msgs = sorted(set(amounts) | set(sent) | set(published) | set(applied), key=lambda m: (len(m), m))
-    rows = [["message", "A's order", "outbox row", "published", "applied by"]]
+    rows = [["message", "A's order (amount)", "outbox row", "published", "applied by"]]
     for m in msgs:
         rows.append(
             [
