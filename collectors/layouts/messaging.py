@@ -20,7 +20,8 @@ Redis
                                             scored by its next check (ms)
     ``coordscope:rmq:{<run>}:topic:<topic>``  stream  committed messages, delivered to
                                             consumer groups
-    ``coordscope:rmq:{<run>}:done:<id>``  string  a consumer's dedup mark (the message applied)
+    ``coordscope:rmq:{<run>}:done:<id>``  string  a consumer's dedup mark: the message applied,
+                                            by the consumer it names (an idempotency mark)
     ``coordscope:notify:{<run>}:n:<id>``  hash  a notification as its notifier keeps it:
                                             ``state`` (NOTIFYING, ACKED, GAVE_UP, RECONCILED),
                                             ``attempt`` (tries made), ``attempts`` (the
@@ -42,7 +43,7 @@ PostgreSQL
 from __future__ import annotations
 
 from collectors.layouts.coordscope import PREFIX
-from collectors.layouts.facts import Fact, MessageFact
+from collectors.layouts.facts import AuxiliaryFact, Fact, MarkFact, MessageFact
 from collectors.records import KeyRecord, display
 
 HALF = "HALF"
@@ -131,12 +132,30 @@ def _count(fields: dict[str, str], name: str) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
+SCHEDULES = {
+    ("rmq", "half"): "broker's check schedule",
+    ("notify", "due"): "notifier's schedule",
+}
+"""A scheduler's ZSET (each id scored by when it is due): a raw key, said what it is."""
+
+
 def recognise(rec: KeyRecord) -> Fact | None:
-    """A half message's or a notification's hash (whatever its fields hold: untrusted)."""
+    """A half message's or a notification's hash (whatever its fields hold: untrusted); a
+    consumer's dedup mark (an idempotency mark: the message was applied, by whom); the
+    schedules, named as what they are."""
+    if rec.type == "zset" and rec.key.startswith(PREFIX):
+        area, _, tail = rec.key[len(PREFIX) :].partition(":")
+        role = SCHEDULES.get((area, tail.rpartition("}:")[2])) if tail.startswith("{") else None
+        return AuxiliaryFact(library="coordscope", role=role) if role else None
     parsed = _parse(rec.key)
-    if parsed is None or rec.type != "hash":
+    if parsed is None:
         return None
     area, run, kind, rest = parsed
+    if area == "rmq" and kind == "done" and rec.type == "string":
+        by = display(rec.value or b"")[:80]
+        return MarkFact(layout="coordscope", state="COMPLETED", owner=by or None, detail={"run": run})
+    if rec.type != "hash":
+        return None
     f = {display(k): display(v) for k, v in rec.fields.items()}
     state = f.get("state") or "?"
     if area == "rmq" and kind == "msg":

@@ -216,3 +216,34 @@ def test_a_journey_book_grows_with_the_history_and_forgets_the_oldest_plain_mess
     kept, total = book.journeys()
     assert total == BOOK_MESSAGES + 11  # the forgotten still counted
     assert kept[0].msg == "m0"  # eventful: never forgotten
+
+
+def test_a_consumers_dedup_mark_is_an_idempotency_mark_and_the_schedules_say_what_they_are() -> None:
+    from collectors.families.keys import Keys
+    from collectors.families.marks import Mark
+
+    state = State()
+    state.apply_key(
+        KeyRecord(
+            node="redis-1",
+            raw_key=messaging.done_key(RUN, "o3").encode(),
+            type="string",
+            ttl_ms=60_000,
+            read_at_ms=5000,
+            value=b"B",
+        )
+    )
+    (mark,) = state.entities("mark")
+    assert isinstance(mark, Mark) and (mark.state, mark.owner) == ("COMPLETED", "B")
+    state.apply_key(
+        KeyRecord(
+            node="redis-1",
+            raw_key=messaging.half_schedule_key(RUN).encode(),
+            type="zset",
+            ttl_ms=None,
+            read_at_ms=5000,
+            size=2,
+        )
+    )
+    (key,) = state.entities("key")
+    assert Keys.row(key)[-1].plain.startswith("(coordscope broker's check schedule)")
