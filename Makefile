@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sessions
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.transactions
+	$(BIN)/python -m bench.messaging
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
