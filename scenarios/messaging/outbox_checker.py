@@ -32,7 +32,7 @@ INVARIANT = (
 
 
 @dataclass
-class Journey:
+class Stored:
     """One message, from A's commit to B's effect, as the stores hold it."""
 
     msg: str
@@ -89,13 +89,13 @@ def _order(msg: str) -> tuple[int, str]:
     return (len(msg), msg)
 
 
-def journeys(ops: Sequence[Op]) -> dict[str, Journey]:
+def stored(ops: Sequence[Op]) -> dict[str, Stored]:
     """Every message's journey, from the stores' contents read into the history."""
     read = {op.f: op.data for op in ops if op.actor == RUNNER and op.kind == "ok"}
-    out: dict[str, Journey] = {}
+    out: dict[str, Stored] = {}
 
-    def j(msg: object) -> Journey:
-        return out.setdefault(str(msg), Journey(str(msg)))
+    def j(msg: object) -> Stored:
+        return out.setdefault(str(msg), Stored(str(msg)))
 
     for msg, amount in read.get("orders", {}).get("rows", []):
         j(msg).amount = int(amount)
@@ -118,7 +118,7 @@ def journeys(ops: Sequence[Op]) -> dict[str, Journey]:
 def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     if not any(op.actor == RUNNER and op.f == "db-read" for op in ops):
         raise ValueError("the history has no read of the stores")
-    paths = journeys(ops)
+    paths = stored(ops)
     problems = [p for jr in paths.values() for p in _problems(ops, jr)]
     findings = _findings(ops, paths)
     if problems:
@@ -156,7 +156,7 @@ def _last(ops: Sequence[Op], msg: str, *ticks: str, actor: str = "") -> Op | Non
     return found[-1] if found else None
 
 
-def _problems(ops: Sequence[Op], jr: Journey) -> list[Problem]:
+def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
     consumers = tuple(dict.fromkeys(c for c, _ in jr.effects))
     if jr.rolled_back:
         left = [
@@ -217,7 +217,7 @@ def _ids(msgs: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(msgs) - limit} more" if len(msgs) > limit else "")
 
 
-def _findings(ops: Sequence[Op], paths: Mapping[str, Journey]) -> list[str]:
+def _findings(ops: Sequence[Op], paths: Mapping[str, Stored]) -> list[str]:
     out: list[str] = []
     committed = [m for m, jr in paths.items() if jr.committed]
     rolled = [m for m, jr in paths.items() if jr.rolled_back]

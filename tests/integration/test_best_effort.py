@@ -11,36 +11,15 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
 import pytest
-import redis
 
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.messages import Message
-from collectors.layouts import coordscope, messaging
+from collectors.layouts import messaging
 from collectors.runs import journeys
 from collectors.state import State
-from tests.conftest import cli, observing, run_scenario, until
-
-
-def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
-    found: list[str] = []
-    for m in info.masters:
-        r = redis.Redis(port=m.port)
-        for pattern in (messaging.notify_prefix(run_id) + "*", coordscope.service_key(run_id, "*")):
-            found += [k.decode() for k in r.scan_iter(pattern)]
-        r.close()
-    for target in info.pg_targets():
-        with psycopg.connect(target.dsn, autocommit=True) as conn:
-            found += [
-                f"{target.id}: schema {s}"
-                for (s,) in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                    ("coordscope_" + run_id.replace("-", "_") + "%",),
-                )
-            ]
-    return found
-
+from tests.conftest import observing, run_scenario, until
+from tests.tools.cli_runs import judged, leftovers
 
 LONGER = "fault_ms=6000"
 """B down longer than the default ladder (0, 300, 300, 600, 3600 ms: 4.8 s)."""
@@ -77,17 +56,8 @@ LONGER = "fault_ms=6000"
 def test_expected_exit_status_from_the_cli(
     cluster: ClusterInfo, params: list[str], faults: list[str], status: int, says: str
 ) -> None:
-    flags = [x for p in params for x in ("--set", p)] + [x for f in faults for x in ("--fault", f)]
-    out = cli(cluster, "run", "txn-best-effort", *flags)
-    assert out.returncode == status, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    judged = next(i for i, line in enumerate(lines) if line.startswith(("HELD", "VIOLATED")))
-    assert says in "\n".join(lines[judged:]), out.stdout
-    if status:  # the first violation is the verdict's own line
-        assert says in lines[judged + 1], out.stdout
-    run_id = lines[0].split()[1].rstrip(":")
-    assert run_id.startswith("txn-best-effort-"), out.stdout
-    assert leftovers(cluster, run_id) == []
+    run_id = judged(cluster, "txn-best-effort", params, faults, status, says)
+    assert leftovers(cluster, run_id, messaging.notify_prefix(run_id) + "*") == []
 
 
 def notifications(st: State) -> list[Message]:
@@ -121,8 +91,8 @@ async def test_a_notification_is_seen_on_its_ladder_given_up_then_reconciled(
     states = [s for s, _, _ in seen]
     assert states.index(messaging.GAVE_UP) < states.index(messaging.RECONCILED), seen
     assert seen[-1] == (messaging.RECONCILED, 3, False)
-    (journey,) = [j for j in journeys(run.stored) if j.msg == "p1"]
+    (journey,) = [j for j in journeys(run.stored)[0] if j.msg == "p1"]
     assert journey.path == (
-        "committed A → published A → notify notifier ×2 → gave-up notifier → reconciled B"
+        "A committed → A published → notifier notify ×2 → notifier gave-up → B reconciled"
     ), journey.path
     assert not journey.bad

@@ -8,33 +8,12 @@ from A's commit through the relay's crash to B's inbox dropping its second deliv
 
 from __future__ import annotations
 
-import psycopg
 import pytest
-import redis
 
 from app.cluster import ClusterInfo, LocalCluster
-from collectors.layouts import coordscope
 from collectors.layouts.messaging import outbox_stream_key
-from tests.conftest import cli, run_scenario
-
-
-def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
-    found: list[str] = []
-    for m in info.masters:
-        r = redis.Redis(port=m.port)
-        for pattern in (outbox_stream_key(run_id), coordscope.service_key(run_id, "*")):
-            found += [f"{m.name}: {k.decode()}" for k in r.scan_iter(pattern)]
-        r.close()
-    for target in info.pg_targets():
-        with psycopg.connect(target.dsn, autocommit=True) as conn:
-            found += [
-                f"{target.id}: schema {s}"
-                for (s,) in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                    ("coordscope_" + run_id.replace("-", "_") + "%",),
-                )
-            ]
-    return found
+from tests.conftest import run_scenario
+from tests.tools.cli_runs import judged, leftovers
 
 
 @pytest.mark.parametrize(
@@ -58,17 +37,8 @@ def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
 def test_expected_exit_status_from_the_cli(
     cluster: ClusterInfo, params: list[str], faults: list[str], status: int, says: str
 ) -> None:
-    flags = [x for p in params for x in ("--set", p)] + [x for f in faults for x in ("--fault", f)]
-    out = cli(cluster, "run", "txn-outbox", *flags)
-    assert out.returncode == status, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    judged = next(i for i, line in enumerate(lines) if line.startswith(("HELD", "VIOLATED")))
-    assert says in "\n".join(lines[judged:]), out.stdout
-    if status:  # the first violation is the verdict's own line
-        assert says in lines[judged + 1], out.stdout
-    run_id = lines[0].split()[1].rstrip(":")
-    assert run_id.startswith("txn-outbox-"), out.stdout
-    assert leftovers(cluster, run_id) == []
+    run_id = judged(cluster, "txn-outbox", params, faults, status, says)
+    assert leftovers(cluster, run_id, outbox_stream_key(run_id)) == []
 
 
 async def test_a_message_is_followed_from_a_through_the_relay_crash_to_the_inbox(

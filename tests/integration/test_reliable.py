@@ -15,43 +15,23 @@ import json
 import time
 from typing import cast
 
-import psycopg
 import pytest
-import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.core import environment
-from collectors.layouts import coordscope, messaging
+from collectors.layouts import messaging
 from collectors.layouts.facts import MessageFact
 from collectors.records import KeyRecord
 from collectors.runs import journeys
 from scenarios.runner import Runner
-from tests.conftest import cli, settings_for
+from tests.conftest import settings_for
+from tests.tools.cli_runs import judged, leftovers
 
 SCENARIO = "txn-reliable-message"
 HASH_FIELDS = {
     "state", "topic", "producer", "body", "checks", "max_checks", "half_ms", "next_check_ms", "last_answer",
 }  # fmt: skip
-
-
-def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
-    found: list[str] = []
-    for m in info.masters:
-        r = redis.Redis(port=m.port)
-        for pattern in (messaging.rmq_prefix(run_id) + "*", coordscope.service_key(run_id, "*")):
-            found += [k.decode() for k in r.scan_iter(pattern)]
-        r.close()
-    for target in info.pg_targets():
-        with psycopg.connect(target.dsn, autocommit=True) as conn:
-            found += [
-                f"{target.id}: schema {s}"
-                for (s,) in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                    ("coordscope_" + run_id.replace("-", "_") + "%",),
-                )
-            ]
-    return found
 
 
 @pytest.mark.parametrize(
@@ -79,17 +59,8 @@ def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
 def test_expected_exit_status_from_the_cli(
     cluster: ClusterInfo, params: list[str], faults: list[str], status: int, says: str
 ) -> None:
-    flags = [x for p in params for x in ("--set", p)] + [x for f in faults for x in ("--fault", f)]
-    out = cli(cluster, "run", SCENARIO, *flags)
-    assert out.returncode == status, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    judged = next(i for i, line in enumerate(lines) if line.startswith(("HELD", "VIOLATED")))
-    assert says in "\n".join(lines[judged:]), out.stdout
-    if status:  # the first violation is the verdict's own line
-        assert says in lines[judged + 1], out.stdout
-    run_id = lines[0].split()[1].rstrip(":")
-    assert run_id.startswith(SCENARIO + "-"), out.stdout
-    assert leftovers(cluster, run_id) == []
+    run_id = judged(cluster, SCENARIO, params, faults, status, says)
+    assert leftovers(cluster, run_id, messaging.rmq_prefix(run_id) + "*") == []
 
 
 async def _half_after_a_check(store: AsyncRedis, key: str, timeout: float) -> dict[bytes, bytes]:
@@ -132,7 +103,7 @@ async def test_a_half_message_is_kept_as_documented_then_delivered_by_a_check_ba
         await store.aclose()
         await runner.close()
     assert run.verdict is not None and run.verdict.holds, (run.error, run.verdict)
-    (o1,) = [j for j in journeys(run.stored) if j.msg == "o1"]
+    (o1,) = [j for j in journeys(run.stored)[0] if j.msg == "o1"]
     whats = [(s.actor, s.what) for s in o1.steps]
     half, committed = whats.index(("broker", "half")), whats.index(("A", "committed"))
     published, applied = whats.index(("broker", "published")), whats.index(("B", "applied"))
@@ -141,4 +112,4 @@ async def test_a_half_message_is_kept_as_documented_then_delivered_by_a_check_ba
     assert checks[0] == "o1: check 1/5: UNKNOWN (its local transaction is still open, holding the record)"
     assert checks[-1].startswith("o1: check ") and ": COMMIT (committed)" in checks[-1], checks
     assert not o1.bad, o1.path
-    assert leftovers(cluster, started.id) == []
+    assert leftovers(cluster, started.id, messaging.rmq_prefix(started.id) + "*") == []

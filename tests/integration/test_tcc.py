@@ -10,34 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
 import pytest
-import redis
 
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.transactions import Transaction
 from collectors.layouts import coordscope
 from collectors.state import State
-from tests.conftest import cli, observing, run_scenario, until
-
-
-def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
-    found: list[str] = []
-    for m in info.masters:
-        r = redis.Redis(port=m.port)
-        for pattern in (coordscope.txn_key(f"{run_id}:*"), coordscope.service_key(run_id, "*")):
-            found += [k.decode() for k in r.scan_iter(pattern)]
-        r.close()
-    for target in info.pg_targets():
-        with psycopg.connect(target.dsn, autocommit=True) as conn:
-            found += [
-                f"{target.id}: schema {s}"
-                for (s,) in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                    ("coordscope_" + run_id.replace("-", "_") + "%",),
-                )
-            ]
-    return found
+from tests.conftest import observing, run_scenario, until
+from tests.tools.cli_runs import judged, leftovers
 
 
 @pytest.mark.parametrize(
@@ -56,17 +36,8 @@ def leftovers(info: ClusterInfo, run_id: str) -> list[str]:
 def test_expected_exit_status_from_the_cli(
     cluster: ClusterInfo, params: list[str], faults: list[str], status: int, says: str
 ) -> None:
-    flags = [x for p in params for x in ("--set", p)] + [x for f in faults for x in ("--fault", f)]
-    out = cli(cluster, "run", "txn-tcc", *flags)
-    assert out.returncode == status, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
-    judged = next(i for i, line in enumerate(lines) if line.startswith(("HELD", "VIOLATED")))
-    assert says in "\n".join(lines[judged:]), out.stdout
-    if status:  # the first violation is the verdict's own line
-        assert says in lines[judged + 1], out.stdout
-    run_id = lines[0].split()[1].rstrip(":")
-    assert run_id.startswith("txn-tcc-"), out.stdout
-    assert leftovers(cluster, run_id) == []
+    run_id = judged(cluster, "txn-tcc", params, faults, status, says)
+    assert leftovers(cluster, run_id, coordscope.txn_key(f"{run_id}:*")) == []
 
 
 def transactions(st: State) -> list[Transaction]:

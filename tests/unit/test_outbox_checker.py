@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from collectors.runs import NEMESIS, RUNNER, Op
-from scenarios.messaging.outbox_checker import applied_by, check, journeys
+from scenarios.messaging.outbox_checker import applied_by, check, stored
 
 
 class H:
@@ -173,9 +173,9 @@ def test_no_read_of_the_stores_is_no_verdict() -> None:
         check(delivered(H(), "o1").ops, {})
 
 
-def test_journeys_are_in_message_order() -> None:
+def test_messages_are_in_their_order() -> None:
     h = delivered(H(), "o10", "o2", "o1")
-    assert list(journeys(h.read())) == ["o1", "o2", "o10"]
+    assert list(stored(h.read())) == ["o1", "o2", "o10"]
 
 
 @pytest.mark.parametrize(
