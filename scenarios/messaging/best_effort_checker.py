@@ -19,21 +19,13 @@ from typing import Any
 
 from collectors.layouts import messaging
 from collectors.runs import RUNNER, Op, Verdict
+from scenarios.kit.problems import Problem, violated
 
 PRODUCER, NOTIFIER, RECEIVER = "A", "notifier", "B"
 INVARIANT = (
     "B ends consistent with A — every payment A holds applied in B exactly once, by notification "
     "or reconciliation, and nothing A does not hold — and never applies one twice"
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    text: str
-    msg: str
-    actors: tuple[str, ...]
-    op: Op | None = None
-    """The narration of the moment it went wrong (a give-up, a second application)."""
 
 
 @dataclass(frozen=True)
@@ -177,18 +169,7 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     problems = _problems(ops, s, reconcile)
     findings = _findings(ops, s, reconcile)
     if problems:
-        first = problems[0]
-        more = f"; {len(problems) - 1} more violation(s)" if len(problems) > 1 else ""
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {first.text}{more}",
-            actors=tuple(dict.fromkeys(a for p in problems for a in p.actors)),
-            keys=tuple(dict.fromkeys(p.msg for p in problems)),
-            at_ms=first.op.t_ms if first.op else None,
-            ops=tuple(p.op.index for p in problems if p.op),
-            findings=tuple([f"violation: {p.text}" for p in problems[1:]] + findings),
-        )
+        return violated(INVARIANT, problems, findings)
     via = Counter("reconciliation" if v == "reconcile" else "notification" for _, v in s.applied.values())
     skipped = sum(1 for op in ops if op.actor == RECEIVER and op.data.get("tick") == "duplicate")
     return Verdict(

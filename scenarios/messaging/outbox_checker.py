@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from collectors.runs import RUNNER, Op, Verdict
+from scenarios.kit.problems import Problem, violated
 
 PRODUCER = "A"
 RELAY = "relay"
@@ -76,15 +77,6 @@ def applied_by(effects: Sequence[tuple[str, int]]) -> str:
     return f"×{n} by {', '.join(names[:-1])} and {names[-1]}"
 
 
-@dataclass(frozen=True)
-class Problem:
-    text: str
-    msg: str
-    actors: tuple[str, ...] = ()
-    op: Op | None = None
-    """The narration of the moment it went wrong."""
-
-
 def _order(msg: str) -> tuple[int, str]:
     return (len(msg), msg)
 
@@ -122,18 +114,7 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     problems = [p for jr in paths.values() for p in _problems(ops, jr)]
     findings = _findings(ops, paths)
     if problems:
-        first = problems[0]
-        more = f"; {len(problems) - 1} more violation(s)" if len(problems) > 1 else ""
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {first.text}{more}",
-            actors=tuple(dict.fromkeys(a for p in problems for a in p.actors)),
-            keys=tuple(dict.fromkeys(p.msg for p in problems)),
-            at_ms=first.op.t_ms if first.op else None,
-            ops=tuple(p.op.index for p in problems if p.op),
-            findings=tuple([f"violation: {p.text}" for p in problems[1:]] + findings),
-        )
+        return violated(INVARIANT, problems, findings)
     committed = [jr for jr in paths.values() if jr.committed]
     rolled = [jr for jr in paths.values() if jr.rolled_back]
     skipped = sum(1 for op in ops if op.data.get("tick") == "duplicate")

@@ -24,18 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.runs import RUNNER, Op, Verdict
+from scenarios.kit.problems import Problem, violated
 
 PRODUCER, BROKER, CONSUMER = "A", "broker", "B"
 INVARIANT = "B applies a message if and only if A committed its order, and at most once"
 TIMES = {2: "twice", 3: "three times"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    text: str
-    msg: str
-    actors: tuple[str, ...]
-    op: Op | None = None
 
 
 @dataclass(frozen=True)
@@ -79,18 +72,7 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
         problems += _judge(ops, stores, msg)
     findings = _findings(ops, stores)
     if problems:
-        first = problems[0]
-        more = f"; {len(problems) - 1} more violation(s)" if len(problems) > 1 else ""
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {first.text}{more}",
-            actors=tuple(dict.fromkeys(a for p in problems for a in p.actors)),
-            keys=tuple(dict.fromkeys(p.msg for p in problems)),
-            at_ms=first.op.t_ms if first.op else None,
-            ops=tuple(p.op.index for p in problems if p.op),
-            findings=tuple([f"violation: {p.text}" for p in problems[1:]] + findings),
-        )
+        return violated(INVARIANT, problems, findings)
     rolled = [m for m in stores.ids() if m not in stores.committed]
     by_check = [m for m in stores.committed if _decided_by_check(ops, m)]
     return Verdict(
