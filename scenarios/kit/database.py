@@ -23,11 +23,16 @@ def schema_for(run_id: str) -> str:
 
 
 async def connect(
-    target: PostgresTarget | str, autocommit: bool = False
+    target: PostgresTarget | str, autocommit: bool = False, name: str = ""
 ) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    """A connection; ``name``: its ``application_name`` (who it is, in ``pg_stat_activity``
+    and on the screens' waiters)."""
     dsn = target if isinstance(target, str) else target.dsn
     return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S
+        dsn,
+        autocommit=autocommit,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name=name or None,  # None: left out of the conninfo
     )
 
 
@@ -95,9 +100,7 @@ class Pool:
         self._free: asyncio.Queue[psycopg.AsyncConnection[tuple[object, ...]]] = asyncio.Queue()
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.name
-        )
+        return await connect(self.dsn, autocommit=True, name=self.name)
 
     async def open(self) -> None:
         for _ in range(self.size):

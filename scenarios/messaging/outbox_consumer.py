@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from collectors.layouts.messaging import outbox_stream_key
-from scenarios.kit.database import error_line
+from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 from scenarios.messaging.relay import broker_client
 
@@ -60,7 +60,6 @@ BATCH = 64
 BLOCK_MS = 200
 CLAIM_ROUNDS = 20
 """XAUTOCLAIM calls per claim pass at most (each takes a batch)."""
-CONNECT_TIMEOUT_S = 5
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 # %(msg)s, %(order)s, %(amount)s, %(consumer)s; no row back: the inbox had it (a redelivery)
@@ -117,9 +116,7 @@ class Consumer:
         await self.redis.aclose()
 
     async def _connect(self) -> Conn:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.consumer
-        )
+        return await connect(self.dsn, autocommit=True, name=self.consumer)
 
     def note(self, kind: str, f: str, msg: str, tick: str, note: str, **data: Any) -> None:
         if self.narrate:

@@ -24,7 +24,6 @@ Narration (on lane ``A``, not awaited: batched with :meth:`ServiceRuntime.note`)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -35,11 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scenarios.kit.database import error_line
+from scenarios.kit.database import Pool, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
 POOL = 8
-CONNECT_TIMEOUT_S = 5
 EVENT_TYPE = "OrderPlaced"
 AGGREGATE = "order"
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -70,7 +68,7 @@ class Producer:
         self.channel: str = args.channel
         self.notify = args.relay == "notify"
         self.narrate = args.narrate == "on"
-        self.pool: asyncio.Queue[Conn] = asyncio.Queue()
+        self.pool = Pool(args.dsn, POOL, rt.name)
         self.armed: dict[str, str] = {}
         """message id -> fault."""
         self.committed = self.rolled_back = 0
@@ -78,17 +76,10 @@ class Producer:
         self.place_sql = sql.SQL(PLACE.replace("{notify}", notify)).format(schema=self.schema)
 
     async def start(self) -> None:
-        for _ in range(POOL):
-            self.pool.put_nowait(await self._connect())
+        await self.pool.open()
 
     async def close(self) -> None:
-        while not self.pool.empty():
-            await self.pool.get_nowait().close()
-
-    async def _connect(self) -> Conn:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.rt.name
-        )
+        await self.pool.close()
 
     def note(self, kind: str, f: str, msg: str, tick: str, note: str, **data: Any) -> None:
         if self.narrate:
@@ -118,21 +109,17 @@ class Producer:
             "payload": json.dumps({"order": msg, "amount": amount}),
             "channel": self.channel,
         }
-        conn = await self.pool.get()
         try:
-            if conn.closed or conn.broken:
-                conn = await self._connect()
-            if self.armed.pop(msg, None) == "rollback":
-                return await self._roll_back(conn, msg, params)
-            await conn.execute(self.place_sql, params)
+            async with self.pool.connection() as conn:
+                if self.armed.pop(msg, None) == "rollback":
+                    return await self._roll_back(conn, msg, params)
+                await conn.execute(self.place_sql, params)
         except psycopg.errors.UniqueViolation:
             return JSONResponse({"error": f"order {msg} exists already", "outcome": "exists"}, 409)
         except (psycopg.Error, OSError) as exc:
             why = error_line(exc)
             self.note("fail", "order", msg, "error", f"{msg}: not committed: {why}")
             return JSONResponse({"error": why}, 503)
-        finally:
-            self.pool.put_nowait(conn)
         committed_ms = time.time() * 1000
         self.committed += 1
         self._detail()

@@ -55,11 +55,10 @@ from starlette.routing import Route
 from collectors.layouts.messaging import outbox_stream_key
 from collectors.targets import RedisTarget
 from scenarios.kit.clients import redis_client
-from scenarios.kit.database import error_line
+from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
 BATCH = 100
-CONNECT_TIMEOUT_S = 5
 BACKOFF_MS = (100, 200, 400, 800, 1000)
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -124,9 +123,7 @@ class Relay:
         await self.redis.aclose()
 
     async def _connect(self) -> Conn:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.rt.name
-        )
+        return await connect(self.dsn, autocommit=True, name=self.rt.name)
 
     def note(self, kind: str, f: str, msg: str, tick: str, note: str, **data: Any) -> None:
         if self.narrate:
