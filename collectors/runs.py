@@ -100,12 +100,12 @@ TICKS = {
     "fenced": "refused by the fence (late or repeated)",
     "twice": "applied again",
     "committed": "local transaction committed (its message with it)",
-    "rolled-back": "local transaction rolled back",
+    "rolled-back": "rolled back (a local transaction, or its half message)",
     "half": "half message stored (not visible yet)",
     "published": "message published (XADD) / delivered by the broker",
     "marked": "outbox row marked sent",
     "check": "broker checks back with the producer",
-    "discarded": "message discarded",
+    "discarded": "half message discarded (checks exhausted)",
     "applied": "message applied by the consumer",
     "notify": "notification attempt",
     "acked": "notification acknowledged",
@@ -179,7 +179,7 @@ class Journey:
     msg: str
     steps: tuple[Step, ...]
     path: str = ""
-    """``committed A → published relay ×2 → applied B-1``: repeats of a step folded."""
+    """``A committed → relay published ×2 → B-1 applied``: repeats of a step folded."""
     bad: bool = False
     """A step went wrong: applied twice, a violation, an error."""
 

@@ -81,7 +81,8 @@ def _next(m: Message, now_ms: int) -> Cell:
         return text(None)
     if m.next_ms <= now_ms:
         return pieces(
-            ("due now", "warn"), title="its time has come: the broker or notifier has not acted yet"
+            ("due now", "warn"),
+            title="its time has come: a check or attempt in flight, or the broker or notifier down or late",
         )
     return countdown(m.next_ms)
 

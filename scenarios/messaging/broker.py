@@ -251,7 +251,7 @@ class Broker:
         if state == messaging.COMMITTED:
             self.note("ok", "deliver", msg, "published", f"{why}: delivered as {entry}", entry=entry, **data)
         elif state == messaging.ROLLED_BACK:
-            self.note("ok", "drop", msg, "discarded", f"{why}: rolled back, never delivered", **data)
+            self.note("ok", "drop", msg, "rolled-back", f"{why}: rolled back, never delivered", **data)
         else:
             self.note("ok", "discard", msg, "discarded", f"{why}: DISCARDED, never delivered", **data)
 
