@@ -27,11 +27,9 @@ the same ops with the same indices.
   with a valid majority, ``refused`` otherwise) are ticks, and so is any op
   that carries a ``tick`` in its data (a charge, a replay, a 409).
 
-:func:`journeys` follows messages across lanes: every op that names a message
-in its data (``msg``) — A's commit, the relay's publish, the broker's
-check-back, B's effect — is a step of that message's journey, in the
-history's order, whichever process wrote it. A tick carries its message too,
-so a click on it on the screens finds the rest of the path.
+A tick carries the message it is a step of (its op's data ``msg``), so a
+click on it on the screens finds the rest of the message's path
+(:mod:`collectors.journeys`).
 """
 
 from __future__ import annotations
@@ -161,39 +159,6 @@ class Tick:
     label: str = ""
     msg: str = ""
     """The message it is a step of (its journey), if any."""
-
-
-@dataclass(frozen=True)
-class Step:
-    at_ms: int
-    actor: str
-    what: str
-    """The op's tick (``published``, ``applied``...), else its function and completion."""
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Journey:
-    """One message's path through a run, from whoever wrote it to whoever applied it."""
-
-    msg: str
-    steps: tuple[Step, ...]
-    path: str = ""
-    """``A committed → relay published ×2 → B-1 applied``: repeats of a step folded."""
-    bad: bool = False
-    """A step went wrong: applied twice, a violation, an error."""
-
-
-def path_of(steps: Iterable[Step]) -> str:
-    """``A committed → relay published ×2 → B-1 applied``: repeats of a step folded."""
-    out: list[tuple[str, int]] = []
-    for s in steps:
-        label = f"{s.actor} {s.what}"
-        if out and out[-1][0] == label:
-            out[-1] = (label, out[-1][1] + 1)
-        else:
-            out.append((label, 1))
-    return " → ".join(label + (f" ×{n}" if n > 1 else "") for label, n in out)
 
 
 @dataclass(frozen=True)
@@ -373,7 +338,7 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
             continue
         tick = op.data.get("tick")
         if isinstance(tick, str):
-            b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note, msg=_msg(op)))
+            b.ticks.append(Tick(kind=tick, at_ms=op.t_ms, label=op.note, msg=msg_of(op)))
         sid = str(op.data.get("span", ""))
         if op.kind == "invoke":
             b.start("wait" if op.f == "acquire" else op.f, op.t_ms, op.key, sid)
@@ -410,118 +375,10 @@ def lanes(ops: Iterable[Op]) -> tuple[Lane, ...]:
     return tuple(b.build() for b in builders.values())
 
 
-JOURNEYS = 200
-"""At most this many messages followed per run (the latest); a step beyond
-:data:`JOURNEY_STEPS` of one message is dropped, counted in its last step."""
-JOURNEY_STEPS = 40
-BOOK_MESSAGES = 4 * JOURNEYS
-MORE = "(and later steps not shown)"
-BAD_STEPS = ("twice", "violation", "error")
-
-
-def _msg(op: Op) -> str:
+def msg_of(op: Op) -> str:
+    """The message an op is a step of (its data's ``msg``), or ``""``."""
     msg = op.data.get("msg")
     return str(msg) if isinstance(msg, (str, int)) and msg != "" else ""
-
-
-class JourneyBook:
-    """A run's messages, kept as its history grows: each read adds only the new ops, and
-    a message's journey is built again only when a step was added to it.
-
-    :meth:`journeys` keeps at most :data:`JOURNEYS`: every message something unusual
-    happened to (a step repeated, a redelivery, a claim, a check-back, a give-up, an
-    error, a fault) before any plain one, the latest of each; in the order they started.
-    Past :data:`BOOK_MESSAGES` messages the oldest plain ones are forgotten (still
-    counted)."""
-
-    def __init__(self) -> None:
-        self._steps: dict[str, list[Step]] = {}
-        self._built: dict[str, Journey] = {}
-        self._eventful: set[str] = set()
-        self._forgotten = 0
-
-    def add(self, ops: Iterable[Op]) -> None:
-        for op in ops:
-            msg = _msg(op)
-            if not msg or op.kind == "invoke":  # its completion says when, and how it ended
-                continue
-            tick = op.data.get("tick")
-            what = (
-                tick
-                if isinstance(tick, str)
-                else {"ok": f"{op.f} ok", "fail": f"{op.f} failed"}.get(op.kind, op.f)
-            )
-            steps = self._steps.setdefault(msg, [])
-            if len(steps) < JOURNEY_STEPS:
-                steps.append(Step(at_ms=op.t_ms, actor=op.actor, what=what, note=op.note))
-            else:
-                last = steps[-1]
-                if not last.note.endswith(MORE):
-                    steps[-1] = replace(last, note=f"{last.note} {MORE}".strip())
-            self._built.pop(msg, None)
-            if msg not in self._eventful and _eventful(steps):
-                self._eventful.add(msg)
-        if len(self._steps) > BOOK_MESSAGES:
-            plain = [m for m in self._steps if m not in self._eventful]
-            for m in plain[: len(self._steps) - BOOK_MESSAGES]:
-                del self._steps[m]
-                self._built.pop(m, None)
-                self._forgotten += 1
-
-    def journeys(self) -> tuple[tuple[Journey, ...], int]:
-        """The journeys kept, and how many messages there were."""
-        order = list(self._steps)
-        eventful = [m for m in order if m in self._eventful][-JOURNEYS:]
-        room = JOURNEYS - len(eventful)
-        plain = [m for m in order if m not in self._eventful][-room:] if room else []
-        kept = set(eventful) | set(plain)
-        return tuple(self._journey(m) for m in order if m in kept), len(order) + self._forgotten
-
-    def _journey(self, msg: str) -> Journey:
-        if msg not in self._built:
-            # each process narrates in batches of its own: a step may be stored a moment
-            # after a later step of another process (A's commit after the relay's publish)
-            st = sorted(self._steps[msg], key=lambda s: s.at_ms)
-            bad = any(s.what in BAD_STEPS for s in st)
-            self._built[msg] = Journey(msg=msg, steps=tuple(st), path=path_of(st), bad=bad)
-        return self._built[msg]
-
-
-def journeys(ops: Iterable[Op]) -> tuple[tuple[Journey, ...], int]:
-    """Each message's journey in a history, and how many messages there were."""
-    book = JourneyBook()
-    book.add(ops)
-    return book.journeys()
-
-
-EVENTFUL = frozenset(
-    {
-        "duplicate",
-        "twice",
-        "claim",
-        "check",
-        "discarded",
-        "gave-up",
-        "reconciled",
-        "error",
-        "rolled-back",
-        "crash",
-    }
-)
-
-
-def _eventful(steps: list[Step]) -> bool:
-    seen: set[tuple[str, str]] = set()
-    for s in steps:
-        if (
-            s.what in EVENTFUL
-            or s.what.endswith(" failed")
-            or s.actor == NEMESIS
-            or (s.actor, s.what) in seen
-        ):
-            return True
-        seen.add((s.actor, s.what))
-    return False
 
 
 def _session(b: _LaneBuilder, op: Op) -> None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from collectors.families.base import Column, Family, Member, own, prefer_master, status, text
+from collectors.journeys import Journey, JourneyBook
 from collectors.layouts import coordscope
 from collectors.layouts.facts import RunFact, RunHistoryFact
 from collectors.records import KeyRecord
-from collectors.runs import HistoryReader, Journey, JourneyBook, Lane, Op, Verdict, lanes, legend
+from collectors.runs import HistoryReader, Lane, Op, Verdict, lanes, legend
 
 MAX_RUN_OPS = 5000
 MAX_ORPHANS = 50

@@ -15,8 +15,8 @@ import pytest
 
 from app.cluster import ClusterInfo, LocalCluster
 from collectors.families.messages import Message
+from collectors.journeys import journeys
 from collectors.layouts import messaging
-from collectors.runs import journeys
 from collectors.state import State
 from tests.conftest import observing, run_scenario, until
 from tests.tools.cli_runs import judged, leftovers

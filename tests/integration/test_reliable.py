@@ -20,10 +20,10 @@ from redis.asyncio import Redis as AsyncRedis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.core import environment
+from collectors.journeys import journeys
 from collectors.layouts import messaging
 from collectors.layouts.facts import MessageFact
 from collectors.records import KeyRecord
-from collectors.runs import journeys
 from scenarios.runner import Runner
 from tests.conftest import settings_for
 from tests.tools.cli_runs import judged, leftovers

@@ -12,7 +12,8 @@ from app.tui.screens.run_view import RunScreen
 from app.tui.widgets.journeys import Journeys
 from app.tui.widgets.lanes import Lanes
 from collectors.families.runs import Run
-from collectors.runs import Op, journeys, lanes
+from collectors.journeys import journeys
+from collectors.runs import Op, lanes
 from tests.tui.test_snapshots import Still
 
 

@@ -8,9 +8,10 @@ import pytest
 from collectors.families.base import Cell, Family
 from collectors.families.messages import Message, Messages
 from collectors.families.queues import Queue, Queues
+from collectors.journeys import journeys
 from collectors.layouts import messaging, postgres_outbox
 from collectors.records import KeyRecord
-from collectors.runs import Op, journeys, lanes
+from collectors.runs import Op, lanes
 from collectors.state import State
 
 RUN = "r1"
@@ -189,7 +190,7 @@ def test_a_message_is_followed_across_every_lane_in_time_order() -> None:
 
 
 def test_journeys_are_bounded_keeping_the_eventful_ones() -> None:
-    from collectors.runs import JOURNEY_STEPS, JOURNEYS
+    from collectors.journeys import JOURNEY_STEPS, JOURNEYS
 
     n = JOURNEYS + 50
     many = [op(i, "A", "order", f"m{i}", "committed") for i in range(n)]
@@ -204,7 +205,7 @@ def test_journeys_are_bounded_keeping_the_eventful_ones() -> None:
 
 
 def test_a_journey_book_grows_with_the_history_and_forgets_the_oldest_plain_messages() -> None:
-    from collectors.runs import BOOK_MESSAGES, JourneyBook
+    from collectors.journeys import BOOK_MESSAGES, JourneyBook
 
     book = JourneyBook()
     book.add([op(0, "A", "order", "m0", "committed"), op(1, "B-1", "apply", "m0", "applied")])

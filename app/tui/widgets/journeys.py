@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from app.tui.text import safe
-from collectors.runs import Journey
+from collectors.journeys import Journey
 
 PATH_WIDTH = 110
 
