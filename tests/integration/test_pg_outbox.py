@@ -59,7 +59,7 @@ async def test_an_outbox_backlog_grows_and_drains_as_the_database_holds_it(
                 )
             conn.execute(
                 f"INSERT INTO {SCHEMA}.order_outbox"
-                " VALUES (gen_random_uuid(), 'order', 'o9', 'OrderPlaced', '{{}}')"
+                " VALUES (gen_random_uuid(), 'order', 'o9', 'OrderPlaced', '{}')"
             )
             await until(
                 bus, lambda st: (q := outbox(st, "outbox")) is not None and q.length == 5, "5 unsent", 15
