@@ -6,6 +6,10 @@ status, actors, verdict, heartbeat) and its history stream
 are one run, with a lane per actor. A run still ``running`` whose heartbeat
 has been quiet for :data:`ABANDONED_MS` is shown ``abandoned`` (its process
 died); the family rebuilds it when that moment comes.
+
+A running run is rebuilt at most every :data:`REDRAW_MS`: its history may grow by
+hundreds of ops a second, and each rebuild draws every lane again and sends the whole
+run to every viewer. A change of status is never held back.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ MAX_ORPHANS = 50
 writing it): kept this many, the oldest forgotten first."""
 ABANDONED_MS = 5000
 """A running run with no sign of life for this long is shown abandoned."""
+REDRAW_MS = 200
+"""A running run's lanes are drawn again at most this often (5 times a second)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class Runs(Family):
         self._ops: dict[str, list[Op]] = defaultdict(list)
         self._readers: dict[str, HistoryReader] = {}
         self._books: dict[str, JourneyBook] = {}
+        self._drawn: dict[str, tuple[int, Run]] = {}
+        """run id -> (when, the run) as last built."""
         self._built: set[str] = set()
         """Runs that are entities (their hash was read); the other readers are orphans."""
 
@@ -103,6 +111,7 @@ class Runs(Family):
         self._ops.pop(entity_id, None)
         self._readers.pop(entity_id, None)
         self._books.pop(entity_id, None)
+        self._drawn.pop(entity_id, None)
         self._built.discard(entity_id)
 
     def build(self, entity_id: str, members: list[Member]) -> Run | None:
@@ -113,8 +122,13 @@ class Runs(Family):
         meta = fact.meta
         ops = self._ops.get(entity_id, [])
         status_, error = meta.get("status", "?"), meta.get("error", "")
+        now = self.view.now()
+        last = self._drawn.get(entity_id)
+        if last is not None and status_ == last[1].status == "running" and now - last[0] < REDRAW_MS:
+            self.view.recheck((self.kind, entity_id), last[0] + REDRAW_MS)  # the ops meanwhile, then
+            return last[1]
         alive = _int(meta.get("alive_ms")) or _int(meta.get("started_ms"))
-        if status_ == "running" and alive is not None and self.view.now() - alive <= ABANDONED_MS:
+        if status_ == "running" and alive is not None and now - alive <= ABANDONED_MS:
             self.view.recheck((self.kind, entity_id), alive + ABANDONED_MS + 1)
         elif status_ == "running" and alive is not None:
             status_ = "abandoned"
@@ -129,7 +143,7 @@ class Runs(Family):
         verdict = _verdict(meta.get("verdict", ""))
         followed, messages = self._books[entity_id].journeys() if entity_id in self._books else ((), 0)
         self._built.add(entity_id)
-        return Run(
+        run = Run(
             id=entity_id,
             scenario=meta.get("scenario", "?"),
             status=status_,
@@ -149,6 +163,8 @@ class Runs(Family):
             table=_json_table(meta.get("table")),
             as_of_ms=rec.read_at_ms,
         )
+        self._drawn[entity_id] = (now, run)
+        return run
 
     def narrate(self, old: Run | None, new: Run | None, cause: str) -> None:
         if new is None or (old is not None and old.status == new.status):

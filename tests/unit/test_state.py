@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from collectors.events import Logged, Removed, Upserted
 from collectors.families.locks import Lock
 from collectors.families.nodes import Node
-from collectors.families.runs import Run
+from collectors.families.runs import REDRAW_MS, Run
 from collectors.families.sessions import Session
 from collectors.layouts.coordscope import history_key, lock_value, run_key
 from collectors.records import KeyRecord, ZNodeRecord
@@ -40,8 +41,8 @@ def rec(node_id: str, key: str, value: str, ttl: int | None = 30000, read_at: in
     )
 
 
-def cluster_state() -> State:
-    state = State(clock=lambda: 5000)
+def cluster_state(clock: Callable[[], int] = lambda: 5000) -> State:
+    state = State(clock=clock)
     for n in (node("redis-1"), node("redis-2"), node("redis-3"), node("replica-1", "redis-1")):
         state.set_node(n)
     state.drain()
@@ -214,7 +215,8 @@ def test_zk_contenders_form_one_lock_with_waiters_watching_predecessors() -> Non
 
 
 def test_run_hash_and_history_make_a_run_with_lanes() -> None:
-    state = cluster_state()
+    clock = [1000]  # the run started at 100: alive
+    state = cluster_state(lambda: clock[0])
     meta = {
         b"scenario": b"lock-redis",
         b"status": b"running",
@@ -253,6 +255,11 @@ def test_run_hash_and_history_make_a_run_with_lanes() -> None:
             size=4,
         )
     )
+    # a running run is drawn again at most every REDRAW_MS: its history keeps growing
+    run = state.get("run", "r1")
+    assert isinstance(run, Run) and run.ops == 0
+    clock[0] += REDRAW_MS
+    state.refresh_counts()  # the flusher's call: what is due is rebuilt
     run = state.get("run", "r1")
     assert isinstance(run, Run)
     assert (run.scenario, run.status, run.faults, run.ops) == ("lock-redis", "running", ("pause-holder",), 3)
