@@ -8,14 +8,13 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from app.tui.cells import status_style
 from app.tui.model import Model
 from app.tui.screens.live import LiveScreen
-from app.tui.text import safe
+from app.tui.text import safe, set_cell_at
 from app.tui.widgets.journeys import Journeys
 from app.tui.widgets.lanes import Lanes
 from app.tui.widgets.ring_panel import RingPanel
@@ -110,8 +109,7 @@ class RunScreen(LiveScreen):
     def _draw(self) -> None:
         run = self.current()
         lanes = self.query_one("#lanes", Lanes)
-        lanes.run = run
-        lanes.refresh(layout=True)
+        lanes.run = run  # laid out again when its height changes, else redrawn
         head = self.query_one("#run-head", Static)
         verdict = self.query_one("#verdict", Static)
         if run is None:
@@ -165,7 +163,7 @@ class RunScreen(LiveScreen):
             elif shown[i] != row:
                 for j, cell in enumerate(row):
                     if j >= len(shown[i]) or shown[i][j] != cell:  # a longer cell widens its column
-                        table.update_cell_at(Coordinate(i, j), safe(cell), update_width=True)
+                        set_cell_at(table, i, j, safe(cell))
                 shown[i] = row
         table.display = bool(rows)
 

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from app.tui.cells import now_ms, render
-from app.tui.text import printable
+from app.tui.text import printable, set_cell
 from collectors.events import Entity
 from collectors.families.base import Cell, Family
 
@@ -86,7 +86,7 @@ class EntityTable(DataTable[Text]):
                 before = self._rows[entity.id]
                 for i, col in enumerate(self._columns):
                     if before[i] != plain[i]:
-                        self.update_cell(entity.id, col.key, texts[i], update_width=True)
+                        set_cell(self, entity.id, col.key, texts[i])
             self._rows[entity.id] = plain
         if added and len(wanted) > 1:
             self.sort(self._sort_column, key=lambda cell: cell.plain.lower())

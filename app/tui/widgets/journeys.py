@@ -13,11 +13,10 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from app.tui.text import safe
+from app.tui.text import safe, set_cell_at
 from collectors.journeys import Journey
 
 PATH_WIDTH = 110
@@ -74,7 +73,7 @@ class Journeys(Vertical):
                 self._shown.append(row)
             elif self._shown[i] != row:
                 for c, cell in enumerate(cells):
-                    table.update_cell_at(Coordinate(i, c), cell, update_width=True)
+                    set_cell_at(table, i, c, cell)
                 self._shown[i] = row
         self.display = bool(journeys)
         self._steps()

@@ -109,17 +109,31 @@ class Lanes(Widget):
     DEFAULT_CSS = """
     Lanes { height: auto; min-height: 3; }
     """
-    run: reactive[Run | None] = reactive(None, layout=True)
+    run: reactive[Run | None] = reactive(None)
     followed: reactive[str] = reactive("")
     """A message followed across the lanes: its ticks lit, the other messages' dimmed."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.clock_offset_ms = 0
+        self._height = 0
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
-        lanes = self._lanes()
-        return 1 + 2 * len(lanes) + len(self._legend(width))
+        return self.height_for(width)
+
+    def height_for(self, width: int) -> int:
+        return 1 + 2 * len(self._lanes()) + len(self._legend(width))
+
+    def watch_run(self) -> None:
+        """A new run, or the same one grown: laid out again only when its height changes
+        (a lane or a legend line more); otherwise only redrawn — a layout redraws the
+        whole screen, and a running run changes a few times a second."""
+        height = self.height_for(self.size.width)
+        if height != self._height:
+            self._height = height
+            self.refresh(layout=True)
+        else:
+            self.refresh()
 
     def _legend(self, width: int) -> list[Text]:
         """What the lanes show, folded to the width (only the kinds this run uses)."""

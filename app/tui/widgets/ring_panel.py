@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 
 from app.tui.cells import render
-from app.tui.text import safe
+from app.tui.text import safe, set_cell
 from collectors.families.nodes import clock
 from collectors.families.rings import Ring, RingOrder, RingWorker, order_cell, share_text
 
@@ -87,7 +87,7 @@ class RingPanel(Vertical):
             elif shown[key] != plain:
                 for i, text in enumerate(texts):
                     if shown[key][i] != plain[i]:  # a longer cell widens its column
-                        table.update_cell(key, str(i), text, update_width=True)
+                        set_cell(table, key, str(i), text)
             shown[key] = plain
 
 
