@@ -244,7 +244,9 @@ async def follow(client: Redis, run_id: str, done: asyncio.Event, echo: Callable
 
 
 class Narrator:
-    """A service's narration: each op is in the store before the service goes on.
+    """A service's narration: with :meth:`record` each op is in the store before the
+    service goes on; with :meth:`later` ops are stamped now and written together at the
+    next :meth:`flush`.
 
     Used by the processes a run starts (payment services, workers...), each its
     own source ``src`` in the run's history, on the run's time axis ``t0``.
@@ -258,6 +260,10 @@ class Narrator:
         self._n = 0
         self.write_errors = 0
         self._pending: list[Op] = []
+        self._flushing = asyncio.Lock()
+        """One flush at a time: a flush returns only once every op kept before it is
+        stored, also those a flush already under way took (a crash point's flush waits
+        for the background flusher's pipeline instead of finding nothing to do)."""
 
     def t_ms(self) -> int:
         return int((time.monotonic() - self.t0) * 1000)
@@ -295,6 +301,10 @@ class Narrator:
 
     async def flush(self) -> None:
         """Write the ops kept by :meth:`later`, in order, in one pipeline (retried)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self._pending:
             return
         ops, self._pending = self._pending, []
