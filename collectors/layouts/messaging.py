@@ -109,7 +109,7 @@ def outbox_stream_key(run: str) -> str:
 
 
 def _parse(key: str) -> tuple[str, str, str, str] | None:
-    """(area, run, kind, rest) of ``coordscope:<area>:{<run>}:<kind>:<rest>``."""
+    """(area, run, kind, rest) of ``coordscope:<area>:{<run>}:<kind>[:<rest>]``."""
     if not key.startswith(PREFIX):
         return None
     area, _, tail = key[len(PREFIX) :].partition(":")
@@ -117,7 +117,7 @@ def _parse(key: str) -> tuple[str, str, str, str] | None:
         return None
     run, closed, tail = tail[1:].partition("}:")
     kind, _, rest = tail.partition(":")
-    if not closed or not run or not rest:
+    if not closed or not run or not kind:
         return None
     return area, run, kind, rest
 
@@ -143,14 +143,14 @@ def recognise(rec: KeyRecord) -> Fact | None:
     """A half message's or a notification's hash (whatever its fields hold: untrusted); a
     consumer's dedup mark (an idempotency mark: the message was applied, by whom); the
     schedules, named as what they are."""
-    if rec.type == "zset" and rec.key.startswith(PREFIX):
-        area, _, tail = rec.key[len(PREFIX) :].partition(":")
-        role = SCHEDULES.get((area, tail.rpartition("}:")[2])) if tail.startswith("{") else None
-        return AuxiliaryFact(library="coordscope", role=role) if role else None
     parsed = _parse(rec.key)
     if parsed is None:
         return None
     area, run, kind, rest = parsed
+    if rec.type == "zset" and not rest and (area, kind) in SCHEDULES:
+        return AuxiliaryFact(library="coordscope", role=SCHEDULES[(area, kind)])
+    if not rest:
+        return None
     if area == "rmq" and kind == "done" and rec.type == "string":
         by = display(rec.value or b"")[:80]
         return MarkFact(layout="coordscope", state="COMPLETED", owner=by or None, detail={"run": run})
