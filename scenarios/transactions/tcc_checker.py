@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from collectors.runs import RUNNER, Op, Verdict
+from scenarios.kit.problems import Problem, violated
 
 COORDINATOR = "tcc-coordinator"
 INVARIANT = (
@@ -49,15 +50,6 @@ class Effect:
         return f"changed {where} by available {a:+d}, frozen {f:+d}"
 
 
-@dataclass(frozen=True)
-class Problem:
-    text: str
-    participant: str
-    txn: str = ""
-    op: Op | None = None
-    """The participant's narration of the phase that went wrong (its moment on the lanes)."""
-
-
 def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     """Judge what the databases hold at the end (``balances``: accounts, fence log and
     effects of each participant) against what was seeded."""
@@ -82,18 +74,7 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     ]
     findings = _findings(ops, reads)
     if problems:
-        first = problems[0]
-        more = f"; {len(problems) - 1} more violation(s)" if len(problems) > 1 else ""
-        return Verdict(
-            holds=False,
-            invariant=INVARIANT,
-            summary=f"violated: {first.text}{more}",
-            actors=tuple(dict.fromkeys(p.participant for p in problems if p.participant)),
-            keys=tuple(dict.fromkeys(p.txn for p in problems if p.txn)),
-            at_ms=first.op.t_ms if first.op else None,
-            ops=tuple(p.op.index for p in problems if p.op),
-            findings=tuple([f"violation: {p.text}" for p in problems[1:]] + findings),
-        )
+        return violated(INVARIANT, problems, findings)
     txns = {txn for _, txn in branches}
     confirmed = [t for t in txns if all("confirm" in _phases(branches, n, t) for n in names)]
     total = sum(int(r.data.get("available", 0)) for r in reads.values())
@@ -135,8 +116,8 @@ def _twice(ops: Sequence[Op], branches: Mapping[tuple[str, str], list[Effect]]) 
                     Problem(
                         f"{txn} {phase.capitalize()} applied {TIMES.get(n, f'{n} times')} on {p}: "
                         f"it {e.did()} each time",
-                        p,
                         txn,
+                        (p,),
                         _narration(ops, p, txn, phase, "again"),
                     )
                 )
@@ -165,8 +146,8 @@ def _hanging(ops: Sequence[Op], branches: Mapping[tuple[str, str], list[Effect]]
                 Problem(
                     f"{txn}'s Try on {p} ran after its {early.phase.capitalize()} (a hanging Try): it "
                     f"{late[0].did()} that no Confirm or Cancel will release{hidden}",
-                    p,
                     txn,
+                    (p,),
                     _narration(ops, p, txn, "try", "late"),
                 )
             )
@@ -175,8 +156,8 @@ def _hanging(ops: Sequence[Op], branches: Mapping[tuple[str, str], list[Effect]]
                 Problem(
                     f"{txn}'s {early.phase.capitalize()} on {p} ran with no Try before it (an empty "
                     f"rollback): it {early.did()}" + (", never frozen" if early.frozen < 0 else ""),
-                    p,
                     txn,
+                    (p,),
                     _narration(ops, p, txn, early.phase, "untried"),
                 )
             )
@@ -190,8 +171,8 @@ def _unended(ops: Sequence[Op], branches: Mapping[tuple[str, str], list[Effect]]
             out.append(
                 Problem(
                     f"{txn}'s Try on {p} was never confirmed nor cancelled: it {effects[0].did()}, for ever",
-                    p,
                     txn,
+                    (p,),
                     _narration(ops, p, txn, "try"),
                 )
             )
@@ -205,9 +186,7 @@ def _split(names: list[str], branches: Mapping[tuple[str, str], list[Effect]]) -
         if confirmed and len(confirmed) != len(names):
             others = [n for n in names if n not in confirmed]
             out.append(
-                Problem(
-                    f"{txn} was confirmed on {', '.join(confirmed)} but not on {', '.join(others)}", "", txn
-                )
+                Problem(f"{txn} was confirmed on {', '.join(confirmed)} but not on {', '.join(others)}", txn)
             )
     return out
 
@@ -227,7 +206,7 @@ def _frozen(reads: Mapping[str, Op], branches: Mapping[tuple[str, str], list[Eff
                 or "nobody known"
             )
             what = "funds frozen for ever" if frozen > 0 else "frozen below zero"
-            out.append(Problem(f"{what}: {frozen} on {p}/{account}, by {by}", p))
+            out.append(Problem(f"{what}: {frozen} on {p}/{account}, by {by}", "", (p,)))
     return out
 
 
