@@ -62,11 +62,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scenarios.kit.database import error_line
+from scenarios.kit.database import Pool, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
 POOL = 6
-CONNECT_TIMEOUT_S = 5
 DELTAS: dict[tuple[str, int], tuple[int, int]] = {
     ("try", -1): (-1, 1),  # freeze
     ("confirm", -1): (0, -1),  # spend what was frozen
@@ -132,28 +131,20 @@ class Participant:
     def __init__(self, rt: ServiceRuntime, args: Any) -> None:
         self.rt = rt
         self.name: str = args.participant
-        self.dsn: str = args.dsn
         self.schema = sql.Identifier(args.schema)
         self.fence = args.fence == "on"
-        self.pool: asyncio.Queue[Conn] = asyncio.Queue()
+        self.pool = Pool(args.dsn, POOL, rt.name)
         self.armed: dict[tuple[str, str], dict[str, Any]] = {}
         self.busy: Counter[str] = Counter()
         self.results: Counter[str] = Counter()
         """How many calls ended how (``applied``, ``noop``...): shown with the service."""
 
     async def start(self) -> None:
-        for _ in range(POOL):
-            self.pool.put_nowait(await self._connect())
+        await self.pool.open()
         self._detail()
 
     async def close(self) -> None:
-        while not self.pool.empty():
-            await self.pool.get_nowait().close()
-
-    async def _connect(self) -> Conn:
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.rt.name
-        )
+        await self.pool.close()
 
     async def record(self, kind: str, f: str, **kw: Any) -> None:
         await self.rt.record(self.name, kind, f, **kw)
@@ -286,10 +277,7 @@ class Participant:
         )  # fmt: skip
 
     async def _apply(self, call: Call) -> Applied:
-        conn = await self.pool.get()
-        try:
-            if conn.closed or conn.broken:
-                conn = await self._connect()
+        async with self.pool.connection() as conn:
             for _ in range(3):
                 try:
                     async with conn.transaction():
@@ -300,8 +288,6 @@ class Participant:
                         raise Refused(f"the fence holds {status or 'a row'} for it", fenced=True) from None
                     # a Cancel's SUSPENDED raced a Try's TRIED and lost: look again
             raise Refused("the fence row kept changing")
-        finally:
-            self.pool.put_nowait(conn)
 
     async def _fenced(self, conn: Conn, call: Call) -> Applied:
         """One phase behind the fence (in the caller's local transaction)."""
