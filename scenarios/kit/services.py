@@ -130,7 +130,7 @@ class ServiceSet:
                 if port is not None or service.spawns > attempt + 1 or attempt + 1 == PORT_ATTEMPTS:
                     raise
                 service.port = free_port()
-        return service
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _narrate(self, service: Service, f: str, note: str, **data: object) -> None:
         if self.record is not None:  # a crash is a tick on its lane (collectors.runs.lanes)

@@ -7,9 +7,9 @@ servers, atomically, as an XA transaction manager does:
 1. log the transaction (``PREPARING``, its branches) in ZooKeeper, one znode per
    transaction under ``/coordscope/2pc/<run>/<coordinator>``;
 2. phase one: on each participant, in a fixed order (no distributed deadlock: every
-   transaction locks the first participant's row first), begin a branch with psycopg's
-   two-phase API (``tpc_begin(gid)``), do its work — the balance change and an
-   ``applied`` row — under ``lock_timeout``, and ``PREPARE TRANSACTION``: a yes vote. A
+   transaction locks the first participant's row first), one round trip: ``BEGIN``, its
+   work — the balance change and an ``applied`` row — under ``lock_timeout``, and
+   ``PREPARE TRANSACTION <gid>``: a yes vote. A
    branch that fails (insufficient funds, a lock not granted in time, a server gone)
    votes no;
 3. log the decision with the votes — ``COMMITTING`` if every branch voted yes, else
