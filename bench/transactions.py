@@ -28,9 +28,8 @@ sides:
   ``POST /transfer`` over HTTP (``scenarios.kit.http.Http``, the scenario's client): each
   branch in one round trip, its COMMIT waited for on the ZooKeeper log (its other two
   log writes and its narration are not waited for);
-- the sides that plug in (:data:`PLUG_INS`): ``tcc``, ``txn-tcc``'s coordinator and its
-  two participant processes (Try / Confirm over HTTP, Seata's fence on), when their
-  modules exist and start (:func:`tcc_side`).
+- ``tcc``: ``txn-tcc``'s coordinator and its two participant processes (Try / Confirm
+  over HTTP, Seata's fence on).
 
 Load: ``--clients`` (4) concurrent clients, then 1 (serial), in this process (asyncio),
 taking transfers 0, 1, 2, ... in turn: at most ``--transfers`` a round and none started
@@ -64,7 +63,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -550,20 +548,6 @@ class TccSide(ServiceSide):
             await delete_matching(self.lab.control, coordscope.txn_key(f"{self.run_id}:*"))
 
 
-def tcc_side(lab: Lab) -> Side | None:
-    """``txn-tcc``'s side when its modules exist (:class:`TccSide`), else None."""
-    if any(importlib.util.find_spec(m) is None for m in (TCC_COORDINATOR, TCC_PARTICIPANT)):
-        return None
-    run_id = lab.run_id("tcc")
-    return TccSide(run_id, accounts.participants(run_id, lab.pg), lab)
-
-
-PLUG_INS: list[Callable[[Lab], Side | None]] = [tcc_side]
-"""Where more sides plug in: each function returns a :class:`Side` (or None when its code
-is not there); the rounds, the checks, the ratios and the CPU table take every side. A side
-that fails to start is left out, with a note (its code may be unfinished)."""
-
-
 async def delete_matching(client: Redis, pattern: str) -> int:
     """UNLINK every key matching ``pattern`` (SCAN, bounded)."""
     deleted, cursor = 0, 0
@@ -722,17 +706,14 @@ class Lab:
         self.zk_members = [m for m in info.members if m.kind == "zookeeper"]
         self.tag = f"{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
         local, hand, two_pc = self.run_id("local"), self.run_id("hand"), self.run_id("2pc")
-        logged = self.run_id("hand-log")
+        logged, tcc = self.run_id("hand-log"), self.run_id("tcc")
         self.sides: list[Side] = [
             LocalSide(local, accounts.participants(local, (pg[0],)), args.accounts),
             ByHandSide(hand, accounts.participants(hand, self.pg), args.accounts),
             LoggedByHandSide(logged, accounts.participants(logged, self.pg), self),
             CoordinatorSide(two_pc, accounts.participants(two_pc, self.pg), self),
+            TccSide(tcc, accounts.participants(tcc, self.pg), self),
         ]
-        for plug_in in PLUG_INS:
-            extra = plug_in(self)
-            if extra is not None:
-                self.sides.append(extra)
         members = {m.name: m for m in info.members}
         self.groups: dict[str, Callable[[], list[int]]] = {
             CLIENT: lambda: [os.getpid()],
@@ -742,7 +723,6 @@ class Lab:
             f"{self.control_node.name} (narration, heartbeats)": lambda: [self.control_node.pid],
         }
         self.started: list[Side] = []
-        self.notes: list[str] = []
 
     def run_id(self, side: str) -> str:
         return f"bench-txn-{side}-{self.tag}"
@@ -751,15 +731,9 @@ class Lab:
         return [m.pid for m in self.zk_members]
 
     async def start(self) -> None:
-        for side in list(self.sides):
+        for side in self.sides:
             self.started.append(side)
-            try:
-                await side.start(max(self.args.clients, 1))
-            except ScenarioError as exc:
-                if side.name in ("local", "by-hand", "by-hand+log", "2pc"):
-                    raise
-                self.sides.remove(side)
-                self.notes.append(f"{side.name} left out: it did not start ({exc})"[:300])
+            await side.start(max(self.args.clients, 1))
 
     async def close(self) -> None:
         for side in self.started:
@@ -797,7 +771,6 @@ class Result:
     ratios: dict[int, dict[tuple[str, str], list[float]]]
     """Concurrency -> (side, to which side) -> the per-round ratios of their rates."""
     probe: Probe
-    notes: list[str]
 
 
 def pairs(sides: list[Side]) -> list[tuple[str, str]]:
@@ -829,7 +802,7 @@ async def bench(info: ClusterInfo, args: argparse.Namespace) -> Result:
                 for (a, b), values in ratios[clients].items():
                     values.append(rates[a] / rates[b])
         two_pc = next(s for s in lab.sides if isinstance(s, CoordinatorSide))
-        return Result(lab.sides, concurrencies, ratios, await probe(lab, two_pc), lab.notes)
+        return Result(lab.sides, concurrencies, ratios, await probe(lab, two_pc))
     finally:
         await lab.close()
 
@@ -911,8 +884,6 @@ def report(r: Result, args: argparse.Namespace) -> None:
         f"{ours_ms:6.2f} ms   (beyond the sum: {ours_ms - parts:+.2f} ms, the coordinator's own work)",
     )
     print(f"  ({ELSEWHERE}: other programs and interrupts, our loopback traffic's among them)")
-    for note in r.notes:
-        print(f"note: {note}")
 
 
 def main() -> int:
