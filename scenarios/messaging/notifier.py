@@ -47,7 +47,7 @@ from redis.asyncio import Redis
 from collectors.layouts import messaging
 from collectors.state import now_ms
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.http import Http, Reply
 from scenarios.kit.process import ServiceRuntime, parser, run
 
@@ -125,19 +125,15 @@ def outcome(reply: Reply, timeout_ms: int) -> str:
         return {"refused": "refused", "timeout": f"no answer within {timeout_ms} ms"}.get(
             reply.error, reply.error or "no answer"
         )
-    text = str(reply.body.get("text", "")).strip() if set(reply.body) == {"text"} else ""
-    if reply.status == 200 and text == SUCCESS:
+    body = str(reply.body.get("text", "")).strip() if set(reply.body) == {"text"} else ""
+    if reply.status == 200 and body == SUCCESS:
         return SUCCESS
-    said = text or str(reply.body.get("error") or reply.body)
+    said = body or str(reply.body.get("error") or reply.body)
     return f"{reply.status}: {said[:60]}" if said else str(reply.status)
 
 
 def seconds(ms: int) -> str:
     return f"{ms / 1000:.1f}s" if ms >= 1000 else f"{ms} ms"
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class Notifier:
@@ -157,11 +153,12 @@ class Notifier:
         self.http = Http(AT_ONCE)
         self.tasks: list[asyncio.Task[None]] = []
         self.counts = {"acked": 0, "gave up": 0, "retries": 0}
+        # register_script: loaded again on NOSCRIPT (a Redis restarted meanwhile)
+        self.take_script = self.redis.register_script(TAKE)
+        self.claim_script = self.redis.register_script(CLAIM)
+        self.settle_script = self.redis.register_script(SETTLE)
 
     async def start(self) -> None:
-        self.take_sha, self.claim_sha, self.settle_sha = [
-            await self.redis.script_load(s) for s in (TAKE, CLAIM, SETTLE)
-        ]
         with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists already
             await self.redis.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
         await self.read_back()
@@ -199,7 +196,7 @@ class Notifier:
             await self.take(entries or [])
             if len(entries or []) < BATCH:
                 return
-            start = "(" + _text(entries[-1][0])
+            start = "(" + text(entries[-1][0])
 
     async def intake(self) -> None:
         while not self.rt.stopping.is_set():
@@ -217,11 +214,11 @@ class Notifier:
         ladder = ",".join(str(x) for x in self.ladder)
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, raw in entries:
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+            fields = {text(k): text(v) for k, v in raw.items()}
             order = fields.get("id", "")
             if not order or not fields.get("notify_url", "").startswith("http://"):
                 self.rt.note(
-                    NOTIFIER, "info", "malformed", note=f"entry {_text(entry_id)}: not a notification"
+                    NOTIFIER, "info", "malformed", note=f"entry {text(entry_id)}: not a notification"
                 )
                 pipe.xack(self.queue, GROUP, entry_id)
                 continue
@@ -229,7 +226,7 @@ class Notifier:
             keys = [self.key(order), self.due, self.queue]
             target = fields["notify_url"]
             argv = [order, now, len(self.ladder), ladder, target, GROUP, entry_id, now + self.ladder[0]]
-            pipe.evalsha(self.take_sha, len(keys), *keys, *argv)
+            await self.take_script(keys=keys, args=argv, client=pipe)
         await pipe.execute()
         self.wake.set()
 
@@ -249,7 +246,7 @@ class Notifier:
                 await self._error("reading the schedule", exc)
                 continue
             for raw in due:
-                order = _text(raw)
+                order = text(raw)
                 if order not in self.in_flight:
                     self.in_flight.add(order)
                     await self.slots.acquire()
@@ -274,7 +271,7 @@ class Notifier:
     async def _attempt(self, order: str) -> None:
         key, now = self.key(order), now_ms()
         lease = now + self.timeout_ms + LEASE_MS
-        n = int(await self.redis.evalsha(self.claim_sha, 2, key, self.due, order, now, lease))
+        n = int(await self.claim_script(keys=[key, self.due], args=[order, now, lease]))
         if not n:
             return
         payload = self.payloads.get(order, {})
@@ -301,7 +298,7 @@ class Notifier:
             state, last, tick, next_at = messaging.NOTIFYING, f"attempt {n}: {said}", "notify", done + wait
             note = f"attempt {n}/{attempts}: {said}, next in {seconds(wait)}"
         args: list[str | int] = [order, state, n, last, done, next_at]
-        if not await self.redis.evalsha(self.settle_sha, 2, key, self.due, *args):
+        if not await self.settle_script(keys=[key, self.due], args=args):
             note += " (not recorded: the notification moved on meanwhile)"
         self.counts[{"acked": "acked", "gave-up": "gave up"}.get(tick, "retries")] += 1
         kind = {"acked": "ok", "gave-up": "fail"}.get(tick, "info")

@@ -109,10 +109,10 @@ class Receiver:
         self.fault: dict[str, Any] = {}
         self.counts = {"applied": 0, "duplicate": 0, "twice": 0, "reconciled": 0}
         self.task: asyncio.Task[None] | None = None
+        self.mark_script = self.redis.register_script(MARK)  # loaded again on NOSCRIPT
 
     async def start(self) -> None:
         await self.pool.open()
-        self.mark_sha = await self.redis.script_load(MARK)
         if self.reconcile:
             self.task = asyncio.create_task(self.reconciler())
         self._detail()
@@ -257,8 +257,8 @@ class Receiver:
     async def _reconcile(self, order: str, amount: int, held: bool) -> None:
         result = "duplicate" if held else await self.apply(order, amount, "reconcile")
         last = "reconciled: B held it already" if held else "reconciled: applied by B's query"
-        marked = await self.redis.evalsha(
-            self.mark_sha, 1, messaging.notification_key(self.rt.run_id, order), now_ms(), last
+        marked = await self.mark_script(
+            keys=[messaging.notification_key(self.rt.run_id, order)], args=[now_ms(), last]
         )
         if held and not marked:
             return  # applied by its notification, which was not given up on: nothing to say
