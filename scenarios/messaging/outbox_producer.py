@@ -63,7 +63,6 @@ class BusinessRuleFailed(Exception):
 class Producer:
     def __init__(self, rt: ServiceRuntime, args: Any) -> None:
         self.rt = rt
-        self.dsn: str = args.dsn
         self.schema = sql.Identifier(args.schema)
         self.channel: str = args.channel
         self.notify = args.relay == "notify"

@@ -44,7 +44,7 @@ import contextlib
 import json
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -56,8 +56,8 @@ from starlette.routing import Route
 
 from collectors.layouts import messaging
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
-from scenarios.kit.database import error_line
+from scenarios.kit.clients import redis_client, text
+from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
 GROUP = "b"
@@ -72,12 +72,7 @@ CREATE TABLE effects (
 """B's table: one row per message applied — no unique key, so a double apply shows."""
 BATCH = 32
 BLOCK_MS = 100
-CONNECT_TIMEOUT_S = 3
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class Consumer:
@@ -130,16 +125,16 @@ class Consumer:
                 if start and not entries:
                     start = None  # the backlog is done: new messages from now on
                 for entry_id, fields in entries:
-                    await self.handle(_text(entry_id), fields, redelivered=start is not None)
+                    await self.handle(text(entry_id), fields, redelivered=start is not None)
                     if start:
-                        start = _text(entry_id)
+                        start = text(entry_id)
             except (redis_errors.RedisError, psycopg.Error, OSError) as exc:
                 self.rt.note(self.rt.name, "info", "error", note=f"{type(exc).__name__}: {error_line(exc)}")
                 start = "0"  # what failed is pending: read it again
                 await asyncio.sleep(0.2)
 
     async def handle(self, entry: str, fields: dict[bytes, bytes] | None, redelivered: bool) -> None:
-        msg = _text((fields or {}).get(b"id", b""))
+        msg = text((fields or {}).get(b"id", b""))
         try:
             body = json.loads((fields or {}).get(b"body", b""))
             order, amount = str(body["order"]), int(body["amount"])
@@ -156,7 +151,7 @@ class Consumer:
             by = await self.redis.get(mark)
             if by is not None:
                 self._count("duplicate")
-                note = f"its mark is set ({_text(by)}): applied before, skipped{again}"
+                note = f"its mark is set ({text(by)}): applied before, skipped{again}"
                 self.note("ok", msg, note, "duplicate", entry=entry, redelivered=redelivered)
                 await self.redis.xack(self.stream, GROUP, entry)
                 return
@@ -176,9 +171,7 @@ class Consumer:
     async def apply(self, msg: str, order: str, amount: int) -> int:
         """The effect, committed; how many rows the message has now (1: the first time)."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.rt.name
-            )
+            self.conn = cast(Conn, await connect(self.dsn, autocommit=True, name=self.rt.name))
         async with self.conn.transaction():
             await self.conn.execute(
                 sql.SQL(

@@ -43,6 +43,7 @@ every op with ``data.msg`` (the message id, which is the order id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -57,7 +58,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from collectors.state import now_ms
-from scenarios.kit.database import error_line
+from scenarios.kit.database import Pool, error_line
 from scenarios.kit.http import Http
 from scenarios.kit.process import ServiceRuntime, parser, run
 
@@ -72,8 +73,7 @@ CREATE TABLE local_txns (
 """
 """A's tables: the business row, and the record of each order's local transaction."""
 FAULTS = ("crash-after-half", "answer-unknown", "lose-commit")
-POOL = 4
-CONNECT_TIMEOUT_S = 3
+POOL = 8
 BROKER_TIMEOUT_S = 3.0
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -99,41 +99,26 @@ class Order:
 class Producer:
     def __init__(self, rt: ServiceRuntime, args: Any) -> None:
         self.rt = rt
-        self.dsn: str = args.dsn
+        self.pool = Pool(args.dsn, POOL, rt.name)
         self.schema = sql.Identifier(args.schema)
         self.broker: str = args.broker
         self.topic: str = args.topic
         self.http = Http(connections=16)
-        self.idle: list[Conn] = []
         self.armed: dict[str, dict[str, Any]] = {}
         self.open: set[str] = set()
         """Orders whose local transaction is under way (``GET /_busy``)."""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.results = {"committed": 0, "rolled back": 0}
 
+    async def start(self) -> None:
+        await self.pool.open()
+
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.http.aclose()
-        while self.idle:
-            await self.idle.pop().close()
-
-    async def connection(self) -> Conn:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                return conn
-        return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=self.rt.name
-        )
-
-    async def give_back(self, conn: Conn) -> None:
-        idle = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if idle and len(self.idle) < POOL:
-            self.idle.append(conn)
-        else:
-            await conn.close()
+        await self.pool.close()
 
     def note(self, kind: str, f: str, msg: str, note: str, tick: str | None = None, **data: Any) -> None:
         detail = {"msg": msg, **({"tick": tick} if tick else {}), **data}
@@ -195,8 +180,7 @@ class Producer:
 
     async def _begun(self, o: Order) -> bool:
         """The order's record, BEGUN, committed before anything else (False: it exists)."""
-        conn = await self.connection()
-        try:
+        async with self.pool.connection() as conn:
             cur = await conn.execute(
                 sql.SQL(
                     "INSERT INTO {}.local_txns (msg_id, state, updated_ms) VALUES (%s, 'BEGUN', %s) "
@@ -205,60 +189,57 @@ class Producer:
                 (o.id, now_ms()),
             )
             return cur.rowcount == 1
-        finally:
-            await self.give_back(conn)
 
     async def _local(self, o: Order, armed: dict[str, Any], half: asyncio.Event) -> JSONResponse:
         """HALF, the local transaction, then the producer's word to the broker."""
         fault = str(armed.get("fault", ""))
-        conn = await self.connection()
         try:
-            try:
-                async with conn.transaction():
-                    await conn.execute(
-                        sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR UPDATE").format(
-                            self.schema
-                        ),
-                        (o.id,),
-                    )
-                    await self._half(o)
-                    half.set()
-                    if fault == "crash-after-half":
-                        await self._crash(o)
-                    await conn.execute(
-                        sql.SQL("INSERT INTO {}.orders (id, amount) VALUES (%s, %s)").format(self.schema),
-                        (o.id, o.amount),
-                    )
-                    if o.outcome == "refuse":
-                        raise OutOfStock("out of stock")
-                    if fault == "answer-unknown":
-                        await asyncio.sleep(int(armed["hold_ms"]) / 1000)
-                    await self._set(conn, o, "COMMITTED")
-            except (Refused, psycopg.Error, OSError) as exc:
-                return await self._rolled_back(o, exc, fault if half.is_set() else "no-half")
-            self.results["committed"] += 1
-            self._detail()
-            if fault == "answer-unknown":
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR UPDATE").format(
+                                self.schema
+                            ),
+                            (o.id,),
+                        )
+                        await self._half(o)
+                        half.set()
+                        if fault == "crash-after-half":
+                            await self._crash(o)
+                        await conn.execute(
+                            sql.SQL("INSERT INTO {}.orders (id, amount) VALUES (%s, %s)").format(self.schema),
+                            (o.id, o.amount),
+                        )
+                        if o.outcome == "refuse":
+                            raise OutOfStock("out of stock")
+                        if fault == "answer-unknown":
+                            await asyncio.sleep(int(armed["hold_ms"]) / 1000)
+                        await self._set(conn, o, "COMMITTED")
+                except (Refused, psycopg.Error, OSError) as exc:
+                    return await self._rolled_back(conn, o, exc, fault if half.is_set() else "no-half")
+                self.results["committed"] += 1
+                self._detail()
+                if fault == "answer-unknown":
+                    self.note(
+                        "ok", "local-txn", o.id,
+                        "committed locally, after holding its transaction open: the broker learns it "
+                        "only from a check-back",
+                        tick="committed", amount=o.amount,
+                    )  # fmt: skip
+                    return JSONResponse({"outcome": "committed"})
                 self.note(
-                    "ok", "local-txn", o.id,
-                    "committed locally, after holding its transaction open: the broker learns it "
-                    "only from a check-back",
-                    tick="committed", amount=o.amount,
-                )  # fmt: skip
+                    "ok",
+                    "local-txn",
+                    o.id,
+                    f"order of {o.amount} committed locally",
+                    "committed",
+                    amount=o.amount,
+                )
+                await self._end(o, "COMMIT", fault)
                 return JSONResponse({"outcome": "committed"})
-            self.note(
-                "ok",
-                "local-txn",
-                o.id,
-                f"order of {o.amount} committed locally",
-                "committed",
-                amount=o.amount,
-            )
-            await self._end(o, "COMMIT", fault)
-            return JSONResponse({"outcome": "committed"})
         finally:
             self.open.discard(o.id)
-            await self.give_back(conn)
 
     async def _half(self, o: Order) -> None:
         body = {"id": o.id, "topic": self.topic, "body": o.body(), "producer": self.rt.name}
@@ -274,15 +255,13 @@ class Producer:
             (state, now_ms(), o.id),
         )
 
-    async def _rolled_back(self, o: Order, exc: BaseException, fault: str) -> JSONResponse:
+    async def _rolled_back(self, conn: Conn, o: Order, exc: BaseException, fault: str) -> JSONResponse:
+        """``conn``: the local transaction's own (rolled back by now): a second one from the
+        pool while this one is held could wait for ever once every connection is so held."""
         why = str(exc) if isinstance(exc, Refused) else error_line(exc)
-        conn = await self.connection()
-        try:
+        # if it fails, the record stays BEGUN, unlocked: a check-back answers ROLLBACK all the same
+        with contextlib.suppress(psycopg.Error, OSError):
             await self._set(conn, o, "ROLLED_BACK")
-        except (psycopg.Error, OSError):
-            pass  # the record stays BEGUN, unlocked: a check-back answers ROLLBACK all the same
-        finally:
-            await self.give_back(conn)
         self.results["rolled back"] += 1
         self._detail()
         self.note("fail", "local-txn", o.id, f"rolled back: {why}", "rolled-back", reason=why)
@@ -323,15 +302,15 @@ class Producer:
         if not msg:
             return JSONResponse({"error": "GET /check?id=<message id>"}, 400)
         self.rt.served(f"check {msg}")
-        conn = await self.connection()
         try:
-            cur = await conn.execute(
-                sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR SHARE NOWAIT").format(
-                    self.schema
-                ),
-                (msg,),
-            )
-            row = await cur.fetchone()
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR SHARE NOWAIT").format(
+                        self.schema
+                    ),
+                    (msg,),
+                )
+                row = await cur.fetchone()
         except pg_errors.LockNotAvailable:
             answer, why = "UNKNOWN", "its local transaction is still open, holding the record"
         except (psycopg.Error, OSError) as exc:
@@ -344,8 +323,6 @@ class Producer:
                 "BEGUN": ("ROLLBACK", "begun, and no transaction holds it: it died and was rolled back"),
                 "": ("ROLLBACK", "never happened here"),
             }.get(state, ("UNKNOWN", f"record in state {state!r}"))
-        finally:
-            await self.give_back(conn)
         self.note("ok", "check", msg, f"check-back answered {answer}: {why}", answer=answer)
         return JSONResponse({"answer": answer, "why": why})
 
@@ -365,7 +342,7 @@ def main() -> None:
         Route("/_arm", producer.arm, methods=["POST"]),
         Route("/_busy", producer.busy),
     ]
-    run(rt.serve(routes, on_close=producer.close))
+    run(rt.serve(routes, on_start=producer.start, on_close=producer.close))
 
 
 if __name__ == "__main__":
