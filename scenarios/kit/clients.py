@@ -12,6 +12,12 @@ from redis.backoff import NoBackoff
 from collectors.targets import RedisTarget
 
 
+def text(value: object) -> str:
+    """A reply's value as text (Redis answers bytes): decoded, an undecodable byte shown as
+    U+FFFD rather than raising; anything else as ``str``."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def redis_client(t: RedisTarget) -> Redis:
     """A scenario's client: no silent retries — a lock service that is down must show in
     the history as errors when they happen, not as one call that hangs through the outage.

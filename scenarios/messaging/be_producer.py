@@ -35,7 +35,7 @@ from starlette.routing import Route
 from collectors.layouts.messaging import notify_queue_key
 from collectors.state import now_ms
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.database import Pool, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
@@ -126,7 +126,7 @@ class Producer:
             note = f"{order} committed, its notification NOT queued ({why}): only a query finds it"
             self.rt.note(PRODUCER, "fail", "queue", key=order, note=note, data=span | {"tick": "error"})
             return JSONResponse({"id": order, "created_ms": created, "error": note}, 503)
-        entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+        entry_id = text(entry)
         self.rt.note(
             PRODUCER, "ok", "queue", key=order, value=entry_id,
             note=f"{order}: notification queued as {entry_id}", data=span | {"tick": "published"},

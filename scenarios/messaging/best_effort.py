@@ -45,7 +45,8 @@ from redis.asyncio import Redis
 from collectors.layouts import messaging
 from collectors.runs import NEMESIS, RUNNER
 from collectors.targets import PostgresTarget
-from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
+from scenarios.kit.catalogue import FaultSpec, Param, ScenarioSpec
+from scenarios.kit.clients import text
 from scenarios.kit.context import RunContext
 from scenarios.kit.database import connect, create_schema, schema_for
 from scenarios.kit.faults import FaultPlan, with_helpers
@@ -154,8 +155,6 @@ def databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> list[tuple[Po
 
 
 async def run(ctx: RunContext) -> None:
-    if not ctx.env.postgres:
-        raise ScenarioError("txn-best-effort needs PostgreSQL (coordscope up starts two; or give --pg DSN)")
     (a_db, a_schema), (b_db, b_schema) = databases(ctx.run_id, ctx.env.postgres)
     node = ctx.env.masters[0]
     redis_url = ctx.env.target(node).url
@@ -325,9 +324,6 @@ class _Lab:
 
 
 def _fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    def text(v: Any) -> str:
-        return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-
     return {text(k): text(v) for k, v in raw.items()}
 
 
@@ -357,9 +353,7 @@ async def _read_stores(
         pipe.hgetall(k)
     hashes: list[Any] = await pipe.execute() if keys else []
     prefix = messaging.notification_key(ctx.run_id, "")
-    notes = {
-        _fields({"k": k})["k"].removeprefix(prefix): _fields(h) for k, h in zip(keys, hashes, strict=True)
-    }
+    notes = {text(k).removeprefix(prefix): _fields(h) for k, h in zip(keys, hashes, strict=True)}
     ctx.record(
         RUNNER, "ok", "notifications", value=str(len(notes)),
         note=f"{len(notes)} notification(s): " + ", ".join(

@@ -62,7 +62,7 @@ from starlette.routing import Route
 from collectors.layouts import coordscope, messaging
 from collectors.state import now_ms
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.http import Http
 from scenarios.kit.process import ServiceRuntime, parser, run
 
@@ -123,10 +123,6 @@ return {'HALF', checks, '', ''}
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 class Broker:
     def __init__(self, rt: ServiceRuntime, args: Any) -> None:
         self.rt = rt
@@ -182,7 +178,7 @@ class Broker:
             keys=[messaging.half_key(self.run_id, msg), self.schedule],
             args=[msg, topic, producer, payload, self.max_checks, now, first],
         )
-        state = _text(state)
+        state = text(state)
         if int(stored):
             self._count(state)
             self.note(
@@ -225,7 +221,7 @@ class Broker:
 
     async def _decide(self, msg: str, word: str, next_ms: int | str) -> tuple[str, int, str, str]:
         raw = await self.redis.hget(messaging.half_key(self.run_id, msg), "topic")
-        topic = _text(raw) if raw is not None else "?"
+        topic = text(raw) if raw is not None else "?"
         state, checks, entry, found = await self.decide_script(
             keys=[
                 messaging.half_key(self.run_id, msg),
@@ -234,7 +230,7 @@ class Broker:
             ],
             args=[msg, word, now_ms(), next_ms],
         )
-        return _text(state), int(checks), _text(entry), _text(found)
+        return text(state), int(checks), text(entry), text(found)
 
     def _count(self, state: str, before: str = "") -> None:
         if before in self.counts:
@@ -262,7 +258,7 @@ class Broker:
             try:
                 due = await self.redis.zrangebyscore(self.schedule, "-inf", now_ms(), start=0, num=DUE_BATCH)
                 for raw in due:
-                    msg = _text(raw)
+                    msg = text(raw)
                     if msg not in self.checking:
                         self.checking.add(msg)
                         task = asyncio.create_task(self.check(msg))
@@ -277,7 +273,7 @@ class Broker:
 
     async def check(self, msg: str) -> None:
         try:
-            producer = _text(await self.redis.hget(messaging.half_key(self.run_id, msg), "producer") or b"")
+            producer = text(await self.redis.hget(messaging.half_key(self.run_id, msg), "producer") or b"")
             answer, why = await self.ask(producer, msg)
             n = await self._checked(msg, answer, why)
             if n is None:
@@ -311,7 +307,7 @@ class Broker:
         raw = await self.rt.control.hget(coordscope.service_key(self.run_id, producer), "address")
         if raw is None:
             return "no answer (producer not registered)", ""
-        reply = await self.http.get(_text(raw), f"/check?id={quote(msg)}", self.check_timeout_s)
+        reply = await self.http.get(text(raw), f"/check?id={quote(msg)}", self.check_timeout_s)
         if reply.status is None:
             return f"no answer ({reply.error})", ""
         word = str(reply.body.get("answer", ""))

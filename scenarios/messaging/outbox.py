@@ -158,8 +158,6 @@ def consumer_names(n: int) -> list[str]:
 
 
 async def run(ctx: RunContext) -> None:
-    if not ctx.env.postgres:
-        raise ScenarioError("txn-outbox needs PostgreSQL (coordscope up starts two; or give --pg DSN)")
     node = broker_node(ctx.env)
     if "broker-down" in ctx.faults and node == ctx.env.control_node:
         raise ScenarioError(

@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from collectors.layouts.messaging import outbox_stream_key
+from scenarios.kit.clients import text
 from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 from scenarios.messaging.relay import broker_client
@@ -91,7 +91,7 @@ class Consumer:
         self.inbox = args.inbox == "on"
         self.claim_idle_ms: int = args.claim_idle_ms
         self.narrate = args.narrate == "on"
-        self.stream: str = args.stream or outbox_stream_key(rt.run_id)
+        self.stream: str = args.stream
         self.redis = broker_client(args.redis, args.redis_timeout_ms)
         self.apply_sql = sql.SQL(APPLY_WITH_INBOX if self.inbox else APPLY_ALWAYS).format(schema=self.schema)
         self.conn: Conn | None = None
@@ -165,23 +165,23 @@ class Consumer:
             start = reply[0]
             entries: list[Any] = [e for e in reply[1] if e is not None and e[1] is not None]
             for entry_id, fields in entries:
-                msg = _text(fields.get(b"id", b"?"))
+                msg = text(fields.get(b"id", b"?"))
                 self.claimed += 1
                 self.note(
                     "info", "claim", msg, "claim",
-                    f"{msg}: entry {_text(entry_id)} claimed by {self.consumer} (XAUTOCLAIM: pending "
+                    f"{msg}: entry {text(entry_id)} claimed by {self.consumer} (XAUTOCLAIM: pending "
                     f"over {self.claim_idle_ms} ms at a consumer that did not ack it)",
-                    entry=_text(entry_id),
+                    entry=text(entry_id),
                 )  # fmt: skip
             if entries:
                 await self.handle(entries)
-            if _text(start) == "0-0":
+            if text(start) == "0-0":
                 return
 
     async def handle(self, entries: list[Any]) -> None:
         acks = []
         for entry_id, fields in entries:
-            entry = _text(entry_id)
+            entry = text(entry_id)
             message = _message(fields)
             if message is None:
                 if self.narrate:
@@ -246,13 +246,9 @@ class Consumer:
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _message(fields: dict[bytes, bytes]) -> tuple[str, str, int] | None:
     """(message id, order id, amount) of an entry our relay wrote; None for anything else."""
-    msg = _text(fields.get(b"id", b""))
+    msg = text(fields.get(b"id", b""))
     try:
         payload = json.loads(fields.get(b"payload", b"{}"))
         order, amount = str(payload["order"]), int(payload["amount"])
@@ -266,7 +262,7 @@ def main() -> None:
     p.add_argument("--dsn", required=True, help="B's PostgreSQL (conninfo)")
     p.add_argument("--schema", required=True, help="the schema holding inbox and effects")
     p.add_argument("--redis", required=True, help="the stream's Redis (URL)")
-    p.add_argument("--stream", default="", help="the stream key (default: the run's outbox stream)")
+    p.add_argument("--stream", required=True, help="the stream key (the run's: outbox_stream_key)")
     p.add_argument("--inbox", choices=("on", "off"), default="on")
     p.add_argument("--claim-idle-ms", type=int, default=1000, help="claim entries pending this long")
     p.add_argument("--redis-timeout-ms", type=int, default=1000)

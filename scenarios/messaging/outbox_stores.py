@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from collectors.runs import RUNNER
 from collectors.targets import PostgresTarget
+from scenarios.kit.clients import text
 from scenarios.kit.context import RunContext
 from scenarios.kit.database import connect, schema_for
 from scenarios.messaging.outbox_consumer import GROUP
@@ -97,11 +98,11 @@ async def unsettled(conn: Any, schema: str, broker: Redis, stream: str) -> str:
         groups: list[dict[Any, Any]] = await broker.xinfo_groups(stream)
     except (redis_errors.RedisError, OSError) as exc:
         return f"the stream's Redis does not answer ({type(exc).__name__})"
-    last = _text(info.get("last-generated-id", ""))
-    group = next((g for g in groups if _text(g.get("name", "")) == GROUP), None)
+    last = text(info.get("last-generated-id", ""))
+    group = next((g for g in groups if text(g.get("name", "")) == GROUP), None)
     if group is None:
         return f"no consumer group {GROUP}"
-    if _text(group.get("last-delivered-id", "")) != last:
+    if text(group.get("last-delivered-id", "")) != last:
         return f"group {GROUP} has not read up to {last}"
     if int(group.get("pending", 0)):
         return f"{group.get('pending')} entr(ies) read and not acknowledged"
@@ -162,10 +163,10 @@ async def _entries(broker: Redis, stream: str) -> list[list[str]]:
     start = "-"
     for _ in range(STREAM_PAGES):
         page: Any = await broker.xrange(stream, min=start, count=STREAM_PAGE)
-        out += [[_text(e), _text(f.get(b"id", b"?"))] for e, f in page]
+        out += [[text(e), text(f.get(b"id", b"?"))] for e, f in page]
         if len(page) < STREAM_PAGE:
             break
-        start = "(" + _text(page[-1][0])
+        start = "(" + text(page[-1][0])
     return out
 
 
@@ -193,7 +194,3 @@ def _table(
             ]
         )
     return rows
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

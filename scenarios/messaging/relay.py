@@ -52,9 +52,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from collectors.layouts.messaging import outbox_stream_key
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
 
@@ -96,7 +95,7 @@ class Relay:
         self.poll_s = args.poll_ms / 1000
         self.safety_s = args.safety_ms / 1000
         self.narrate = args.narrate == "on"
-        self.stream: str = args.stream or outbox_stream_key(rt.run_id)
+        self.stream: str = args.stream
         self.redis = broker_client(args.redis, args.redis_timeout_ms)
         self.conn: Conn | None = None
         self.wake = asyncio.Event()
@@ -197,7 +196,7 @@ class Relay:
                 pipe.xadd(
                     self.stream, {"id": msg, "type": kind, "aggregateid": aggregate, "payload": payload}
                 )
-            entries = [_text(e) for e in await pipe.execute()]
+            entries = [text(e) for e in await pipe.execute()]
             self.published += len(rows)
             for (msg, *_), entry in zip(rows, entries, strict=True):
                 self.note("ok", "publish", msg, "published", f"{msg}: published as {entry}", entry=entry)
@@ -242,16 +241,12 @@ class Relay:
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def main() -> None:
     p = parser("the outbox relay: unsent outbox rows -> XADD to a Redis stream -> marked sent")
     p.add_argument("--dsn", required=True, help="A's PostgreSQL (conninfo)")
     p.add_argument("--schema", required=True, help="the schema holding A's outbox table")
     p.add_argument("--redis", required=True, help="the stream's Redis (URL)")
-    p.add_argument("--stream", default="", help="the stream key (default: the run's outbox stream)")
+    p.add_argument("--stream", required=True, help="the stream key (the run's: outbox_stream_key)")
     p.add_argument("--mode", choices=("poll", "notify"), default="poll")
     p.add_argument("--channel", default="coordscope_outbox", help="the LISTEN channel (mode notify)")
     p.add_argument("--poll-ms", type=int, default=100, help="mode poll: how often it looks")

@@ -57,6 +57,7 @@ from collectors.layouts import messaging
 from collectors.runs import NEMESIS, RUNNER
 from collectors.targets import PostgresTarget
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
+from scenarios.kit.clients import text
 from scenarios.kit.context import RunContext
 from scenarios.kit.database import connect, create_schema, schema_for
 from scenarios.kit.faults import FaultPlan, with_helpers
@@ -152,10 +153,6 @@ def databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> tuple[Databas
 
 
 async def run(ctx: RunContext) -> None:
-    if not ctx.env.postgres:
-        raise ScenarioError(
-            "txn-reliable-message needs PostgreSQL (coordscope up starts two; or give --pg DSN twice)"
-        )
     a_db, b_db = databases(ctx.run_id, ctx.env.postgres)
     node = ctx.env.masters[0]
     store = ctx.client(node)
@@ -297,7 +294,7 @@ class _Lab:
 
     async def message(self, msg: str) -> dict[str, str]:
         raw = await self.store.hgetall(messaging.half_key(self.run_id, msg))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def restart_producer(self, msg: str) -> None:
         """Once the broker has checked A while it lay dead (or after a while), start A again."""
@@ -332,10 +329,10 @@ class _Lab:
         key = messaging.topic_key(self.run_id, TOPIC)
         stream = await self.store.xinfo_stream(key)
         groups = await self.store.xinfo_groups(key)
-        group = next((g for g in groups if _text(g.get("name")) == rm_consumer.GROUP), None)
+        group = next((g for g in groups if text(g.get("name")) == rm_consumer.GROUP), None)
         if group is None:
             return "B's group is gone"
-        last, delivered = _text(stream.get("last-generated-id")), _text(group.get("last-delivered-id"))
+        last, delivered = text(stream.get("last-generated-id")), text(group.get("last-delivered-id"))
         pending = int(group.get("pending") or 0)
         if pending or last != delivered:
             return f"{pending} pending with B" + ("" if last == delivered else ", more not yet delivered")
@@ -421,10 +418,6 @@ class _Lab:
 async def _rows(conn: Any, query: str, schema: str) -> dict[str, Any]:
     cur = await conn.execute(sql.SQL(query).format(sql.Identifier(schema)))
     return {str(k): v if isinstance(v, (int, str)) else str(v) for k, v in await cur.fetchall()}
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 SCENARIO = Scenario(spec=SPEC, run=run, check=check)

@@ -61,7 +61,7 @@ from collectors.kazoo_bridge import KazooBridge
 from collectors.layouts import coordscope
 from collectors.layouts.coordscope import parse_ring
 from collectors.targets import RedisTarget
-from scenarios.kit.clients import redis_client
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.process import ServiceRuntime, parser
 from scenarios.kit.zk_lock import ZkLock
 
@@ -194,13 +194,13 @@ class Worker:
                     "info",
                     "claim",
                     note=f"XAUTOCLAIM: {len(entries)} pending entr(ies) of a dead consumer",
-                    data={"tick": "claim", "entries": [_text(e[0]) for e in entries][:20]},
+                    data={"tick": "claim", "entries": [text(e[0]) for e in entries][:20]},
                 )
                 await self.handle(entries)
-            if _text(start) == "0-0":
+            if text(start) == "0-0":
                 break
         for consumer in await self.redis.xinfo_consumers(self.queue, coordscope.WORKER_GROUP):
-            name = _text(consumer.get("name", b""))
+            name = text(consumer.get("name", b""))
             if name != self.consumer and not int(consumer.get("pending", 0)):
                 await self.redis.xgroup_delconsumer(self.queue, coordscope.WORKER_GROUP, name)
 
@@ -210,27 +210,27 @@ class Worker:
             await self._batch(entries)
             return
         for entry_id, fields in entries:
-            self.rt.served(f"{_text(fields.get(b'order', b'?'))}#{_text(fields.get(b'seq', b'?'))}")
+            self.rt.served(f"{text(fields.get(b'order', b'?'))}#{text(fields.get(b'seq', b'?'))}")
             event = _event(fields)
             if event is None:
-                await self.record("info", "malformed", note=f"entry {_text(entry_id)} is not an event: acked")
+                await self.record("info", "malformed", note=f"entry {text(entry_id)} is not an event: acked")
                 await self.redis.xack(self.queue, coordscope.WORKER_GROUP, entry_id)
                 continue
             if self.route == "zk-seq":
-                await self._gated(_text(entry_id), entry_id, event)
+                await self._gated(text(entry_id), entry_id, event)
             else:
-                await self._apply_one(_text(entry_id), entry_id, event)
+                await self._apply_one(text(entry_id), entry_id, event)
 
     async def _batch(self, entries: list[Any]) -> None:
         """No narration, no work, nothing armed: the whole batch applied by one script call,
         in turn, and acknowledged, in one round trip (the ack runs after the script)."""
-        events = [(_text(i), e) for i, f in entries if (e := _event(f)) is not None]
+        events = [(text(i), e) for i, f in entries if (e := _event(f)) is not None]
         pipe = self.redis.pipeline(transaction=False)
         if events:
             pipe.evalsha(self.apply_sha, *self._apply_args(events))
         pipe.xack(self.queue, coordscope.WORKER_GROUP, *(i for i, _ in entries))
         replies = await pipe.execute()
-        outcomes = [_text(o) for o in (replies[0][::2] if events else [])]
+        outcomes = [text(o) for o in (replies[0][::2] if events else [])]
         self.applied += outcomes.count("applied")
         self.duplicates += len(outcomes) - outcomes.count("applied")
         self.rt.served(f"{len(entries)} event(s)")
@@ -257,7 +257,7 @@ class Worker:
             self.apply_sha, *self._apply_args([(entry, (order, seq, name))])
         )
         span = {"span": entry, "seq": seq}
-        if _text(outcome) == "applied":
+        if text(outcome) == "applied":
             self.applied += 1
             await self.record(
                 "ok", "apply", key=order, value=str(seq), note=f"{order} {name} (seq {seq}), entry {entry}",
@@ -267,7 +267,7 @@ class Worker:
         self.duplicates += 1
         await self.record(
             "ok", "apply", key=order, value=str(seq),
-            note=f"{order} seq {seq} again: its mark says {_text(by)} applied it; skipped",
+            note=f"{order} seq {seq} again: its mark says {text(by)} applied it; skipped",
             data={**span, "tick": "duplicate"},
         )  # fmt: skip
         return False
@@ -322,7 +322,7 @@ class Worker:
         await lock.acquire(timeout=30)
         try:
             raw = await self.redis.hget(coordscope.order_key(self.run_id, order), "seq")
-            last = int(raw) if raw is not None and _text(raw).isdigit() else 0
+            last = int(raw) if raw is not None and text(raw).isdigit() else 0
             if seq <= last:
                 self.duplicates += 1
                 await self.record(
@@ -357,22 +357,18 @@ class Worker:
     async def _queues(self) -> list[str]:
         """The ring's workers' streams, as its hash says now (read as the collectors read it)."""
         raw = await self.redis.hmget(coordscope.ring_key(self.run_id), ["queues", "workers"])
-        fields = {name: _text(value) for name, value in zip(("queues", "workers"), raw, strict=True) if value}
+        fields = {name: text(value) for name, value in zip(("queues", "workers"), raw, strict=True) if value}
         ring = parse_ring(self.run_id, fields)
         return [ring.queues[w] for w in ring.workers if w in ring.queues]
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _event(fields: dict[bytes, bytes]) -> tuple[str, int, str] | None:
     """(order, seq, name) of an entry our producers wrote; None for anything else."""
-    order = _text(fields.get(b"order", b""))
-    seq = _text(fields.get(b"seq", b""))
+    order = text(fields.get(b"order", b""))
+    seq = text(fields.get(b"seq", b""))
     if not order or not seq.isdigit() or not 1 <= int(seq) <= 1000:
         return None
-    return order, int(seq), _text(fields.get(b"event", b"")) or "event"
+    return order, int(seq), text(fields.get(b"event", b"")) or "event"
 
 
 async def main() -> None:
