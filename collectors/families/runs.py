@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from collectors.families.base import Column, Family, Member, own, prefer_master, status, text
@@ -142,6 +142,9 @@ class Runs(Family):
         drawn = tuple(sorted(lanes(ops), key=lambda lane: rank.get(lane.actor, len(rank))))
         verdict = _verdict(meta.get("verdict", ""))
         followed, messages = self._books[entity_id].journeys() if entity_id in self._books else ((), 0)
+        if verdict is not None and verdict.keys:  # the messages the checker names went wrong too
+            named = set(verdict.keys)
+            followed = tuple(replace(j, bad=True) if j.msg in named else j for j in followed)
         self._built.add(entity_id)
         run = Run(
             id=entity_id,

@@ -376,3 +376,28 @@ def test_rechecks_come_due_in_order_and_a_moved_one_only_at_its_new_moment() -> 
     state.refresh_counts()
     assert rebuilt == [("lock", "b"), ("lock", "a"), ("lock", "c")]
     assert len(state._due) < 1100
+
+
+def test_a_message_the_verdict_names_is_shown_gone_wrong() -> None:
+    """Its own steps may look fine (discarded after its checks, then committed by A): the
+    checker judged the stores, and the run's list marks the message it names."""
+    state = State(clock=lambda: 10_000)
+    ops = [Op(0, 5, "A", "info", "order", data={"msg": "o3", "tick": "committed"}, n=0),
+           Op(1, 6, "A", "info", "order", data={"msg": "o4", "tick": "committed"}, n=1)]  # fmt: skip
+    entries = tuple((f"{i}-0".encode(), {b"op": op.to_json().encode()}) for i, op in enumerate(ops))
+    state.apply_key(
+        KeyRecord(
+            node="redis-3",
+            raw_key=history_key("r2").encode(),
+            type="stream",
+            ttl_ms=None,
+            read_at_ms=1,
+            entries=entries,
+            size=2,
+        )
+    )
+    verdict = {"holds": False, "invariant": "iff", "summary": "violated: o3", "keys": ["o3"]}
+    state.apply_key(run_meta(status="violated", verdict=json.dumps(verdict)))
+    run = state.get("run", "r2")
+    assert isinstance(run, Run)
+    assert [(j.msg, j.bad) for j in run.journeys] == [("o3", True), ("o4", False)]
