@@ -94,11 +94,12 @@ async def test_pause_seek_and_step_show_the_lock_holder_of_that_moment(
 async def test_speed_keys_the_bar_and_the_read_only_screens(replaying: tuple[Harness, Pilot[None]]) -> None:
     app, pilot = replaying
     replay = app.replay
+    # keys only once the screen is up: a key pressed while it mounts may go nowhere
+    await shown(pilot, lambda: app.screen.query(ReplayBar), "the replay bar")
     await pilot.press("plus", "plus")
     assert replay.speed == 4
     await pilot.press("minus")
     assert replay.speed == 2
-    await shown(pilot, lambda: app.screen.query(ReplayBar), "the replay bar")
     bar = app.screen.query_one(ReplayBar)
     start, _ = bar._regions["speed"]
     await pilot.click(ReplayBar, offset=(bar.styles.padding.left + start, 0))
