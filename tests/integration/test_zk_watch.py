@@ -191,7 +191,7 @@ async def test_the_watch_survives_a_server_restart_on_the_same_session(
         await asyncio.to_thread(local_cluster.restart, "zookeeper")  # with its data: sessions too
         await eventually(
             lambda: node(state).status == "up" and collector.persistent and collector.resyncs > resyncs,
-            20,
+            40,  # a JVM that took long to start may still be slow to answer: within the session
             "reconnected, the watch re-added and the tree re-read",
         )
         assert client.client_id[0] == session  # the same session: no LOST
