@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -20,6 +21,29 @@ CONNECT_TIMEOUT_S = 5
 def schema_for(run_id: str) -> str:
     """A PostgreSQL identifier for the run's schema (lower case, ``[a-z0-9_]``)."""
     return "coordscope_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower())
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where one side of a run keeps its tables: a PostgreSQL server and a schema in it.
+    ``name`` is the server's node, with the side when two share one server (``postgres-1/a``)."""
+
+    name: str
+    target: PostgresTarget
+    schema: str
+
+    def describe(self) -> dict[str, str]:
+        """What a service process is told of it (``--participants``)."""
+        return {"name": self.name, "dsn": self.target.dsn, "schema": self.schema}
+
+
+def two_databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> tuple[Database, Database]:
+    """Two sides' databases: the first two servers, the run's schema in each, or two schemas
+    (``_a``, ``_b``) of the only one."""
+    base, first = schema_for(run_id), servers[0]
+    if len(servers) > 1:
+        return Database(first.id, first, base), Database(servers[1].id, servers[1], base)
+    return Database(f"{first.id}/a", first, base + "_a"), Database(f"{first.id}/b", first, base + "_b")
 
 
 async def connect(

@@ -44,11 +44,10 @@ from redis.asyncio import Redis
 
 from collectors.layouts import messaging
 from collectors.runs import NEMESIS, RUNNER
-from collectors.targets import PostgresTarget
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioSpec
 from scenarios.kit.clients import text
 from scenarios.kit.context import RunContext
-from scenarios.kit.database import connect, create_schema, schema_for
+from scenarios.kit.database import Database, connect, create_schema, two_databases
 from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
@@ -146,29 +145,21 @@ def ladder_of(params: Mapping[str, str | int]) -> list[int]:
     return [0] + [s * unit // 15 for s in WECHAT_S[: int(params["rungs"])]]
 
 
-def databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> list[tuple[PostgresTarget, str]]:
-    """A's and B's (server, schema): the first two servers, or two schemas of the only one."""
-    base = schema_for(run_id)
-    if len(servers) > 1:
-        return [(servers[0], base), (servers[1], base)]
-    return [(servers[0], base + "_a"), (servers[0], base + "_b")]
-
-
 async def run(ctx: RunContext) -> None:
-    (a_db, a_schema), (b_db, b_schema) = databases(ctx.run_id, ctx.env.postgres)
+    a_db, b_db = two_databases(ctx.run_id, ctx.env.postgres)
     node = ctx.env.masters[0]
     redis_url = ctx.env.target(node).url
     ladder, timeout_ms = ladder_of(ctx.params), ctx.number("notify_timeout_ms")
     after_ms = sum(ladder) + len(ladder) * timeout_ms + 1000
     await ctx.set_actors([PRODUCER, NOTIFIER, RECEIVER, NEMESIS])
     ctx.cleanup_matching(node, messaging.notify_prefix(ctx.run_id) + "*")
-    for target, schema, ddl in ((a_db, a_schema, ORDERS_DDL), (b_db, b_schema, RECEIVER_DDL)):
-        ctx.cleanup_schema(target, schema)
-        await create_schema(target, schema, ddl)
-    a_args = ["--dsn", a_db.dsn, "--schema", a_schema, "--redis", redis_url]
+    for db, ddl in ((a_db, ORDERS_DDL), (b_db, RECEIVER_DDL)):
+        ctx.cleanup_schema(db.target, db.schema)
+        await create_schema(db.target, db.schema, ddl)
+    a_args = ["--dsn", a_db.target.dsn, "--schema", a_db.schema, "--redis", redis_url]
     a = await ctx.services.start(PRODUCER, "producer", "scenarios.messaging.be_producer", a_args)
     b_args = [
-        "--dsn", b_db.dsn, "--schema", b_schema, "--redis", redis_url, "--producer", a.address,
+        "--dsn", b_db.target.dsn, "--schema", b_db.schema, "--redis", redis_url, "--producer", a.address,
         "--dedup", ctx.choice("dedup"), "--reconcile", ctx.choice("reconcile"),
         "--reconcile-every-ms", str(ctx.number("reconcile_every_ms")), "--reconcile-after-ms", str(after_ms),
     ]  # fmt: skip
@@ -179,7 +170,7 @@ async def run(ctx: RunContext) -> None:
     )
     ctx.record(
         RUNNER, "info", "start",
-        note=f"A on {a_db.id} ({a_schema}), B on {b_db.id} ({b_schema}); notifications in "
+        note=f"A on {a_db.name} ({a_db.schema}), B on {b_db.name} ({b_db.schema}); notifications in "
         f"{messaging.notify_prefix(ctx.run_id)}* on {node}; ladder {','.join(map(str, ladder))} ms "
         f"({len(ladder)} attempts), timeout {timeout_ms} ms; reconcile={ctx.choice('reconcile')} "
         f"(payments older than {after_ms} ms), dedup={ctx.choice('dedup')}",
@@ -199,7 +190,7 @@ async def run(ctx: RunContext) -> None:
         )
     ctx.record(RUNNER, "info", "drain", note="A, the notifier and B stop")
     await ctx.services.stop_all(timeout=5)
-    await _read_stores(ctx, lab, (a_db, a_schema), (b_db, b_schema))
+    await _read_stores(ctx, lab, a_db, b_db)
 
 
 class _Lab:
@@ -327,20 +318,18 @@ def _fields(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {text(k): text(v) for k, v in raw.items()}
 
 
-async def _read_stores(
-    ctx: RunContext, lab: _Lab, a: tuple[PostgresTarget, str], b: tuple[PostgresTarget, str]
-) -> None:
+async def _read_stores(ctx: RunContext, lab: _Lab, a: Database, b: Database) -> None:
     """What A's and B's databases and the notifications' hashes hold at the end, into the
     history the checker judges."""
-    async with await connect(a[0], autocommit=True) as conn:
-        orders = await read_orders(conn, a[1])
+    async with await connect(a.target, autocommit=True) as conn:
+        orders = await read_orders(conn, a.schema)
     ctx.record(
         RUNNER, "ok", "orders", key=PRODUCER, value=str(len(orders)),
         note=f"A holds {len(orders)} payment(s) ({sum(x for _, x, _ in orders)} in all)",
         data={"orders": [list(o) for o in orders]},
     )  # fmt: skip
-    async with await connect(b[0], autocommit=True) as conn:
-        applied, effects = await read_receiver(conn, b[1])
+    async with await connect(b.target, autocommit=True) as conn:
+        applied, effects = await read_receiver(conn, b.schema)
     ctx.record(
         RUNNER, "ok", "receiver", key=RECEIVER, value=str(len(effects)),
         note=f"B holds {len(applied)} applied row(s) and {len(effects)} effect(s)",

@@ -2,7 +2,7 @@
 
 Service A (:mod:`scenarios.messaging.outbox_producer`, a process) writes each order and
 its message row in ONE transaction on the first PostgreSQL (``postgres-1``), schema
-``coordscope_<run>_a``: ``orders`` and ``outbox`` (Debezium's columns plus ``sent_at``).
+``coordscope_<run>``: ``orders`` and ``outbox`` (Debezium's columns plus ``sent_at``).
 A relay (:mod:`scenarios.messaging.relay`, a process) publishes unsent rows, oldest first,
 to the stream ``coordscope:outbox:{<run>}:events`` and marks them sent — polling every
 ``poll_ms``, or woken by A's ``NOTIFY`` (``relay=notify``). Consumers ``B-1``, ``B-2``
@@ -52,7 +52,7 @@ from collectors.layouts.messaging import outbox_stream_key
 from collectors.runs import NEMESIS, RUNNER
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
 from scenarios.kit.context import Environment, RunContext
-from scenarios.kit.database import connect, create_schema
+from scenarios.kit.database import Database, connect, create_schema, two_databases
 from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.nemesis import pause
@@ -164,7 +164,7 @@ async def run(ctx: RunContext) -> None:
             "broker-down stops the stream's Redis, and the only master is the control node that holds "
             "the run's history: it needs a second master"
         )
-    a, b = stores.databases(ctx.run_id, ctx.env.postgres)
+    a, b = two_databases(ctx.run_id, ctx.env.postgres)
     consumers = consumer_names(ctx.number("consumers"))
     await ctx.set_actors([CLIENT, PRODUCER, RELAY, *consumers, NEMESIS])
     for db, ddl in ((a, stores.A_DDL), (b, stores.B_DDL)):
@@ -201,7 +201,7 @@ async def run(ctx: RunContext) -> None:
 class _Lab:
     """The run's side: the services, the client placing orders, the faults it arms."""
 
-    def __init__(self, ctx: RunContext, a: stores.Database, b: stores.Database, node: str) -> None:
+    def __init__(self, ctx: RunContext, a: Database, b: Database, node: str) -> None:
         self.ctx, self.a, self.b, self.node = ctx, a, b, node
         self.http = ctx.closing(Http())
         self.stream = outbox_stream_key(ctx.run_id)

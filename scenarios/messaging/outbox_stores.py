@@ -1,12 +1,12 @@
 """What ``txn-outbox`` keeps in PostgreSQL and Redis, and how the run reads it.
 
-A's schema (``coordscope_<run>_a``, on the first PostgreSQL): ``orders`` (the business
+A's schema (``coordscope_<run>``, on the first PostgreSQL): ``orders`` (the business
 rows) and ``outbox`` — Debezium's outbox columns (``id``, ``aggregatetype``,
 ``aggregateid``, ``type``, ``payload``) plus ``created_at`` and ``sent_at``, which is how
-the screens recognise an outbox and show its backlog. B's schema (``coordscope_<run>_b``,
-on the second PostgreSQL, or beside A's on the only one): ``inbox`` (a message id's
-primary key: applied once) and ``effects``, with no unique key on purpose, so a message
-applied twice is two rows.
+the screens recognise an outbox and show its backlog. B's schema (``coordscope_<run>``,
+on the second PostgreSQL; with only one, A's and B's are ``_a`` and ``_b`` of it):
+``inbox`` (a message id's primary key: applied once) and ``effects``, with no unique key
+on purpose, so a message applied twice is two rows.
 
 At the end the run reads all of it, and the stream's entries, into the history
 (``orders``, ``outbox``, ``stream``, ``effects``, ``inbox``, ``db-read``): what the
@@ -15,7 +15,6 @@ checker judges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -23,10 +22,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from collectors.runs import RUNNER
-from collectors.targets import PostgresTarget
-from scenarios.kit.clients import text
+from scenarios.kit.clients import behind, text
 from scenarios.kit.context import RunContext
-from scenarios.kit.database import connect, schema_for
+from scenarios.kit.database import Database, connect
 from scenarios.messaging.outbox_consumer import GROUP
 
 A_DDL = """
@@ -55,22 +53,6 @@ STREAM_PAGES = 100
 """The stream is read back in pages, at most this many (100,000 entries)."""
 
 
-@dataclass(frozen=True)
-class Database:
-    """A service's database: the server's name (its node), where, which schema."""
-
-    name: str
-    target: PostgresTarget
-    schema: str
-
-
-def databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> tuple[Database, Database]:
-    """A's on the first server, B's on the second (or on the first, in a schema of its own)."""
-    base = schema_for(run_id)
-    first, second = servers[0], servers[1] if len(servers) > 1 else servers[0]
-    return Database(first.id, first, base + "_a"), Database(second.id, second, base + "_b")
-
-
 def _ms(column: str) -> str:
     return f"(extract(epoch FROM {column}) * 1000)::bigint"
 
@@ -94,19 +76,9 @@ async def unsettled(conn: Any, schema: str, broker: Redis, stream: str) -> str:
     if unsent:
         return f"{unsent} outbox row(s) unsent"
     try:
-        info: dict[Any, Any] = await broker.xinfo_stream(stream)
-        groups: list[dict[Any, Any]] = await broker.xinfo_groups(stream)
+        return await behind(broker, stream, GROUP)
     except (redis_errors.RedisError, OSError) as exc:
         return f"the stream's Redis does not answer ({type(exc).__name__})"
-    last = text(info.get("last-generated-id", ""))
-    group = next((g for g in groups if text(g.get("name", "")) == GROUP), None)
-    if group is None:
-        return f"no consumer group {GROUP}"
-    if text(group.get("last-delivered-id", "")) != last:
-        return f"group {GROUP} has not read up to {last}"
-    if int(group.get("pending", 0)):
-        return f"{group.get('pending')} entr(ies) read and not acknowledged"
-    return ""
 
 
 ORDERS = "SELECT id, amount FROM {}.orders"

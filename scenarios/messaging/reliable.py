@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -55,11 +54,10 @@ from redis.asyncio import Redis
 
 from collectors.layouts import messaging
 from collectors.runs import NEMESIS, RUNNER
-from collectors.targets import PostgresTarget
 from scenarios.kit.catalogue import FaultSpec, Param, ScenarioError, ScenarioSpec
-from scenarios.kit.clients import text
+from scenarios.kit.clients import behind, text
 from scenarios.kit.context import RunContext
-from scenarios.kit.database import connect, create_schema, schema_for
+from scenarios.kit.database import Database, connect, create_schema, two_databases
 from scenarios.kit.faults import FaultPlan, with_helpers
 from scenarios.kit.http import Http
 from scenarios.kit.scenario import Scenario
@@ -135,25 +133,8 @@ SPEC = ScenarioSpec(
 )
 
 
-@dataclass(frozen=True)
-class Database:
-    """Where a service keeps its tables: a PostgreSQL server, and the run's schema in it."""
-
-    name: str
-    target: PostgresTarget
-    schema: str
-
-
-def databases(run_id: str, servers: tuple[PostgresTarget, ...]) -> tuple[Database, Database]:
-    """A's and B's: the first two servers, or two schemas of the only one."""
-    base, first = schema_for(run_id), servers[0]
-    if len(servers) > 1:
-        return Database(first.id, first, base), Database(servers[1].id, servers[1], base)
-    return Database(first.id, first, base + "_a"), Database(first.id, first, base + "_b")
-
-
 async def run(ctx: RunContext) -> None:
-    a_db, b_db = databases(ctx.run_id, ctx.env.postgres)
+    a_db, b_db = two_databases(ctx.run_id, ctx.env.postgres)
     node = ctx.env.masters[0]
     store = ctx.client(node)
     await ctx.set_actors([CLIENT, PRODUCER, BROKER, CONSUMER, NEMESIS])
@@ -326,17 +307,7 @@ class _Lab:
 
     async def unconsumed(self) -> str:
         """What of the topic B has not acknowledged yet ('' when nothing)."""
-        key = messaging.topic_key(self.run_id, TOPIC)
-        stream = await self.store.xinfo_stream(key)
-        groups = await self.store.xinfo_groups(key)
-        group = next((g for g in groups if text(g.get("name")) == rm_consumer.GROUP), None)
-        if group is None:
-            return "B's group is gone"
-        last, delivered = text(stream.get("last-generated-id")), text(group.get("last-delivered-id"))
-        pending = int(group.get("pending") or 0)
-        if pending or last != delivered:
-            return f"{pending} pending with B" + ("" if last == delivered else ", more not yet delivered")
-        return ""
+        return await behind(self.store, messaging.topic_key(self.run_id, TOPIC), rm_consumer.GROUP)
 
     async def settle(self) -> list[str]:
         """Wait until no message is HALF, B has acknowledged every delivered one and A has no

@@ -19,13 +19,12 @@ A participant keeps its tables in a schema of the run's own (:func:`schema_of`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 
 from collectors.targets import PostgresTarget
-from scenarios.kit.database import schema_for
+from scenarios.kit.database import Database, two_databases
 
 TWO_PC_DDL = """
 CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
@@ -50,29 +49,13 @@ CREATE TABLE effects (
 """
 
 
-@dataclass(frozen=True)
-class Participant:
-    """A PostgreSQL server that holds accounts: its name (the node's), where, which schema."""
-
-    name: str
-    target: PostgresTarget
-    schema: str
-
-    def describe(self) -> dict[str, str]:
-        return {"name": self.name, "dsn": self.target.dsn, "schema": self.schema}
+Participant = Database
+"""A PostgreSQL server that holds accounts (a side of the transfer)."""
 
 
 def participants(run_id: str, servers: tuple[PostgresTarget, ...]) -> list[Participant]:
     """Two participants: the first two servers, or two schemas of the only one."""
-    first = servers[0]
-    second = servers[1] if len(servers) > 1 else first
-    base = schema_for(run_id)
-    if second is first:
-        return [
-            Participant(f"{first.id}/a", first, base + "_a"),
-            Participant(f"{first.id}/b", first, base + "_b"),
-        ]
-    return [Participant(first.id, first, base), Participant(second.id, second, base)]
+    return list(two_databases(run_id, servers))
 
 
 def account_ids(count: int) -> list[str]:
