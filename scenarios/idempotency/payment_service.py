@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from typing import Any
 
 import psycopg
@@ -90,8 +88,7 @@ class PaymentService:
     async def _point(self, where: str, order: str, armed: dict[str, Any]) -> None:
         """A protocol point: die right here if the run armed a crash for it."""
         if armed.get("crash_at") == where:
-            await self.record("info", "crash-point", key=order, note=f"SIGKILL {where}")
-            os.kill(os.getpid(), signal.SIGKILL)
+            await self.rt.crash(order, f"SIGKILL {where}")
 
     # ------------------------------------------------------------------ POST /pay
 

@@ -94,6 +94,13 @@ class ServiceRuntime:
     async def flush(self) -> None:
         await self.narrator.flush()
 
+    async def crash(self, key: str, note: str, **data: Any) -> None:
+        """Die here by SIGKILL, as a fault asked: a ``crash-point`` op first, stored with
+        everything narrated before it, so the history says where the process died."""
+        self.note(self.name, "info", "crash-point", key=key, note=note, data=data)
+        await self.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
     async def _flusher(self) -> None:
         while not self.stopping.is_set():
             await self._noted.wait()

@@ -38,8 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import time
 from typing import Any
 
@@ -230,14 +228,12 @@ class Consumer:
         return "applied"
 
     async def _crash(self, msg: str, entry: str, held: int) -> None:
-        self.rt.note(
-            self.rt.name, "info", "crash-point", key=msg,
-            note=f"SIGKILL after applying {msg} (committed), before XACK: {held} entr(ies) left pending "
+        await self.rt.crash(
+            msg,
+            f"SIGKILL after applying {msg} (committed), before XACK: {held} entr(ies) left pending "
             f"at {self.consumer} (injected)",
-            data={"msg": msg, "entry": entry, "fault": "consumer-crash"},
+            msg=msg, entry=entry, fault="consumer-crash",
         )  # fmt: skip
-        await self.rt.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
     def _detail(self) -> None:
         self.rt.detail = (

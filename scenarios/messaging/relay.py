@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from typing import Any
 
 import psycopg
@@ -214,13 +212,11 @@ class Relay:
         if not hit:
             return
         unmarked = ", ".join(published) if len(published) <= 8 else f"{len(published)} rows"
-        self.rt.note(
-            self.rt.name, "info", "crash-point", key=hit[0],
-            note=f"SIGKILL after publishing {hit[0]}, before marking {unmarked} sent (injected)",
-            data={"msg": hit[0], "msgs": published, "fault": "relay-crash-after-publish"},
+        await self.rt.crash(
+            hit[0],
+            f"SIGKILL after publishing {hit[0]}, before marking {unmarked} sent (injected)",
+            msg=hit[0], msgs=published, fault="relay-crash-after-publish",
         )  # fmt: skip
-        await self.rt.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
     def _error(self, exc: BaseException, wait_ms: int) -> None:
         trying, self.trying = self.trying, []

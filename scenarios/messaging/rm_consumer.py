@@ -42,8 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 from typing import Any, cast
 
 import psycopg
@@ -192,14 +190,12 @@ class Consumer:
         )
 
     async def _crash(self, msg: str, entry: str) -> None:
-        await self.rt.flush()
-        await self.rt.record(
-            self.rt.name, "info", "crash-point", key=msg,
-            note=f"{msg}: SIGKILL (injected) after its effect"
+        await self.rt.crash(
+            msg,
+            f"{msg}: SIGKILL (injected) after its effect"
             + (" and its mark" if self.dedup else "") + f", before XACK of {entry}",
-            data={"msg": msg, "fault": "consumer-fail", "entry": entry},
+            msg=msg, fault="consumer-fail", entry=entry,
         )  # fmt: skip
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:

@@ -45,8 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,14 +284,12 @@ class Producer:
             )
 
     async def _crash(self, o: Order) -> None:
-        await self.rt.flush()
-        await self.rt.record(
-            self.rt.name, "info", "crash-point", key=o.id,
-            note=f"{o.id}: SIGKILL (injected) with the HALF stored and the local transaction open, "
+        await self.rt.crash(
+            o.id,
+            f"{o.id}: SIGKILL (injected) with the HALF stored and the local transaction open, "
             "the order inserted but not committed",
-            data={"msg": o.id, "fault": "producer-crash-after-half"},
+            msg=o.id, fault="producer-crash-after-half",
         )  # fmt: skip
-        os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ check-backs
 

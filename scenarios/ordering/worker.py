@@ -44,9 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -279,13 +277,7 @@ class Worker:
             and (armed.get("order") in (None, order))
             and (armed.get("seq") in (None, seq))
         ):
-            await self.record(
-                "info",
-                "crash-point",
-                key=order,
-                note=f"SIGKILL after applying {order} seq {seq}, before XACK",
-            )
-            os.kill(os.getpid(), signal.SIGKILL)
+            await self.rt.crash(order, f"SIGKILL after applying {order} seq {seq}, before XACK")
 
     async def _begin(self, entry: str, order: str, seq: int, name: str) -> None:
         """The worker's span for this event opens (it closes when the event is done with)."""

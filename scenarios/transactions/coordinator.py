@@ -40,8 +40,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -172,12 +170,9 @@ class Coordinator:
             return
         del self.armed[txn]
         if armed["action"] == "crash":
-            self.note(self.name, "info", "crash-point", key=txn, note=f"SIGKILL {point}")
-            await self.rt.flush()  # what it did so far is in the history before it dies
-            await self.bridge.result(
-                self.zk.exists_async(self._path(txn))
-            )  # and its log writes sent so far are in
-            os.kill(os.getpid(), signal.SIGKILL)
+            # its log writes sent so far are in before it dies (a read after them on the session)
+            await self.bridge.result(self.zk.exists_async(self._path(txn)))
+            await self.rt.crash(txn, f"SIGKILL {point}")
         self.note(self.name, "info", "hold", key=txn, note=f"holds {point} until the run releases it")
         event = self.held.setdefault(txn, asyncio.Event())
         await event.wait()
