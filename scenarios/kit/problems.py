@@ -23,6 +23,17 @@ class Problem:
     """The narration of the moment it went wrong (a give-up, a second application)."""
 
 
+def step_of(ops: Sequence[Op], msg: str, *ticks: str, actor: str = "", last: bool = False) -> Op | None:
+    """The first (``last``: the last) op narrating a step of message ``msg`` with one of
+    these ticks, by ``actor`` if one is named: the moment a problem points at."""
+    found = [
+        op
+        for op in ops
+        if op.data.get("msg") == msg and op.data.get("tick") in ticks and (not actor or op.actor == actor)
+    ]
+    return (found[-1] if last else found[0]) if found else None
+
+
 def violated(invariant: str, problems: Sequence[Problem], findings: Sequence[str]) -> Verdict:
     first = problems[0]
     more = f"; {len(problems) - 1} more violation(s)" if len(problems) > 1 else ""

@@ -19,7 +19,7 @@ from typing import Any
 
 from collectors.layouts import messaging
 from collectors.runs import RUNNER, Op, Verdict
-from scenarios.kit.problems import Problem, violated
+from scenarios.kit.problems import Problem, step_of, violated
 
 PRODUCER, NOTIFIER, RECEIVER = "A", "notifier", "B"
 INVARIANT = (
@@ -63,14 +63,6 @@ def _read(ops: Sequence[Op]) -> Stores:
             for k, h in one("notifications").get("notifications", {}).items()
         },
     )
-
-
-def _narration(ops: Sequence[Op], actor: str, msg: str, *ticks: str, last: bool = False) -> Op | None:
-    """The first (or last) op of ``actor`` about ``msg`` with one of these ticks."""
-    found = [
-        op for op in ops if op.actor == actor and op.data.get("msg") == msg and op.data.get("tick") in ticks
-    ]
-    return (found[-1] if last else found[0]) if found else None
 
 
 def _vias(vias: Sequence[str]) -> str:
@@ -130,8 +122,8 @@ def _problems(ops: Sequence[Op], s: Stores, reconcile: str) -> list[Problem]:
                     + _fate(s.notes.get(msg), reconcile),
                     msg,
                     (RECEIVER, NOTIFIER),
-                    _narration(ops, NOTIFIER, msg, "gave-up")
-                    or _narration(ops, NOTIFIER, msg, "notify", last=True),
+                    step_of(ops, msg, "gave-up", actor=NOTIFIER)
+                    or step_of(ops, msg, "notify", actor=NOTIFIER, last=True),
                 )
             )
             continue
@@ -142,7 +134,7 @@ def _problems(ops: Sequence[Op], s: Stores, reconcile: str) -> list[Problem]:
                     f"{msg} applied {times} in B (+{got[0][0]} each time, by {_vias([v for _, v in got])})",
                     msg,
                     (RECEIVER,),
-                    _narration(ops, RECEIVER, msg, "twice"),
+                    step_of(ops, msg, "twice", actor=RECEIVER),
                 )
             )
         wrong = [a for a, _ in got if a != amount]
@@ -155,7 +147,7 @@ def _problems(ops: Sequence[Op], s: Stores, reconcile: str) -> list[Problem]:
                     f"B applied {msg} (+{got[0][0]}, by {got[0][1]}), a payment A does not hold",
                     msg,
                     (RECEIVER,),
-                    _narration(ops, RECEIVER, msg, "applied", "reconciled", "twice"),
+                    step_of(ops, msg, "applied", "reconciled", "twice", actor=RECEIVER),
                 )
             )
     return out

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from collectors.runs import RUNNER, Op, Verdict
-from scenarios.kit.problems import Problem, violated
+from scenarios.kit.problems import Problem, step_of, violated
 
 PRODUCER = "A"
 RELAY = "relay"
@@ -128,15 +128,6 @@ def check(ops: Sequence[Op], params: Mapping[str, str | int]) -> Verdict:
     )
 
 
-def _last(ops: Sequence[Op], msg: str, *ticks: str, actor: str = "") -> Op | None:
-    found = [
-        op
-        for op in ops
-        if op.data.get("msg") == msg and op.data.get("tick") in ticks and (not actor or op.actor == actor)
-    ]
-    return found[-1] if found else None
-
-
 def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
     consumers = tuple(dict.fromkeys(c for c, _ in jr.effects))
     if jr.rolled_back:
@@ -148,7 +139,9 @@ def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
         ]
         if not left:
             return []
-        moment = _last(ops, jr.msg, "published") or _last(ops, jr.msg, "applied", "twice")
+        moment = step_of(ops, jr.msg, "published", last=True) or step_of(
+            ops, jr.msg, "applied", "twice", last=True
+        )
         return [Problem(f"{jr.msg} was rolled back by A, yet {', '.join(left)}", jr.msg, consumers, moment)]
     if not jr.committed:
         if not jr.effects and not jr.entries:
@@ -158,7 +151,8 @@ def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
                 f"{jr.msg} was never committed by A, yet: {jr.path()}",
                 jr.msg,
                 consumers,
-                _last(ops, jr.msg, "applied", "twice") or _last(ops, jr.msg, "published"),
+                step_of(ops, jr.msg, "applied", "twice", last=True)
+                or step_of(ops, jr.msg, "published", last=True),
             )
         ]
     out: list[Problem] = []
@@ -168,7 +162,7 @@ def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
                 f"{jr.msg} committed by A but never applied by B: {jr.path()}",
                 jr.msg,
                 (PRODUCER,),
-                _last(ops, jr.msg, "committed", actor=PRODUCER),
+                step_of(ops, jr.msg, "committed", actor=PRODUCER, last=True),
             )
         )
     elif len(jr.effects) > 1:
@@ -177,7 +171,7 @@ def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
                 f"{jr.msg} applied {applied_by(jr.effects)}: {jr.path()}",
                 jr.msg,
                 consumers,
-                _last(ops, jr.msg, "twice", "applied"),
+                step_of(ops, jr.msg, "twice", "applied", last=True),
             )
         )
     wrong = [a for _, a in jr.effects if a != jr.amount]
@@ -187,7 +181,7 @@ def _problems(ops: Sequence[Op], jr: Stored) -> list[Problem]:
                 f"{jr.msg} applied with amount {wrong[0]}, A committed {jr.amount}",
                 jr.msg,
                 consumers,
-                _last(ops, jr.msg, "applied", "twice"),
+                step_of(ops, jr.msg, "applied", "twice", last=True),
             )
         )
     return out

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.runs import RUNNER, Op, Verdict
-from scenarios.kit.problems import Problem, violated
+from scenarios.kit.problems import Problem, step_of, violated
 
 PRODUCER, BROKER, CONSUMER = "A", "broker", "B"
 INVARIANT = "B applies a message if and only if A committed its order, and at most once"
@@ -96,7 +96,8 @@ def _judge(ops: Sequence[Op], stores: Stores, msg: str) -> list[Problem]:
                 f"A committed order {msg} but B never applied it: {_lost(held)}",
                 msg,
                 (PRODUCER, BROKER),
-                _narration(ops, BROKER, msg, "discarded") or _narration(ops, PRODUCER, msg, "committed"),
+                step_of(ops, msg, "discarded", actor=BROKER)
+                or step_of(ops, msg, "committed", actor=PRODUCER),
             )
         )
     if not committed and rows:
@@ -107,7 +108,7 @@ def _judge(ops: Sequence[Op], stores: Stores, msg: str) -> list[Problem]:
                 f"{held.get('state') or 'no message'})",
                 msg,
                 (CONSUMER, BROKER),
-                _narration(ops, CONSUMER, msg, "applied"),
+                step_of(ops, msg, "applied", actor=CONSUMER),
             )
         )
     if rows > 1:
@@ -117,8 +118,8 @@ def _judge(ops: Sequence[Op], stores: Stores, msg: str) -> list[Problem]:
                 + ("its mark did not stop it" if msg in stores.marks else "no mark stopped it"),
                 msg,
                 (CONSUMER,),
-                _narration(ops, CONSUMER, msg, "twice")
-                or _narration(ops, CONSUMER, msg, "applied", last=True),
+                step_of(ops, msg, "twice", actor=CONSUMER)
+                or step_of(ops, msg, "applied", actor=CONSUMER, last=True),
             )
         )
     return out
@@ -135,15 +136,6 @@ def _lost(held: Mapping[str, Any]) -> str:
     if state == "ROLLED_BACK":
         return f"the broker rolled it back (last word: {last})"
     return f"the broker says {state}, yet B has no effect of it"
-
-
-def _narration(ops: Sequence[Op], actor: str, msg: str, tick: str, last: bool = False) -> Op | None:
-    found = [
-        op for op in ops if op.actor == actor and op.data.get("msg") == msg and op.data.get("tick") == tick
-    ]
-    if not found:
-        return None
-    return found[-1] if last else found[0]
 
 
 def _decided_by_check(ops: Sequence[Op], msg: str) -> bool:
