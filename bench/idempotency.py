@@ -46,19 +46,22 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from redis.asyncio import Redis
 
-from app.cluster import ClusterInfo, LocalCluster
+from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
+
+try:
+    from bench.lab import on_own_cluster
+except ModuleNotFoundError:  # run as a file (python bench/idempotency.py): its sibling is beside it
+    from lab import on_own_cluster
 from collectors.targets import PostgresTarget
 from scenarios.idempotency import ledger
 from scenarios.idempotency.marks import mark_key
@@ -502,22 +505,7 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.payments = args.payments or payments
     args.seconds = args.seconds or seconds
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
-        cluster = LocalCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up()
-            result = asyncio.run(bench(info, args))
-        except BenchError as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(result, args)
-    return 0
+    return on_own_cluster(lambda info: bench(info, args), lambda result: report(result, args), (BenchError,))
 
 
 if __name__ == "__main__":

@@ -61,24 +61,27 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from redis.asyncio import Redis
 
-from app.cluster import ClusterInfo, LocalCluster
+from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
+
+try:
+    from bench.lab import on_own_cluster
+except ModuleNotFoundError:  # run as a file (python bench/messaging.py): its sibling is beside it
+    from lab import on_own_cluster
 from collectors.layouts import coordscope
 from collectors.layouts.messaging import outbox_stream_key
 from scenarios.kit.catalogue import ScenarioError
-from scenarios.kit.clients import redis_client
-from scenarios.kit.database import create_schema, drop_schema
+from scenarios.kit.clients import behind, redis_client
+from scenarios.kit.database import create_schema, drop_schema, two_databases
 from scenarios.kit.history import RunRecord
 from scenarios.kit.http import Http
 from scenarios.kit.rounds import ELSEWHERE, Meter, Round, Rounds, percentile
@@ -195,7 +198,7 @@ class Side:
         self.lab = lab
         self.run_id = f"bench-msg-{self.name}-{lab.tag}"
         self.stream = outbox_stream_key(self.run_id)
-        self.a, self.b = stores.databases(self.run_id, lab.pg)
+        self.a, self.b = two_databases(self.run_id, lab.pg)
         self.figures: dict[int, Figures] = {}
         self.readers: list[asyncio.Task[None]] = []
         self.a_conn: Conn | None = None
@@ -236,13 +239,7 @@ class Side:
         for task in self.readers:
             if task.done():
                 raise BenchError(f"{self.name}: a consumer in this process stopped: {task.exception()!r}")
-        broker = self.lab.broker
-        info: dict[Any, Any] = await broker.xinfo_stream(self.stream)
-        groups: list[dict[Any, Any]] = await broker.xinfo_groups(self.stream)
-        group = next(g for g in groups if g["name"] == GROUP.encode())
-        if group["last-delivered-id"] != info["last-generated-id"]:
-            return f"group {GROUP} has not read up to {info['last-generated-id']!r}"
-        return f"{group['pending']} entr(ies) pending in group {GROUP}" if group["pending"] else ""
+        return await behind(self.lab.broker, self.stream, GROUP)
 
     async def delivered(self, prefix: str) -> dict[str, tuple[int, float]]:
         """Message -> (effects, the first one's wall ms), for the round's messages."""
@@ -708,23 +705,14 @@ def main() -> int:
     args.seconds = args.seconds or seconds
     args.warmup = min(warmup, args.seconds)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
-        cluster = LocalCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up()
-            result = asyncio.run(bench(info, args))
-        except (BenchError, ScenarioError) as exc:  # ScenarioError: a service did not start
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(result, args)
-    print(f"(the benchmark took {time.monotonic() - started:.0f} s, the cluster's start and stop included)")
-    return 0
+    status = on_own_cluster(
+        lambda info: bench(info, args), lambda result: report(result, args), (BenchError, ScenarioError)
+    )
+    if status == 0:
+        print(
+            f"(the benchmark took {time.monotonic() - started:.0f} s, the cluster's start and stop included)"
+        )
+    return status
 
 
 if __name__ == "__main__":

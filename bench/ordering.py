@@ -62,7 +62,6 @@ import secrets
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -78,9 +77,11 @@ from app.cluster_member import Member
 
 try:
     from bench.idempotency import Stats, commandstats, delta
+    from bench.lab import on_own_cluster
     from bench.queues import measure as measure_refresh
 except ModuleNotFoundError:  # run as a file (python bench/ordering.py): its siblings are beside it
     from idempotency import Stats, commandstats, delta
+    from lab import on_own_cluster
     from queues import measure as measure_refresh
 from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
@@ -720,22 +721,13 @@ def main() -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
-        cluster = RedisOnlyCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up(masters=2)
-            result = asyncio.run(bench(info, args, rings))
-        except BenchError as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(result, args)
-    return 0
+    return on_own_cluster(
+        lambda info: bench(info, args, rings),
+        lambda result: report(result, args),
+        (BenchError,),
+        cluster=RedisOnlyCluster,
+        masters=2,
+    )
 
 
 if __name__ == "__main__":

@@ -88,20 +88,23 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 from redis.asyncio import Redis
 
 from app.bus import Bus, Delivery
-from app.cluster import ClusterInfo, LocalCluster
+from app.cluster import ClusterInfo
 from app.cluster_member import Member
+
+try:
+    from bench.lab import on_own_cluster
+except ModuleNotFoundError:  # run as a file (python bench/sessions.py): its sibling is beside it
+    from lab import on_own_cluster
 from collectors.events import Snapshot, Upserted
 from collectors.families.sessions import Session
 from collectors.layouts.coordscope import session_namespace
@@ -701,22 +704,9 @@ def main() -> int:
     args.requests = args.requests or requests
     args.seconds = args.seconds or seconds
     args.sessions = args.sessions or sessions
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
-        cluster = LocalCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up()
-            load_result, expiry_result = asyncio.run(bench(info, args))
-        except BenchError as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(load_result, expiry_result, args)
-    return 0
+    return on_own_cluster(
+        lambda info: bench(info, args), lambda results: report(*results, args), (BenchError,)
+    )
 
 
 if __name__ == "__main__":

@@ -70,12 +70,10 @@ import random
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -83,8 +81,13 @@ from kazoo.client import KazooClient
 from psycopg import sql
 from redis.asyncio import Redis
 
-from app.cluster import ClusterInfo, LocalCluster
+from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
+
+try:
+    from bench.lab import on_own_cluster
+except ModuleNotFoundError:  # run as a file (python bench/transactions.py): its sibling is beside it
+    from lab import on_own_cluster
 from collectors.layouts import coordscope
 from collectors.targets import PostgresTarget
 from scenarios.kit.catalogue import ScenarioError
@@ -902,22 +905,9 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.seconds = args.seconds or seconds
     args.warmup = min(warmup, args.seconds)
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")  # the services' logs go with it
-        cluster = LocalCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up()
-            result = asyncio.run(bench(info, args))
-        except (BenchError, ScenarioError) as exc:  # ScenarioError: a service did not start
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(result, args)
-    return 0
+    return on_own_cluster(
+        lambda info: bench(info, args), lambda result: report(result, args), (BenchError, ScenarioError)
+    )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
-from app.cluster import LocalCluster
+from app.cluster import ClusterInfo
+
+try:
+    from bench.lab import on_own_cluster
+except ModuleNotFoundError:  # run as a file (python bench/zk_watch.py): its sibling is beside it
+    from lab import on_own_cluster
 from collectors.state import State
 from collectors.targets import ZkTarget
 from collectors.zookeeper import ZkCollector
@@ -183,19 +186,12 @@ def main() -> int:
     if args.hosts:
         report(measure(args.hosts, args.changes))
         return 0
-    with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
-        cluster = LocalCluster(Path(folder) / "cluster")
-        try:
-            info, _ = cluster.up(zk_ensemble=args.zk_ensemble)
-            (target,) = info.zk_targets()
-            figures = measure(target.hosts, args.changes)
-        except KeyboardInterrupt:
-            print("interrupted: stopping the cluster", file=sys.stderr)
-            return 130
-        finally:
-            cluster.down()
-    report(figures)
-    return 0
+
+    def on(info: ClusterInfo) -> dict[str, float]:
+        (target,) = info.zk_targets()
+        return measure(target.hosts, args.changes)
+
+    return on_own_cluster(on, report, zk_ensemble=args.zk_ensemble)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,20 @@ def redis_client(t: RedisTarget) -> Redis:
         socket_timeout=3.0,
         retry=Retry(NoBackoff(), 0),
     )
+
+
+async def behind(redis: Redis, stream: str, group: str) -> str:
+    """What consumer group ``group`` of ``stream`` still owes: entries it has not read, or
+    read and not acknowledged ("" when neither: a consumer acknowledges an entry once its
+    effect is committed, so such a group has applied everything published). Raises
+    :class:`redis.exceptions.ResponseError` when there is no such stream."""
+    info = await redis.xinfo_stream(stream)
+    groups = await redis.xinfo_groups(stream)
+    found = next((g for g in groups if text(g.get("name", "")) == group), None)
+    if found is None:
+        return f"no consumer group {group}"
+    last = text(info.get("last-generated-id", ""))
+    if text(found.get("last-delivered-id", "")) != last:
+        return f"group {group} has not read up to {last}"
+    pending = int(found.get("pending") or 0)
+    return f"{pending} entr(ies) read by group {group} and not acknowledged" if pending else ""
