@@ -33,7 +33,7 @@ counted in PostgreSQL), and under redis-mark every mark is COMPLETED; otherwise
 it fails loudly (exit 1). Every loop is bounded in count and time; the services
 and the cluster are stopped by PID, on Ctrl-C or an error too.
 
-    .venv/bin/python bench/idempotency.py [--quick] [--rounds 10] [--payments 1500]
+    .venv/bin/python -m bench.idempotency [--quick] [--rounds 10] [--payments 1500]
 """
 
 from __future__ import annotations
@@ -57,11 +57,7 @@ from redis.asyncio import Redis
 
 from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
-
-try:
-    from bench.lab import on_own_cluster
-except ModuleNotFoundError:  # run as a file (python bench/idempotency.py): its sibling is beside it
-    from lab import on_own_cluster
+from bench.lab import on_own_cluster
 from collectors.targets import PostgresTarget
 from scenarios.idempotency import ledger
 from scenarios.idempotency.marks import mark_key
@@ -505,7 +501,7 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.payments = args.payments or payments
     args.seconds = args.seconds or seconds
-    return on_own_cluster(lambda info: bench(info, args), lambda result: report(result, args), (BenchError,))
+    return on_own_cluster(bench, report, args, (BenchError,))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ measures, in one run:
 Prints each figure and the ratio coordscope / raw. Every loop is bounded in
 count and time; the server is stopped by its PID at the end.
 
-    .venv/bin/python bench/keyspace.py [--sets 200000] [--keys 10000]
+    .venv/bin/python -m bench.keyspace [--sets 200000] [--keys 10000]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ async def raw_throughput(port: int, sets: int, keys: int) -> float:
                     break
     took = time.perf_counter() - start
     writer.wait(30)
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     await sub.aclose()
     return sets / took
 
@@ -159,7 +159,7 @@ async def raw_latency(port: int, samples: int) -> list[float]:
             if message and message["type"] == "pmessage":
                 break
         out.append((time.perf_counter() - t0) * 1e6)
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     await sub.aclose()
     await writer.aclose()
     return out

@@ -4,14 +4,14 @@ standard error when the measurement failed, and the report only when it did not.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import inspect
 import os
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from app.cluster import ClusterInfo, LocalCluster
 
@@ -19,23 +19,22 @@ R = TypeVar("R")
 
 
 def on_own_cluster(
-    measure: Callable[[ClusterInfo], R | Coroutine[Any, Any, R]],
-    report: Callable[[R], None],
+    measure: Callable[[ClusterInfo, argparse.Namespace], Coroutine[Any, Any, R]],
+    report: Callable[[R, argparse.Namespace], None],
+    args: argparse.Namespace,
     fails: tuple[type[Exception], ...] = (),
     cluster: type[LocalCluster] = LocalCluster,
     **up: Any,
 ) -> int:
     """Start ``cluster`` (``up``: what its ``up`` is asked, e.g. ``masters=2``), run
-    ``measure`` on it (a coroutine is run to its end), stop it, then ``report``. Returns
-    the exit status: 0, 1 when ``measure`` raised one of ``fails`` (said in one line),
-    130 when interrupted."""
+    ``measure`` on it, stop it, then ``report`` what it measured. Returns the exit status:
+    0, 1 when ``measure`` raised one of ``fails`` (said in one line), 130 when interrupted."""
     with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
         os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")
         local = cluster(Path(folder) / "cluster")
         try:
             info, _ = local.up(**up)
-            done = measure(info)
-            result: R = asyncio.run(done) if inspect.iscoroutine(done) else cast(R, done)
+            result = asyncio.run(measure(info, args))
         except fails as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
@@ -44,5 +43,5 @@ def on_own_cluster(
             return 130
         finally:
             local.down()
-    report(result)
+    report(result, args)
     return 0

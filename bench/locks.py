@@ -18,7 +18,7 @@ temporary folder and measures, in one run, on the same servers:
 
 Every loop is bounded in count and time; the cluster is stopped by PID.
 
-    .venv/bin/python bench/locks.py [--seconds 3] [--rounds 40]
+    .venv/bin/python -m bench.locks [--seconds 3] [--rounds 40]
 """
 
 from __future__ import annotations
@@ -223,11 +223,16 @@ async def zk_contended(hosts: str, rounds: int, hold_ms: float) -> tuple[Content
     threads = [threading.Thread(target=theirs, args=(f"k{i}",)) for i in range(CONTENDERS)]
     for t in threads:
         t.start()
-    await asyncio.to_thread(lambda: [t.join(120) for t in threads])
+    await asyncio.to_thread(_join, threads)
     return mine, contention(samples)
 
 
 # ---------------------------------------------------------------------- main
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(120)
 
 
 def line(label: str, value: str) -> None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import secrets
@@ -74,15 +75,9 @@ from redis.asyncio import Redis
 
 from app.cluster import ClusterInfo, LocalCluster
 from app.cluster_member import Member
-
-try:
-    from bench.idempotency import Stats, commandstats, delta
-    from bench.lab import on_own_cluster
-    from bench.queues import measure as measure_refresh
-except ModuleNotFoundError:  # run as a file (python bench/ordering.py): its siblings are beside it
-    from idempotency import Stats, commandstats, delta
-    from lab import on_own_cluster
-    from queues import measure as measure_refresh
+from bench.idempotency import Stats, commandstats, delta
+from bench.lab import on_own_cluster
+from bench.queues import measure as measure_refresh
 from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
 from collectors.sequence import missing, sequence_breaches
@@ -722,8 +717,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     return on_own_cluster(
-        lambda info: bench(info, args, rings),
-        lambda result: report(result, args),
+        functools.partial(bench, rings=rings),
+        report,
+        args,
         (BenchError,),
         cluster=RedisOnlyCluster,
         masters=2,

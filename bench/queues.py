@@ -26,11 +26,7 @@ from pathlib import Path
 import redis
 
 from app.cluster import free_port
-
-try:
-    from bench.keyspace import start_server
-except ModuleNotFoundError:  # run as a file (python bench/queues.py): its sibling is beside it
-    from keyspace import start_server
+from bench.keyspace import start_server
 from collectors.observatory import Observatory
 from collectors.redis_streams import REFRESH_BATCH, REFRESH_EVERY_S
 from collectors.targets import RedisTarget

@@ -27,9 +27,9 @@ state folder of its own, no local cluster), and measures:
 Ends with every figure against its goal (PASS/MISS). Every loop is bounded in
 count and time; every process started here is stopped by its PID.
 
-    .venv/bin/python bench/scale.py            # full size (about 4 minutes on 2 cores)
-    .venv/bin/python bench/scale.py --quick    # 100k keys, 30 s per viewer count (under 3 minutes)
-    .venv/bin/python bench/scale.py --only 2 --viewers 10 --seconds 20
+    .venv/bin/python -m bench.scale            # full size (about 4 minutes on 2 cores)
+    .venv/bin/python -m bench.scale --quick    # 100k keys, 30 s per viewer count (under 3 minutes)
+    .venv/bin/python -m bench.scale --only 2 --viewers 10 --seconds 20
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def first_ws_message(port: int) -> tuple[int, float]:
 
 def omem(client: redis.Redis) -> int:
     """Our subscriber's output buffer on the server (the largest, if there were several)."""
-    reply = client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+    reply = client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
     text = reply.decode() if isinstance(reply, bytes) else str(reply)
     best = 0
     for line in text.splitlines():
@@ -303,7 +303,7 @@ def written_before(args: argparse.Namespace, folder: Path) -> None:
     try:
         t0 = time.perf_counter()
         for share, prefix in ((0.6, "cache:user"), (0.3, "cache:item"), (0.1, "feed")):
-            client.execute_command("DEBUG", "POPULATE", int(n * share), prefix, 64)
+            client.execute_command("DEBUG", "POPULATE", int(n * share), prefix, 64)  # type: ignore[no-untyped-call]
         pipe = client.pipeline(transaction=False)
         for i in range(args.locks):
             pipe.set(f"jobs:{i}:lock", secrets.token_hex(16), px=600_000)
@@ -584,7 +584,7 @@ async def raw_latency_paced(port: int, samples: int, gap_s: float, until: float)
             out.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(gap_s)
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await sub.aclose()
         await writer.aclose()
     return out
@@ -806,8 +806,7 @@ def _report_count(
 def keyspace_ingest(args: argparse.Namespace, folder: Path) -> None:
     section = "3 keyspace ingest"
     say(f"== 3. keyspace ingest (bench/keyspace.py): {args.sets:,} SETs over {args.set_keys:,} keys ==")
-    sys.path.insert(0, str(HERE))
-    import keyspace
+    from bench import keyspace
 
     port = free_port()
     (folder / "redis-3").mkdir(parents=True, exist_ok=True)
@@ -860,19 +859,8 @@ def keyspace_ingest(args: argparse.Namespace, folder: Path) -> None:
 def zookeeper(args: argparse.Namespace, folder: Path) -> None:
     section = "4 zookeeper"
     say("== 4. ZooKeeper watches (bench/zk_watch.py) ==")
-    sys.path.insert(0, str(HERE))
-    try:
-        import zk_watch
-    except ImportError as exc:
-        say(f"  skipped: bench/zk_watch.py is not here ({exc})")
-        figure(section, "zk_watch.measure", "skipped (no bench/zk_watch.py)")
-        return
-    measure: Callable[..., dict[str, float]] | None = getattr(zk_watch, "measure", None)
-    if measure is None:
-        say("  skipped: bench/zk_watch.py has no measure(hosts, changes)")
-        figure(section, "zk_watch.measure", "skipped (no measure())")
-        return
     from app.cluster import LocalCluster
+    from bench.zk_watch import measure
 
     cluster = LocalCluster(folder / "cluster")
     try:

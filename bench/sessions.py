@@ -75,7 +75,7 @@ Everything written (``coordscope:session:{<run>}:*`` on ``redis-1``) is deleted 
 end. Every loop is bounded in count and time; the instances, HAProxy and the cluster
 are stopped by PID, on Ctrl-C or an error too.
 
-    .venv/bin/python bench/sessions.py [--quick] [--rounds 10] [--requests 3000] [--container]
+    .venv/bin/python -m bench.sessions [--quick] [--rounds 10] [--requests 3000] [--container]
 """
 
 from __future__ import annotations
@@ -100,11 +100,7 @@ from redis.asyncio import Redis
 from app.bus import Bus, Delivery
 from app.cluster import ClusterInfo
 from app.cluster_member import Member
-
-try:
-    from bench.lab import on_own_cluster
-except ModuleNotFoundError:  # run as a file (python bench/sessions.py): its sibling is beside it
-    from lab import on_own_cluster
+from bench.lab import on_own_cluster
 from collectors.events import Snapshot, Upserted
 from collectors.families.sessions import Session
 from collectors.layouts.coordscope import session_namespace
@@ -627,7 +623,8 @@ def spread(values: list[float]) -> str:
     )
 
 
-def report(load: Load, exp: Expiry, args: argparse.Namespace) -> None:
+def report(measured: tuple[Load, Expiry], args: argparse.Namespace) -> None:
+    load, exp = measured
     sides = load.sides
     ratio = statistics.median(load.ratios)
     print(
@@ -704,9 +701,7 @@ def main() -> int:
     args.requests = args.requests or requests
     args.seconds = args.seconds or seconds
     args.sessions = args.sessions or sessions
-    return on_own_cluster(
-        lambda info: bench(info, args), lambda results: report(*results, args), (BenchError,)
-    )
+    return on_own_cluster(bench, report, args, (BenchError,))
 
 
 if __name__ == "__main__":

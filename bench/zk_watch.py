@@ -22,7 +22,7 @@ Each figure is a count and a ratio of ``changes``. Waiting for stragglers is
 bounded: an observer that has not moved for 2 s (or 60 s in all) is done. The
 root is deleted at the end.
 
-    .venv/bin/python bench/zk_watch.py [--hosts 127.0.0.1:2181] [--changes 2000]
+    .venv/bin/python -m bench.zk_watch [--hosts 127.0.0.1:2181] [--changes 2000]
 
 Without ``--hosts`` it starts a local cluster in a temporary folder (as
 ``coordscope up`` does) and stops it by PID at the end.
@@ -35,18 +35,15 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from app.cluster import ClusterInfo
-
-try:
-    from bench.lab import on_own_cluster
-except ModuleNotFoundError:  # run as a file (python bench/zk_watch.py): its sibling is beside it
-    from lab import on_own_cluster
+from bench.lab import on_own_cluster
 from collectors.state import State
 from collectors.targets import ZkTarget
 from collectors.zookeeper import ZkCollector
@@ -104,12 +101,12 @@ async def _phase(
     calls: list[int] = []
     if kind == "data":
         DataWatch(bare, f"{root}/data", lambda data, stat, event=None: calls.append(1))
-        work = [lambda i=i: writer.set_async(f"{root}/data", str(i).encode()) for i in range(changes)]
+        work = [partial(writer.set_async, f"{root}/data", str(i).encode()) for i in range(changes)]
     else:
         ChildrenWatch(bare, f"{root}/children", lambda children: calls.append(1))
         half = changes // 2
-        work = [lambda i=i: writer.create_async(f"{root}/children/c{i}") for i in range(half)]
-        work += [lambda i=i: writer.delete_async(f"{root}/children/c{i}") for i in range(half)]
+        work = [partial(writer.create_async, f"{root}/children/c{i}") for i in range(half)]
+        work += [partial(writer.delete_async, f"{root}/children/c{i}") for i in range(half)]
     await _until(lambda: bool(calls), lambda: len(calls))  # its first call is the first read
     before = {name: c.events for name, (c, _) in collectors.items()}
     bare_before = len(calls)
@@ -117,11 +114,11 @@ async def _phase(
     await asyncio.to_thread(_burst, work, kind == "child")
     out = {f"{kind}_write_s": round(time.monotonic() - started, 3)}
     counters: dict[str, Callable[[], int]] = {
-        name: (lambda c=c, b=before[name]: c.events - b) for name, (c, _) in collectors.items()
+        name: partial(_since, c, before[name]) for name, (c, _) in collectors.items()
     }
     counters["kazoo"] = lambda: len(calls) - bare_before
     for name, count in counters.items():
-        await _until(lambda count=count: count() >= changes, count)
+        await _until(partial(_reached, count, changes), count)
         out[f"{kind}_{name}"] = float(min(count(), changes))
         out[f"{kind}_{name}_ratio"] = round(min(count(), changes) / changes, 4)
     return out
@@ -141,7 +138,15 @@ def _collector(hosts: str, root: str, changes: int, persistent: bool) -> tuple[Z
     return ZkCollector(target, state, lambda: None), state
 
 
-def _burst(work: list[Callable[[], Any]], in_halves: bool) -> None:
+def _since(collector: ZkCollector, before: int) -> int:
+    return collector.events - before
+
+
+def _reached(count: Callable[[], int], target: int) -> bool:
+    return count() >= target
+
+
+def _burst(work: Sequence[Callable[[], Any]], in_halves: bool) -> None:
     """Send the requests at once (kazoo pipelines them); creations before deletions."""
     halves = [work[: len(work) // 2], work[len(work) // 2 :]] if in_halves else [work]
     for half in halves:
@@ -187,11 +192,11 @@ def main() -> int:
         report(measure(args.hosts, args.changes))
         return 0
 
-    def on(info: ClusterInfo) -> dict[str, float]:
+    async def on(info: ClusterInfo, args: argparse.Namespace) -> dict[str, float]:
         (target,) = info.zk_targets()
-        return measure(target.hosts, args.changes)
+        return await _measure(target.hosts, args.changes)
 
-    return on_own_cluster(on, report, zk_ensemble=args.zk_ensemble)
+    return on_own_cluster(on, lambda figures, _: report(figures), args, zk_ensemble=args.zk_ensemble)
 
 
 if __name__ == "__main__":
