@@ -47,7 +47,7 @@ of its two parts, the send's own p50 at the client, and CPU per message by proce
 At the end it stops the services (by PID), drops the schemas, deletes the streams and
 the runs' keys, and stops the cluster. Every loop is bounded in count and time.
 
-    .venv/bin/python bench/messaging.py [--quick] [--rounds 8] [--seconds 3] [--clients 4]
+    .venv/bin/python -m bench.messaging [--quick] [--rounds 8] [--seconds 3] [--clients 4]
 """
 
 from __future__ import annotations
@@ -72,11 +72,7 @@ from redis.asyncio import Redis
 
 from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
-
-try:
-    from bench.lab import on_own_cluster
-except ModuleNotFoundError:  # run as a file (python bench/messaging.py): its sibling is beside it
-    from lab import on_own_cluster
+from bench.lab import on_own_cluster
 from collectors.layouts import coordscope
 from collectors.layouts.messaging import outbox_stream_key
 from scenarios.kit.catalogue import ScenarioError
@@ -87,7 +83,7 @@ from scenarios.kit.http import Http
 from scenarios.kit.rounds import ELSEWHERE, Meter, Round, Rounds, percentile
 from scenarios.kit.services import ServiceSet
 from scenarios.messaging import outbox_stores as stores
-from scenarios.messaging.outbox import SPEC
+from scenarios.messaging.outbox import SPEC, command_lines
 from scenarios.messaging.outbox_consumer import APPLY_WITH_INBOX, BATCH, BLOCK_MS, GROUP
 from scenarios.messaging.outbox_producer import AGGREGATE, EVENT_TYPE, PLACE
 
@@ -415,24 +411,14 @@ class OutboxSide(Side):
         params: dict[str, str | int] = {"bench": "messaging", "relay": self.mode}
         await self.record.create(SPEC.name, params, [], "bench/messaging.py")
         self.heartbeat = asyncio.create_task(self.record.heartbeat(lambda: {}, asyncio.Event()))
-        quiet = ["--narrate", "off"]
-        redis = ["--redis", self.lab.broker_target.url, "--stream", self.stream]
-        a_db = ["--dsn", self.a.target.dsn, "--schema", self.a.schema, "--channel", self.a.schema]
-        b_args = [
-            "--dsn", self.b.target.dsn, "--schema", self.b.schema, *redis, "--inbox", "on",
-            "--claim-idle-ms", str(CLAIM_IDLE_MS), *quiet,
-        ]  # fmt: skip
-        relay_args = [*a_db, *redis, "--mode", self.mode, "--poll-ms", str(POLL_MS), *quiet]
-        module = "scenarios.messaging."
+        args = command_lines(
+            self.a, self.b, self.lab.broker_target.url, self.stream, self.mode, "on", POLL_MS, CLAIM_IDLE_MS,
+            narrate=False,
+        )  # fmt: skip
         await asyncio.gather(
-            self.services.start(
-                "A", "producer", module + "outbox_producer", [*a_db, "--relay", self.mode, *quiet]
-            ),
-            self.services.start("relay", "relay", module + "relay", relay_args),
-            *(
-                self.services.start(f"B-{i + 1}", "consumer", module + "outbox_consumer", b_args)
-                for i in range(CONSUMERS)
-            ),
+            self.services.start("A", "producer", *args["producer"]),
+            self.services.start("relay", "relay", *args["relay"]),
+            *(self.services.start(f"B-{i + 1}", "consumer", *args["consumer"]) for i in range(CONSUMERS)),
         )
 
     async def begin_round(self) -> None:
@@ -705,9 +691,7 @@ def main() -> int:
     args.seconds = args.seconds or seconds
     args.warmup = min(warmup, args.seconds)
     started = time.monotonic()
-    status = on_own_cluster(
-        lambda info: bench(info, args), lambda result: report(result, args), (BenchError, ScenarioError)
-    )
+    status = on_own_cluster(bench, report, args, (BenchError, ScenarioError))
     if status == 0:
         print(
             f"(the benchmark took {time.monotonic() - started:.0f} s, the cluster's start and stop included)"

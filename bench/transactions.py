@@ -55,7 +55,7 @@ At the end it rolls back anything of ours still prepared, drops the schemas, rem
 the coordinator's log (``/coordscope/2pc/<run>``) and the runs' keys, stops the services
 (by PID) and the cluster. Every loop is bounded in count and time.
 
-    .venv/bin/python bench/transactions.py [--quick] [--rounds 6] [--seconds 2.5] [--clients 4]
+    .venv/bin/python -m bench.transactions [--quick] [--rounds 6] [--seconds 2.5] [--clients 4]
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import secrets
@@ -83,11 +82,7 @@ from redis.asyncio import Redis
 
 from app.cluster import ClusterInfo
 from app.cluster_member import Member, processes_of
-
-try:
-    from bench.lab import on_own_cluster
-except ModuleNotFoundError:  # run as a file (python bench/transactions.py): its sibling is beside it
-    from lab import on_own_cluster
+from bench.lab import on_own_cluster
 from collectors.layouts import coordscope
 from collectors.targets import PostgresTarget
 from scenarios.kit.catalogue import ScenarioError
@@ -98,13 +93,10 @@ from scenarios.kit.history import RunRecord
 from scenarios.kit.http import Http
 from scenarios.kit.rounds import ELSEWHERE, Meter, Round, Rounds, cpu_seconds, percentile, rate_line
 from scenarios.kit.services import Service, ServiceSet
-from scenarios.transactions import accounts
+from scenarios.transactions import accounts, tcc, two_phase
 from scenarios.transactions.accounts import Participant
 from scenarios.transactions.transfers import Transfer
 
-COORDINATOR = "scenarios.transactions.coordinator"
-TCC_COORDINATOR = "scenarios.transactions.tcc_coordinator"
-TCC_PARTICIPANT = "scenarios.transactions.tcc_participant"
 BALANCE = 1_000_000
 ACCOUNTS = 64
 """Accounts per participant (``--accounts``): enough that row locks rarely meet."""
@@ -459,14 +451,11 @@ class CoordinatorSide(ServiceSide):
     scenario = "txn-2pc"
 
     async def start_services(self) -> list[Service]:
-        args = [
-            "--participants", json.dumps([p.describe() for p in self.parts]), "--zk", self.lab.zk_hosts,
-            "--recovery", "on", "--lock-timeout-ms", str(LOCK_TIMEOUT_MS),
-        ]  # fmt: skip
+        module, args = two_phase.coordinator_command(self.parts, self.lab.zk_hosts, "on", LOCK_TIMEOUT_MS)
         return list(
             await asyncio.gather(
                 *(
-                    self.services.start(f"coord-{i + 1}", "2pc-coordinator", COORDINATOR, args)
+                    self.services.start(f"coord-{i + 1}", "2pc-coordinator", module, args)
                     for i in range(self.lab.args.coordinators)
                 )
             )
@@ -494,21 +483,15 @@ class TccSide(ServiceSide):
                 await conn.execute(accounts.seed_sql(p.schema, ids, BALANCE, tcc=True))
 
     async def start_services(self) -> list[Service]:
-        def participant_args(p: Participant) -> list[str]:
-            return ["--dsn", p.target.dsn, "--schema", p.schema, "--participant", p.name, "--fence", "on"]
-
         started = await asyncio.gather(
             *(
-                self.services.start(f"tcc-{i + 1}", "tcc-participant", TCC_PARTICIPANT, participant_args(p))
+                self.services.start(f"tcc-{i + 1}", "tcc-participant", *tcc.participant_command(p, "on"))
                 for i, p in enumerate(self.parts)
             )
         )
-        addresses = [{"name": p.name, "address": s.address} for p, s in zip(self.parts, started, strict=True)]
-        args = [
-            "--participants", json.dumps(addresses), "--redis", self.lab.control_url,
-            "--try-timeout-ms", str(TRY_TIMEOUT_MS), "--fence", "on",
-        ]  # fmt: skip
-        return [await self.services.start("tcc-coordinator", "tcc-coordinator", TCC_COORDINATOR, args)]
+        participants = {p.name: s for p, s in zip(self.parts, started, strict=True)}
+        command = tcc.coordinator_command(participants, self.lab.control_url, TRY_TIMEOUT_MS, "on")
+        return [await self.services.start("tcc-coordinator", "tcc-coordinator", *command)]
 
     async def check(self, prefix: str, sent: list[Transfer]) -> None:
         """Every branch of the round CONFIRMED in its participant's fence log, nothing left
@@ -905,9 +888,7 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.seconds = args.seconds or seconds
     args.warmup = min(warmup, args.seconds)
-    return on_own_cluster(
-        lambda info: bench(info, args), lambda result: report(result, args), (BenchError, ScenarioError)
-    )
+    return on_own_cluster(bench, report, args, (BenchError, ScenarioError))
 
 
 if __name__ == "__main__":

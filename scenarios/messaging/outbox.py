@@ -198,6 +198,36 @@ async def run(ctx: RunContext) -> None:
     await ctx.set_table(await stores.read(ctx, a, b, broker, stream))
 
 
+def command_lines(
+    a: Database,
+    b: Database,
+    redis_url: str,
+    stream: str,
+    relay: str,
+    inbox: str,
+    poll_ms: int,
+    claim_idle_ms: int,
+    narrate: bool = True,
+) -> dict[str, tuple[str, list[str]]]:
+    """Each role's module and arguments (``producer``, ``relay``, ``consumer``): the run's
+    and the benchmark's processes are started alike."""
+    quiet = [] if narrate else ["--narrate", "off"]
+    redis = ["--redis", redis_url, "--stream", stream]
+    a_db = ["--dsn", a.target.dsn, "--schema", a.schema, "--channel", a.schema]  # a NOTIFY channel per run
+    module = "scenarios.messaging."
+    return {
+        "producer": (module + "outbox_producer", [*a_db, "--relay", relay, *quiet]),
+        "relay": (module + "relay", [*a_db, *redis, "--mode", relay, "--poll-ms", str(poll_ms), *quiet]),
+        "consumer": (
+            module + "outbox_consumer",
+            [
+                "--dsn", b.target.dsn, "--schema", b.schema, *redis, "--inbox", inbox,
+                "--claim-idle-ms", str(claim_idle_ms), *quiet,
+            ],
+        ),
+    }  # fmt: skip
+
+
 class _Lab:
     """The run's side: the services, the client placing orders, the faults it arms."""
 
@@ -219,30 +249,16 @@ class _Lab:
         """A, the relay and the consumers, all at once (the group exists already: whoever
         comes first, nothing is missed)."""
         ctx = self.ctx
-        redis = ["--redis", ctx.env.target(self.node).url, "--stream", self.stream]
-        channel = ["--channel", self.a.schema]  # one NOTIFY channel per run
-        a_db = ["--dsn", self.a.target.dsn, "--schema", self.a.schema]
-        relay_mode = ctx.choice("relay")
-        b_args = [
-            "--dsn", self.b.target.dsn, "--schema", self.b.schema, *redis, "--inbox", ctx.choice("inbox"),
-            "--claim-idle-ms", str(ctx.number("claim_idle_ms")),
-        ]  # fmt: skip
-        module = "scenarios.messaging."
+        args = command_lines(
+            self.a, self.b, ctx.env.target(self.node).url, self.stream, ctx.choice("relay"),
+            ctx.choice("inbox"), ctx.number("poll_ms"), ctx.number("claim_idle_ms"),
+        )  # fmt: skip
         started = await asyncio.gather(
-            ctx.services.start(
-                PRODUCER, "producer", module + "outbox_producer", [*a_db, "--relay", relay_mode, *channel]
-            ),
-            ctx.services.start(
-                RELAY,
-                "relay",
-                module + "relay",
-                [*a_db, *redis, *channel, "--mode", relay_mode, "--poll-ms", str(ctx.number("poll_ms"))],
-                restart=True,  # as an orchestrator would: it publishes what it left unmarked
-            ),
+            ctx.services.start(PRODUCER, "producer", *args["producer"]),
+            # restarted as an orchestrator would: it publishes what it left unmarked
+            ctx.services.start(RELAY, "relay", *args["relay"], restart=True),
             *(
-                ctx.services.start(
-                    c, "consumer", module + "outbox_consumer", b_args, restart=len(consumers) == 1
-                )
+                ctx.services.start(c, "consumer", *args["consumer"], restart=len(consumers) == 1)
                 for c in consumers
             ),
         )

@@ -132,21 +132,17 @@ async def run(ctx: RunContext) -> None:
     await ctx.set_actors([*clients, COORDINATOR, *(p.name for p in parts), NEMESIS])
     await seed(ctx, parts, accounts.TCC_DDL, tcc=True)
     ctx.cleanup_matching(node, coordscope.txn_key(f"{ctx.run_id}:*"))
-    module = "scenarios.transactions.tcc_participant"
     started = await asyncio.gather(
         *(
-            ctx.services.start(service_name(p), "tcc-participant", module, _participant_args(p, fence))
+            ctx.services.start(service_name(p), "tcc-participant", *participant_command(p, fence))
             for p in parts
         )
     )
     services = {p.name: s for p, s in zip(parts, started, strict=True)}
-    args = [
-        "--participants", json.dumps([{"name": n, "address": s.address} for n, s in services.items()]),
-        "--redis", ctx.env.target(node).url, "--try-timeout-ms", str(ctx.number("try_timeout_ms")),
-        "--fence", fence,
-    ]  # fmt: skip
     coordinator = await ctx.services.start(
-        COORDINATOR, "tcc-coordinator", "scenarios.transactions.tcc_coordinator", args
+        COORDINATOR,
+        "tcc-coordinator",
+        *coordinator_command(services, ctx.env.target(node).url, ctx.number("try_timeout_ms"), fence),
     )
     ctx.record(
         RUNNER,
@@ -172,8 +168,22 @@ async def run(ctx: RunContext) -> None:
     await lab.table()
 
 
-def _participant_args(p: Participant, fence: str) -> list[str]:
-    return ["--dsn", p.target.dsn, "--schema", p.schema, "--participant", p.name, "--fence", fence]
+def participant_command(p: Participant, fence: str) -> tuple[str, list[str]]:
+    """A participant process's module and arguments (the run's and the benchmark's alike)."""
+    return "scenarios.transactions.tcc_participant", [
+        "--dsn", p.target.dsn, "--schema", p.schema, "--participant", p.name, "--fence", fence,
+    ]  # fmt: skip
+
+
+def coordinator_command(
+    participants: dict[str, Service], redis_url: str, try_timeout_ms: int, fence: str
+) -> tuple[str, list[str]]:
+    """The coordinator's module and arguments: the participants by name and address."""
+    addresses = [{"name": n, "address": s.address} for n, s in participants.items()]
+    return "scenarios.transactions.tcc_coordinator", [
+        "--participants", json.dumps(addresses), "--redis", redis_url,
+        "--try-timeout-ms", str(try_timeout_ms), "--fence", fence,
+    ]  # fmt: skip
 
 
 class _Lab(Desk):

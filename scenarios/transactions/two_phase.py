@@ -132,11 +132,7 @@ async def run(ctx: RunContext) -> None:
     await ctx.set_actors([*clients, PROBE, *coordinators, *(p.name for p in parts), NEMESIS])
     await _prepare_participants(ctx, parts)
     ctx.cleanup_znode(hosts, coordscope.two_pc_log(ctx.run_id))
-    args = [
-        "--participants", json.dumps([p.describe() for p in parts]), "--zk", hosts,
-        "--recovery", ctx.choice("recovery"), "--lock-timeout-ms", str(ctx.number("lock_timeout_ms")),
-    ]  # fmt: skip
-    module = "scenarios.transactions.coordinator"
+    module, args = coordinator_command(parts, hosts, ctx.choice("recovery"), ctx.number("lock_timeout_ms"))
     services = await asyncio.gather(
         *(ctx.services.start(n, "2pc-coordinator", module, args) for n in coordinators)
     )
@@ -157,6 +153,16 @@ async def run(ctx: RunContext) -> None:
     await ctx.services.stop_all(timeout=ctx.number("lock_timeout_ms") / 1000 + 5)
     await _read_participants(ctx, parts)
     await lab.table()
+
+
+def coordinator_command(
+    parts: list[Participant], zk_hosts: str, recovery: str, lock_timeout_ms: int
+) -> tuple[str, list[str]]:
+    """A coordinator process's module and arguments (the run's and the benchmark's alike)."""
+    return "scenarios.transactions.coordinator", [
+        "--participants", json.dumps([p.describe() for p in parts]), "--zk", zk_hosts,
+        "--recovery", recovery, "--lock-timeout-ms", str(lock_timeout_ms),
+    ]  # fmt: skip
 
 
 async def _prepare_participants(ctx: RunContext, parts: list[Participant]) -> None:
