@@ -18,9 +18,10 @@ def text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def redis_client(t: RedisTarget) -> Redis:
+def redis_client(t: RedisTarget, timeout_s: float = 3.0) -> Redis:
     """A scenario's client: no silent retries — a lock service that is down must show in
     the history as errors when they happen, not as one call that hangs through the outage.
+    ``timeout_s``: how long a reply may take (a connection, at most 1 s of it).
 
     On a node of a Redis Cluster: a cluster client seeded there, which sends each command
     to the primary of its key's slot and follows MOVED/ASK (typed as a ``Redis``: it has
@@ -33,16 +34,16 @@ def redis_client(t: RedisTarget) -> Redis:
             password=t.password,
             ssl=t.tls,
             protocol=2,
-            socket_connect_timeout=1.0,
-            socket_timeout=3.0,
+            socket_connect_timeout=min(1.0, timeout_s),
+            socket_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
         return cast(Redis, cluster)
     return Redis(
         **t.connection(),
         protocol=2,
-        socket_connect_timeout=1.0,
-        socket_timeout=3.0,
+        socket_connect_timeout=min(1.0, timeout_s),
+        socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
 

@@ -48,10 +48,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scenarios.kit.clients import text
+from collectors.targets import RedisTarget
+from scenarios.kit.clients import redis_client, text
 from scenarios.kit.database import connect, error_line
 from scenarios.kit.process import ServiceRuntime, parser, run
-from scenarios.messaging.relay import broker_client
 
 GROUP = "b"
 BATCH = 64
@@ -90,7 +90,7 @@ class Consumer:
         self.claim_idle_ms: int = args.claim_idle_ms
         self.narrate = args.narrate == "on"
         self.stream: str = args.stream
-        self.redis = broker_client(args.redis, args.redis_timeout_ms)
+        self.redis = redis_client(RedisTarget.from_url(args.redis), args.redis_timeout_ms / 1000)
         self.apply_sql = sql.SQL(APPLY_WITH_INBOX if self.inbox else APPLY_ALWAYS).format(schema=self.schema)
         self.conn: Conn | None = None
         self.crash_armed = False

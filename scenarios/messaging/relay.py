@@ -43,9 +43,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -66,23 +63,6 @@ SELECT_UNSENT = (
 MARK_SENT = "UPDATE {}.outbox SET sent_at = clock_timestamp() WHERE id = ANY(%s)"
 
 
-def broker_client(url: str, timeout_ms: int) -> Redis:
-    """The stream's Redis, with a short, bounded socket timeout and no silent retries: a
-    broker that stops answering is an error in a second, narrated, and retried by us. On a
-    Redis Cluster: the kit's cluster client (3 s), which sends the stream's slot to its
-    primary."""
-    t = RedisTarget.from_url(url)
-    if t.cluster:
-        return redis_client(t)
-    return Redis(
-        **t.connection(),
-        protocol=2,
-        socket_connect_timeout=timeout_ms / 1000,
-        socket_timeout=timeout_ms / 1000,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
 class Relay:
     def __init__(self, rt: ServiceRuntime, args: Any) -> None:
         self.rt = rt
@@ -94,7 +74,8 @@ class Relay:
         self.safety_s = args.safety_ms / 1000
         self.narrate = args.narrate == "on"
         self.stream: str = args.stream
-        self.redis = broker_client(args.redis, args.redis_timeout_ms)
+        # a broker that stops answering is an error within the timeout, narrated, and retried by us
+        self.redis = redis_client(RedisTarget.from_url(args.redis), args.redis_timeout_ms / 1000)
         self.conn: Conn | None = None
         self.wake = asyncio.Event()
         self.armed: set[str] = set()
