@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from redis.asyncio import Redis
 
 from app.bus import Bus
 from app.cluster import free_port
+from bench.lab import interrupted
 from collectors.events import Upserted
 from collectors.observatory import Observatory
 from collectors.targets import RedisTarget
@@ -233,4 +236,8 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=500)
     args = parser.parse_args()
-    asyncio.run(main(args.sets, args.keys, args.samples))
+    signal.signal(signal.SIGTERM, interrupted)  # its server is stopped then too
+    try:
+        asyncio.run(main(args.sets, args.keys, args.samples))
+    except KeyboardInterrupt:
+        sys.exit("interrupted: its servers are stopped")

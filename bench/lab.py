@@ -1,12 +1,14 @@
 """What the benchmarks that start a cluster of their own share: the cluster in a temporary
 folder (the services' logs go with it), stopped by PID whatever happens, one line on
-standard error when the measurement failed, and the report only when it did not."""
+standard error when the measurement failed, and the report only when it did not. A SIGTERM
+(``timeout``, a CI job cancelled) is taken as a Ctrl-C, so the cluster is stopped then too."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -16,6 +18,12 @@ from typing import Any, TypeVar
 from app.cluster import ClusterInfo, LocalCluster
 
 R = TypeVar("R")
+
+
+def interrupted(signum: int, frame: object) -> None:
+    """A SIGTERM as a Ctrl-C: asyncio cancels the run (its ``finally`` blocks stop the
+    services), then the cluster is stopped."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def on_own_cluster(
@@ -29,6 +37,7 @@ def on_own_cluster(
     """Start ``cluster`` (``up``: what its ``up`` is asked, e.g. ``masters=2``), run
     ``measure`` on it, stop it, then ``report`` what it measured. Returns the exit status:
     0, 1 when ``measure`` raised one of ``fails`` (said in one line), 130 when interrupted."""
+    signal.signal(signal.SIGTERM, interrupted)
     with tempfile.TemporaryDirectory(prefix="coordscope-bench-") as folder:
         os.environ["COORDSCOPE_RUNS"] = str(Path(folder) / "runs")
         local = cluster(Path(folder) / "cluster")

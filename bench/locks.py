@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -39,6 +41,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock as RedisPyLock
 
 from app.cluster import ClusterInfo, LocalCluster
+from bench.lab import interrupted
 from collectors.kazoo_bridge import KazooBridge
 from collectors.state import now_ms
 from scenarios.kit.zk_lock import ZkLock
@@ -287,4 +290,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--hold-ms", type=float, default=1.0)
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.rounds, args.hold_ms))
+    signal.signal(signal.SIGTERM, interrupted)  # its server is stopped then too
+    try:
+        asyncio.run(main(args.seconds, args.rounds, args.hold_ms))
+    except KeyboardInterrupt:
+        sys.exit("interrupted: its servers are stopped")

@@ -76,7 +76,7 @@ from redis.asyncio import Redis
 from app.cluster import ClusterInfo, LocalCluster
 from app.cluster_member import Member
 from bench.idempotency import Stats, commandstats, delta
-from bench.lab import on_own_cluster
+from bench.lab import interrupted, on_own_cluster
 from bench.queues import measure as measure_refresh
 from collectors.layouts import coordscope
 from collectors.redis_streams import REFRESH_EVERY_S
@@ -675,12 +675,6 @@ def report(r: Result, args: argparse.Namespace) -> None:
         )
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    """A SIGTERM as a Ctrl-C: asyncio cancels the run (its ``finally`` stops the processes),
-    then ``main`` stops the cluster."""
-    os.kill(os.getpid(), signal.SIGINT)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (~20 s)")
@@ -708,7 +702,7 @@ def main() -> int:
     args.rounds = args.rounds or rounds
     args.orders = args.orders or orders
     args.refresh_seconds = args.refresh_seconds or refresh_s
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)  # the ring's moves come before the cluster
     try:
         rings = ring_moves(RING_SIZES, RING_KEYS, args.vnodes)  # no server: before the cluster
     except BenchError as exc:

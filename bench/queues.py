@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ import redis
 
 from app.cluster import free_port
 from bench.keyspace import start_server
+from bench.lab import interrupted
 from collectors.observatory import Observatory
 from collectors.redis_streams import REFRESH_BATCH, REFRESH_EVERY_S
 from collectors.targets import RedisTarget
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--streams", default="0,10,100,1000")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, interrupted)  # its server is stopped then too
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         server = start_server(port, Path(folder))

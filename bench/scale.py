@@ -60,6 +60,7 @@ from redis.asyncio import Redis as AsyncRedis
 from websockets.sync.client import connect as ws_connect
 
 from app.cluster import free_port
+from bench.lab import interrupted
 from scenarios.kit.rounds import percentile
 
 HERE = Path(__file__).resolve().parent
@@ -951,9 +952,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     if "1" in wanted:
         wanted += ["1a", "1b"]
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
