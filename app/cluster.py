@@ -48,13 +48,23 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from app import local_postgres
 from app import redis_cluster as redis_cluster_of
-from app.cluster_member import HOST, ClusterError, Member, alive, leads_its_group, processes_of, stopped, tail
+from app.cluster_member import (
+    HOST,
+    ClusterError,
+    Member,
+    alive,
+    exited,
+    leads_its_group,
+    processes_of,
+    stopped,
+    tail,
+)
 from collectors.targets import PostgresTarget, RedisTarget, ZkTarget, free_port
 
 # Member, alive and ClusterError live in app.cluster_member; importers find them here too
@@ -423,9 +433,11 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
         self._await_gone(m)
 
-    def _await_gone(self, m: Member, timeout: float = 5.0) -> None:
+    def _await_gone(self, m: Member, signalled: Sequence[int] = (), timeout: float = 5.0) -> None:
+        """Until none of the member's processes is left, and each of ``signalled`` has
+        finished dying."""
         deadline = time.monotonic() + timeout
-        while processes_of(m) and time.monotonic() < deadline:
+        while (processes_of(m) or not all(exited(p) for p in signalled)) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.02)
 
@@ -498,8 +510,9 @@ class LocalCluster:
         """SIGKILL every process of one member (a crash: no shutdown, no save)."""
         info = self._require()
         m = info.member(name)
+        signalled = processes_of(m)
         self._signal(m, signal.SIGKILL, whole=True)
-        self._await_gone(m)
+        self._await_gone(m, signalled)  # returns once it is dead, not while it dies
         return m
 
     def restart(self, name: str) -> Member:

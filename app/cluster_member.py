@@ -103,6 +103,13 @@ def stopped(pid: int) -> bool:
     return stat is not None and stat[0] == "T"
 
 
+def exited(pid: int) -> bool:
+    """Has this process finished dying (gone, or a zombie)? One just killed may run its exit
+    for a moment after /proc stops showing its folder and program."""
+    stat = _stat(pid)
+    return stat is None or stat[0] == "Z"
+
+
 def leads_its_group(pid: int) -> bool:
     stat = _stat(pid)
     return stat is not None and stat[2] == str(pid)

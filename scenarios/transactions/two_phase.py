@@ -259,13 +259,15 @@ class _Lab(Desk):
     async def blocked(
         self, t: Transfer, crashed: Transfer, via: Service, coordinator: Service, sending: asyncio.Task[str]
     ) -> None:
-        """Read from the database who waits on whom while the probe waits (bounded)."""
+        """Read from the database who waits on whom while the probe waits: until it is seen
+        waiting, or its transfer ends (bounded like the transfer, not by a guess of when it
+        reaches the lock: on a loaded machine that took over 5 s)."""
         part = next(p for p in self.parts if p.name == t.source[0])
         gid = coordscope.branch_gid(
             coordscope.two_pc_txn_id(self.ctx.run_id, coordinator.name, crashed.txn), part.name
         )
         async with await connect(part.target, autocommit=True) as conn:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline and not sending.done():
                 cur = await conn.execute(
                     """SELECT w.pid FROM pg_locks w JOIN pg_stat_activity a ON a.pid = w.pid
