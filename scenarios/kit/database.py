@@ -141,6 +141,14 @@ class Pool:
         finally:
             self._free.put_nowait(conn)
 
+    async def rows(
+        self, statement: sql.Composed, params: tuple[object, ...] = ()
+    ) -> list[tuple[object, ...]]:
+        """One statement on a lent connection (its own transaction): the rows it returns."""
+        async with self.connection() as conn:
+            cur = await conn.execute(statement, params)
+            return await cur.fetchall()
+
     async def close(self) -> None:
         while not self._free.empty():
             with contextlib.suppress(psycopg.Error, OSError):

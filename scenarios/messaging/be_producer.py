@@ -137,19 +137,17 @@ class Producer:
         order = request.path_params["id"]
         self.rt.served(f"query {order}")
         try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL("SELECT id, amount, status, created_ms FROM {}.orders WHERE id = %s").format(
-                        self.schema
-                    ),
-                    (order,),
-                )
-                row = await cur.fetchone()
+            found = await self.pool.rows(
+                sql.SQL("SELECT id, amount, status, created_ms FROM {}.orders WHERE id = %s").format(
+                    self.schema
+                ),
+                (order,),
+            )
         except (psycopg.Error, OSError) as exc:
             return JSONResponse({"error": error_line(exc)}, 503)
-        if row is None:
+        if not found:
             return JSONResponse({"error": f"A holds no payment {order}"}, 404)
-        return JSONResponse(_order(row))
+        return JSONResponse(_order(found[0]))
 
     async def since(self, request: Request) -> JSONResponse:
         raw = request.query_params.get("since", "0")
@@ -157,15 +155,13 @@ class Producer:
             return JSONResponse({"error": "since must be a time in ms (a whole number)"}, 400)
         self.rt.served(f"query since {raw}")
         try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "SELECT id, amount, status, created_ms FROM {}.orders WHERE created_ms >= %s "
-                        "ORDER BY created_ms, id LIMIT %s"
-                    ).format(self.schema),
-                    (int(raw), QUERY_LIMIT + 1),
-                )
-                rows = await cur.fetchall()
+            rows = await self.pool.rows(
+                sql.SQL(
+                    "SELECT id, amount, status, created_ms FROM {}.orders WHERE created_ms >= %s "
+                    "ORDER BY created_ms, id LIMIT %s"
+                ).format(self.schema),
+                (int(raw), QUERY_LIMIT + 1),
+            )
         except (psycopg.Error, OSError) as exc:
             return JSONResponse({"error": error_line(exc)}, 503)
         orders = [_order(r) for r in rows[:QUERY_LIMIT]]

@@ -224,10 +224,8 @@ class Receiver:
     async def reconcile_once(self) -> None:
         """One pass: A's payments placed since the cursor and old enough, applied if lacking."""
         upto = now_ms() - self.after_ms
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(sql.SQL("SELECT upto_ms FROM {}.reconciled").format(self.schema))
-            row = await cur.fetchone()
-        since = int(str(row[0])) if row else 0
+        found = await self.pool.rows(sql.SQL("SELECT upto_ms FROM {}.reconciled").format(self.schema))
+        since = int(str(found[0][0])) if found else 0
         if upto <= since:
             return
         reply = await self.http.get(self.producer, f"/orders?since={since}", 5)
@@ -248,11 +246,10 @@ class Receiver:
 
     async def _held(self, ids: list[str]) -> set[str]:
         """Which of these B has applied (what it lacks is what reconciliation applies)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                sql.SQL("SELECT id FROM {}.applied WHERE id = ANY(%s)").format(self.schema), (ids,)
-            )
-            return {str(i) for (i,) in await cur.fetchall()}
+        found = await self.pool.rows(
+            sql.SQL("SELECT id FROM {}.applied WHERE id = ANY(%s)").format(self.schema), (ids,)
+        )
+        return {str(i) for (i,) in found}
 
     async def _reconcile(self, order: str, amount: int, held: bool) -> None:
         result = "duplicate" if held else await self.apply(order, amount, "reconcile")

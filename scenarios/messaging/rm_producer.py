@@ -299,20 +299,18 @@ class Producer:
             return JSONResponse({"error": "GET /check?id=<message id>"}, 400)
         self.rt.served(f"check {msg}")
         try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR SHARE NOWAIT").format(
-                        self.schema
-                    ),
-                    (msg,),
-                )
-                row = await cur.fetchone()
+            found = await self.pool.rows(
+                sql.SQL("SELECT state FROM {}.local_txns WHERE msg_id = %s FOR SHARE NOWAIT").format(
+                    self.schema
+                ),
+                (msg,),
+            )
         except pg_errors.LockNotAvailable:
             answer, why = "UNKNOWN", "its local transaction is still open, holding the record"
         except (psycopg.Error, OSError) as exc:
             return JSONResponse({"error": error_line(exc)}, 503)
         else:
-            state = str(row[0]) if row else ""
+            state = str(found[0][0]) if found else ""
             answer, why = {
                 "COMMITTED": ("COMMIT", "committed"),
                 "ROLLED_BACK": ("ROLLBACK", "rolled back"),
