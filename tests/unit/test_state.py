@@ -244,17 +244,7 @@ def test_run_hash_and_history_make_a_run_with_lanes() -> None:
     entries = tuple((f"{i}-0".encode(), {b"op": op.to_json().encode()}) for i, op in enumerate(ops))
     # a writer that retried a write whose reply it lost appended op 1 twice: read once
     entries = (*entries[:2], entries[1], entries[2])
-    state.apply_key(
-        KeyRecord(
-            node="redis-3",
-            raw_key=history_key("r1").encode(),
-            type="stream",
-            ttl_ms=None,
-            read_at_ms=1,
-            entries=(*entries, (b"9-0", {b"op": b"junk"})),
-            size=4,
-        )
-    )
+    state.apply_key(history_record("r1", (*entries, (b"9-0", {b"op": b"junk"}))))
     # a running run is drawn again at most every REDRAW_MS: its history keeps growing
     run = state.get("run", "r1")
     assert isinstance(run, Run) and run.ops == 0
@@ -299,6 +289,19 @@ def test_events_carry_increasing_sequence_numbers() -> None:
     state.apply_key(rec("redis-1", "acct:2:lock", TOKEN))
     seqs = [e.seq for e in state.drain()]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def history_record(run_id: str, entries: tuple[tuple[bytes, dict[bytes, bytes]], ...]) -> KeyRecord:
+    """A run's history stream as the collector reads it."""
+    return KeyRecord(
+        node="redis-3",
+        raw_key=history_key(run_id).encode(),
+        type="stream",
+        ttl_ms=None,
+        read_at_ms=1,
+        entries=entries,
+        size=len(entries),
+    )
 
 
 def run_meta(**fields: str) -> KeyRecord:
@@ -384,16 +387,9 @@ def test_a_message_the_verdict_names_is_shown_gone_wrong() -> None:
     state = State(clock=lambda: 10_000)
     ops = [Op(0, 5, "A", "info", "order", data={"msg": "o3", "tick": "committed"}, n=0),
            Op(1, 6, "A", "info", "order", data={"msg": "o4", "tick": "committed"}, n=1)]  # fmt: skip
-    entries = tuple((f"{i}-0".encode(), {b"op": op.to_json().encode()}) for i, op in enumerate(ops))
     state.apply_key(
-        KeyRecord(
-            node="redis-3",
-            raw_key=history_key("r2").encode(),
-            type="stream",
-            ttl_ms=None,
-            read_at_ms=1,
-            entries=entries,
-            size=2,
+        history_record(
+            "r2", tuple((f"{i}-0".encode(), {b"op": op.to_json().encode()}) for i, op in enumerate(ops))
         )
     )
     verdict = {"holds": False, "invariant": "iff", "summary": "violated: o3", "keys": ["o3"]}
